@@ -1,0 +1,39 @@
+# Every target sets up its own virtualenv from pinned versions first.
+PY       ?= python3
+VENV     ?= .venv
+BIN      := $(VENV)/bin
+STAMP    := $(VENV)/.installed
+MOTO_PORT ?= 5000
+API_PORT  ?= 8000
+LATENCY_MS ?= 50
+PYTEST_ARGS ?=
+
+.PHONY: venv test demo local bench package clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip==26.0.1
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt -c constraints.txt
+	touch $(STAMP)
+
+test: venv
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+demo: venv
+	$(BIN)/python scripts/demo.py --moto-port $(MOTO_PORT) --api-port $(API_PORT)
+
+local: venv
+	$(BIN)/python scripts/local.py --moto-port $(MOTO_PORT) --api-port $(API_PORT)
+
+bench: venv
+	$(BIN)/python bench/run.py --latency-ms $(LATENCY_MS)
+
+package: venv
+	rm -rf build/package
+	$(BIN)/chalice package --stage prod --merge-template .chalice/resources.json build/package
+	@ls -l build/package
+
+clean:
+	rm -rf $(VENV) build .pytest_cache

@@ -1,0 +1,1 @@
+"""Karpenter interruption-handling provisioner (kip)."""

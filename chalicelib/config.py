@@ -1,0 +1,109 @@
+"""Settings from the environment, read once into a frozen dataclass.
+
+Every variable is listed in the README's configuration table. The AWS endpoint is *not* a
+setting: boto3 reads ``AWS_ENDPOINT_URL`` itself, so the same code runs on moto or AWS.
+"""
+from __future__ import annotations
+
+import fnmatch
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+ALL_EVENT_KINDS = (
+    "spot_interruption",
+    "rebalance_recommendation",
+    "instance_state_change",
+    "scheduled_change",
+    "capacity_reservation_interruption",
+)
+
+
+def _bool(value: str | None, default: bool) -> bool:
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _int(env: dict, name: str, default: int) -> int:
+    raw = env.get(name)
+    return default if raw in (None, "") else int(raw)
+
+
+@dataclass(frozen=True)
+class Settings:
+    prefix: str = "kip-"
+    table_name: str = "kip-clusters"
+    iam_path: str = "/kip/"
+    role_template: str = "KarpenterController-{cluster_name}"
+    role_pattern: str = ""          # fnmatch pattern of role names we may attach to
+    cross_account_role: str = "kip-provisioner"
+    external_id: str | None = None
+    account_id: str | None = None   # the service's own account; resolved via STS when unset
+    region: str = "us-east-1"
+    opt_out_tag: str = "kip.io/opt-out"
+    lease_seconds: int = 300
+    retry_mode: str = "standard"
+    max_attempts: int = 5
+    connect_timeout: int = 5
+    read_timeout: int = 20
+    max_workers: int = 8
+    status_bus: str | None = None   # EventBridge bus for status-change events; unset = off
+    status_source: str = "kip.provisioner"
+    adopt_existing: bool = False
+    schedule_minutes: int = 15
+    api_auth: str = "iam"           # "iam" on deployed stages, "none" locally
+    cors_origin: str | None = None
+    default_tags: dict = field(default_factory=dict)
+
+    @property
+    def allowed_role_pattern(self) -> str:
+        """Default: the controller-role template with the cluster name as a wildcard."""
+        return self.role_pattern or self.role_template.replace("{cluster_name}", "*")
+
+    def role_allowed(self, role_name: str) -> bool:
+        return fnmatch.fnmatchcase(role_name, self.allowed_role_pattern)
+
+    @classmethod
+    def from_env(cls, env: dict | None = None) -> "Settings":
+        env = dict(os.environ if env is None else env)
+        iam_path = env.get("KIP_IAM_PATH", "/kip/")
+        if not (iam_path.startswith("/") and iam_path.endswith("/")):
+            raise ValueError("KIP_IAM_PATH must start and end with '/'")
+        retry_mode = env.get("KIP_RETRY_MODE", "standard")
+        if retry_mode not in ("standard", "adaptive", "legacy"):
+            raise ValueError("KIP_RETRY_MODE must be standard, adaptive or legacy")
+        tags = {}
+        for pair in filter(None, (env.get("KIP_DEFAULT_TAGS") or "").split(",")):
+            key, _, value = pair.partition("=")
+            tags[key.strip()] = value.strip()
+        return cls(
+            prefix=env.get("KIP_PREFIX", "kip-"),
+            table_name=env.get("KIP_TABLE_NAME", "kip-clusters"),
+            iam_path=iam_path,
+            role_template=env.get("KIP_ROLE_TEMPLATE", "KarpenterController-{cluster_name}"),
+            role_pattern=env.get("KIP_ROLE_PATTERN", ""),
+            cross_account_role=env.get("KIP_CROSS_ACCOUNT_ROLE", "kip-provisioner"),
+            external_id=env.get("KIP_EXTERNAL_ID") or None,
+            account_id=env.get("KIP_ACCOUNT_ID") or None,
+            region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
+            opt_out_tag=env.get("KIP_OPT_OUT_TAG", "kip.io/opt-out"),
+            lease_seconds=_int(env, "KIP_LEASE_SECONDS", 300),
+            retry_mode=retry_mode,
+            max_attempts=_int(env, "KIP_MAX_ATTEMPTS", 5),
+            connect_timeout=_int(env, "KIP_CONNECT_TIMEOUT", 5),
+            read_timeout=_int(env, "KIP_READ_TIMEOUT", 20),
+            max_workers=_int(env, "KIP_MAX_WORKERS", 8),
+            status_bus=env.get("KIP_STATUS_BUS") or None,
+            status_source=env.get("KIP_STATUS_SOURCE", "kip.provisioner"),
+            adopt_existing=_bool(env.get("KIP_ADOPT_EXISTING"), False),
+            schedule_minutes=_int(env, "KIP_SCHEDULE_MINUTES", 15),
+            api_auth=env.get("KIP_API_AUTH", "iam"),
+            cors_origin=env.get("KIP_CORS_ORIGIN") or None,
+            default_tags=tags,
+        )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings.from_env()

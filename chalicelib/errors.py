@@ -1,0 +1,92 @@
+"""Domain errors. Each carries an HTTP status and a stable machine-readable code.
+
+Handlers map any :class:`KipError` to one JSON error shape (see :meth:`KipError.to_body`).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+
+class KipError(Exception):
+    status = 500
+    code = "InternalError"
+
+    def __init__(self, message: str, *, field: str | None = None, allowed: str | None = None,
+                 details: list[dict[str, Any]] | None = None, **extra: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.allowed = allowed
+        self.details = details or []
+        self.extra = extra
+
+    def to_body(self) -> dict[str, Any]:
+        err: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.field is not None:
+            err["field"] = self.field
+        if self.allowed is not None:
+            err["allowed"] = self.allowed
+        if self.details:
+            err["details"] = self.details
+        for key, value in self.extra.items():
+            if value is not None:
+                err[key] = value
+        return {"error": err}
+
+
+class ValidationError(KipError):
+    status = 400
+    code = "ValidationError"
+
+
+class Forbidden(KipError):
+    status = 403
+    code = "Forbidden"
+
+
+class NotFound(KipError):
+    status = 404
+    code = "NotFound"
+
+
+class ClusterNotFound(NotFound):
+    code = "ClusterNotFound"
+
+
+class RecordNotFound(NotFound):
+    code = "RecordNotFound"
+
+
+class Conflict(KipError):
+    status = 409
+    code = "Conflict"
+
+
+class ResourceNotOwned(Conflict):
+    """A same-named resource exists that this service did not create."""
+    code = "ResourceNotOwned"
+
+
+class InProgress(Conflict):
+    """Another run holds the cluster's lease."""
+    code = "ProvisioningInProgress"
+
+
+class StaleWrite(Conflict):
+    """The record changed since it was read (optimistic version check lost)."""
+    code = "StaleRecord"
+
+
+class Throttled(KipError):
+    status = 503
+    code = "Throttled"
+
+    def __init__(self, message: str, *, retry_after: int = 5, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.retry_after = retry_after
+
+
+class AwsCallFailed(KipError):
+    """A hard AWS failure part way through; the record names the step."""
+    status = 502
+    code = "AwsCallFailed"

@@ -1,0 +1,142 @@
+"""Pure: cluster identity -> every resource name and ARN, within AWS limits.
+
+Names are deterministic. When ``prefix + cluster + suffix`` would exceed an AWS limit, the cluster
+part is cut and a 10-hex-digit SHA-256 of the *whole* cluster part is appended, so two clusters
+never share a name even when their names differ only at the end. Names are computed once and
+recorded; teardown reads them from the record.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+SQS_MAX = 80
+RULE_MAX = 64
+IAM_POLICY_MAX = 128
+IAM_ROLE_MAX = 64
+HASH_LEN = 10
+
+CLUSTER_NAME_RE = re.compile(r"^[0-9A-Za-z][A-Za-z0-9_-]{0,99}$")
+ACCOUNT_RE = re.compile(r"^\d{12}$")
+REGION_RE = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d{1,2}$")
+PREFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,19}$")
+
+MANAGED_BY_TAG = "kip.io/managed-by"
+MANAGED_BY_VALUE = "karpenter-interruption-provisioner"
+CLUSTER_TAG = "kip.io/cluster"
+DISCOVERY_TAG = "karpenter.sh/discovery"
+
+TARGET_ID = "KarpenterInterruptionQueueTarget"
+
+# event kind -> short suffix used in rule names (kept short so long cluster names keep more text)
+RULE_SUFFIX = {
+    "spot_interruption": "spot",
+    "rebalance_recommendation": "rebalance",
+    "instance_state_change": "state",
+    "scheduled_change": "health",
+    "capacity_reservation_interruption": "capres",
+}
+
+
+def partition_for(region: str) -> str:
+    if region.startswith("cn-"):
+        return "aws-cn"
+    if region.startswith("us-gov-"):
+        return "aws-us-gov"
+    if region.startswith("us-iso-"):
+        return "aws-iso"
+    if region.startswith("us-isob-"):
+        return "aws-iso-b"
+    return "aws"
+
+
+def short_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:HASH_LEN]
+
+
+def fit(prefix: str, body: str, suffix: str, limit: int) -> str:
+    """``prefix + body + suffix`` if it fits in ``limit``, else body cut and a hash of it added."""
+    full = f"{prefix}{body}{suffix}"
+    if len(full) <= limit:
+        return full
+    room = limit - len(prefix) - len(suffix) - 1 - HASH_LEN
+    if room < 1:
+        raise ValueError(f"prefix {prefix!r} leaves no room for a name within {limit} characters")
+    return f"{prefix}{body[:room]}-{short_hash(body)}{suffix}"
+
+
+@dataclass(frozen=True)
+class ClusterId:
+    account_id: str
+    region: str
+    cluster_name: str
+
+    @property
+    def partition(self) -> str:
+        return partition_for(self.region)
+
+    @property
+    def key(self) -> str:
+        """The record key and the value of the ownership tag."""
+        return f"{self.account_id}/{self.region}/{self.cluster_name}"
+
+
+@dataclass(frozen=True)
+class Names:
+    queue: str
+    dlq: str
+    queue_arn: str
+    dlq_arn: str
+    rules: dict          # event kind -> rule name (all five kinds, enabled or not)
+    rule_arns: dict      # event kind -> rule ARN
+    policy: str
+    policy_path: str
+    policy_arn: str
+
+    def to_dict(self) -> dict:
+        return {
+            "queue": self.queue, "dlq": self.dlq, "queue_arn": self.queue_arn,
+            "dlq_arn": self.dlq_arn, "rules": dict(self.rules), "rule_arns": dict(self.rule_arns),
+            "policy": self.policy, "policy_path": self.policy_path, "policy_arn": self.policy_arn,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Names":
+        return cls(**{k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()})
+
+
+def names_for(cid: ClusterId, prefix: str, iam_path: str) -> Names:
+    p, region, account = cid.partition, cid.region, cid.account_id
+    queue = fit(prefix, cid.cluster_name, "", SQS_MAX)
+    dlq = fit(prefix, cid.cluster_name, "-dlq", SQS_MAX)
+    rules = {kind: fit(prefix, cid.cluster_name, f"-{suffix}", RULE_MAX)
+             for kind, suffix in RULE_SUFFIX.items()}
+    # IAM is global to the account: the region is part of the name so that two clusters with the
+    # same name in two regions get two policies.
+    policy = fit(prefix, f"{region}-{cid.cluster_name}", "", IAM_POLICY_MAX)
+    return Names(
+        queue=queue,
+        dlq=dlq,
+        queue_arn=f"arn:{p}:sqs:{region}:{account}:{queue}",
+        dlq_arn=f"arn:{p}:sqs:{region}:{account}:{dlq}",
+        rules=rules,
+        rule_arns={k: f"arn:{p}:events:{region}:{account}:rule/{n}" for k, n in rules.items()},
+        policy=policy,
+        policy_path=iam_path,
+        policy_arn=f"arn:{p}:iam::{account}:policy{iam_path}{policy}",
+    )
+
+
+def role_arn(cid: ClusterId, role_name: str, path: str = "/") -> str:
+    return f"arn:{cid.partition}:iam::{cid.account_id}:role{path}{role_name}"
+
+
+def ownership_tags(cid: ClusterId) -> dict:
+    return {MANAGED_BY_TAG: MANAGED_BY_VALUE, CLUSTER_TAG: cid.key}
+
+
+def is_owned(tags: dict | None, cid: ClusterId) -> bool:
+    """Ours *and* this cluster's: a truncated name can never make us touch another cluster's."""
+    tags = tags or {}
+    return tags.get(MANAGED_BY_TAG) == MANAGED_BY_VALUE and tags.get(CLUSTER_TAG) == cid.key

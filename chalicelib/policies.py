@@ -1,0 +1,74 @@
+"""Pure: EventBridge patterns, the queue policy and the controller policy, as dicts."""
+from __future__ import annotations
+
+EVENT_PATTERNS = {
+    "spot_interruption": {
+        "source": ["aws.ec2"], "detail-type": ["EC2 Spot Instance Interruption Warning"]},
+    "rebalance_recommendation": {
+        "source": ["aws.ec2"], "detail-type": ["EC2 Instance Rebalance Recommendation"]},
+    "instance_state_change": {
+        "source": ["aws.ec2"], "detail-type": ["EC2 Instance State-change Notification"]},
+    # Karpenter only acts on EC2 scheduled changes, so the rule narrows to those.
+    "scheduled_change": {
+        "source": ["aws.health"], "detail-type": ["AWS Health Event"],
+        "detail": {"service": ["EC2"], "eventTypeCategory": ["scheduledChange"]}},
+    "capacity_reservation_interruption": {
+        "source": ["aws.ec2"],
+        "detail-type": ["EC2 Capacity Reservation Instance Interruption Warning"]},
+}
+
+CONTROLLER_SQS_ACTIONS = ["sqs:DeleteMessage", "sqs:GetQueueUrl", "sqs:ReceiveMessage"]
+
+
+def queue_policy(queue_arn: str, rule_arns: list[str], partition: str = "aws") -> dict:
+    """EventBridge may send, only from this cluster's own rules; nothing over plain HTTP."""
+    dns_suffix = "amazonaws.com.cn" if partition == "aws-cn" else "amazonaws.com"
+    return {
+        "Version": "2012-10-17",
+        "Id": "KarpenterInterruptionQueuePolicy",
+        "Statement": [
+            {
+                "Sid": "EventBridgeSendFromClusterRules",
+                "Effect": "Allow",
+                "Principal": {"Service": "events." + dns_suffix},
+                "Action": "sqs:SendMessage",
+                "Resource": queue_arn,
+                "Condition": {"ArnEquals": {"aws:SourceArn": sorted(rule_arns)}},
+            },
+            {
+                "Sid": "DenyHTTP",
+                "Effect": "Deny",
+                "Principal": "*",
+                "Action": "sqs:*",
+                "Resource": queue_arn,
+                "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+            },
+        ],
+    }
+
+
+def controller_policy(queue_arn: str, kms_key_arn: str | None = None) -> dict:
+    statements = [{
+        "Sid": "KarpenterInterruptionQueue",
+        "Effect": "Allow",
+        "Action": list(CONTROLLER_SQS_ACTIONS),
+        "Resource": queue_arn,
+    }]
+    if kms_key_arn:
+        statements.append({
+            "Sid": "KarpenterInterruptionQueueKey",
+            "Effect": "Allow",
+            "Action": ["kms:Decrypt"],
+            "Resource": kms_key_arn,
+        })
+    return {"Version": "2012-10-17", "Statement": statements}
+
+
+def dlq_policy(dlq_arn: str) -> dict:
+    return {
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Sid": "DenyHTTP", "Effect": "Deny", "Principal": "*", "Action": "sqs:*",
+            "Resource": dlq_arn, "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+        }],
+    }

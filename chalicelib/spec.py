@@ -1,0 +1,268 @@
+"""Pure: the request model (validated with pydantic) and the desired resources it implies."""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import ValidationError as PydanticValidationError
+from pydantic import field_validator, model_validator
+
+from chalicelib import naming, policies
+from chalicelib.config import ALL_EVENT_KINDS, Settings
+from chalicelib.errors import Forbidden, ValidationError
+
+DEFAULT_RETENTION = 1209600      # 14 days, the SQS maximum
+DEFAULT_VISIBILITY = 300
+DEFAULT_MAX_RECEIVE = 5
+DLQ_RETENTION = 1209600
+
+ROLE_NAME_RE = re.compile(r"^[\w+=,.@-]{1,64}$")
+ROLE_ARN_RE = re.compile(
+    r"^arn:(?P<partition>aws|aws-cn|aws-us-gov|aws-iso|aws-iso-b):iam::(?P<account>\d{12}):"
+    r"role(?P<path>/(?:[\x21-\x7e]{0,510}/)?)(?P<name>[\w+=,.@-]{1,64})$")
+KMS_KEY_RE = re.compile(
+    r"^(?:(?:mrk-[0-9a-f]{32})|(?:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"
+    r"|(?:alias/[A-Za-z0-9/_-]{1,250})"
+    r"|(?:arn:(?:aws|aws-cn|aws-us-gov|aws-iso|aws-iso-b):kms:[a-z0-9-]+:\d{12}:"
+    r"(?:key/(?:mrk-[0-9a-f]{32}|[0-9a-f-]{36})|alias/[A-Za-z0-9/_-]{1,250})))$")
+TAG_KEY_RE = re.compile(r"^[\w.:/=+\-@ ]{1,128}$")
+TAG_VALUE_RE = re.compile(r"^[\w.:/=+\-@ ]{0,256}$")
+RESERVED_TAG_PREFIXES = ("aws:", "kip.io/", "karpenter.sh/")
+EventKind = Literal[ALL_EVENT_KINDS]  # type: ignore[valid-type]
+
+ALLOWED = {
+    "cluster_name": "1-100 characters: letters, digits, '-' and '_', starting with a letter or digit",
+    "account_id": "12 digits",
+    "region": "an AWS region code such as eu-west-1",
+    "controller_role": "an IAM role name ([A-Za-z0-9+=,.@_-], 1-64) or a role ARN in the cluster's account",
+    "event_kinds": "a list without repeats drawn from " + ", ".join(ALL_EVENT_KINDS)
+                   + "; it must include spot_interruption",
+    "kms_key_id": "a customer-managed KMS key id, key ARN, alias name or alias ARN; not alias/aws/*",
+    "message_retention_seconds": "an integer from 60 to 1209600",
+    "visibility_timeout_seconds": "an integer from 0 to 43200",
+    "max_receive_count": "an integer from 1 to 1000",
+    "tags": "at most 20 tags; keys 1-128 and values 0-256 of letters, digits, spaces and _.:/=+-@; "
+            "keys may not start with aws:, kip.io/ or karpenter.sh/",
+    "dry_run": "true or false",
+}
+
+
+class ClusterRequest(BaseModel):
+    """The body of ``POST /clusters``; also what the EKS trigger and reconcile build."""
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cluster_name: StrictStr = Field(pattern=naming.CLUSTER_NAME_RE.pattern)
+    account_id: Optional[StrictStr] = Field(default=None, pattern=naming.ACCOUNT_RE.pattern)
+    region: Optional[StrictStr] = Field(default=None, pattern=naming.REGION_RE.pattern)
+    controller_role: Optional[StrictStr] = None
+    event_kinds: Optional[list[EventKind]] = Field(default=None, min_length=1, max_length=5)
+    kms_key_id: Optional[StrictStr] = None
+    message_retention_seconds: Optional[StrictInt] = Field(default=None, ge=60, le=1209600)
+    visibility_timeout_seconds: Optional[StrictInt] = Field(default=None, ge=0, le=43200)
+    max_receive_count: Optional[StrictInt] = Field(default=None, ge=1, le=1000)
+    tags: Optional[dict[StrictStr, StrictStr]] = Field(default=None, max_length=20)
+    dry_run: StrictBool = False
+
+    @field_validator("controller_role")
+    @classmethod
+    def _role(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and not (ROLE_NAME_RE.match(v) or ROLE_ARN_RE.match(v)):
+            raise ValueError("not a role name or role ARN")
+        return v
+
+    @field_validator("event_kinds")
+    @classmethod
+    def _kinds(cls, v: Optional[list[str]]) -> Optional[list[str]]:
+        if v is None:
+            return v
+        if len(set(v)) != len(v):
+            raise ValueError("repeats a kind")
+        if "spot_interruption" not in v:
+            raise ValueError("must include spot_interruption")
+        return [k for k in ALL_EVENT_KINDS if k in v]
+
+    @field_validator("kms_key_id")
+    @classmethod
+    def _kms(cls, v: Optional[str]) -> Optional[str]:
+        if v is None:
+            return v
+        if re.search(r"(^|:)alias/aws/", v):
+            raise ValueError("AWS-managed keys (alias/aws/*, such as alias/aws/sqs) cannot be used: "
+                             "EventBridge cannot encrypt with them, so events would never arrive. "
+                             "Use a customer-managed key whose policy lets events.amazonaws.com use "
+                             "kms:GenerateDataKey and kms:Decrypt")
+        if not KMS_KEY_RE.match(v):
+            raise ValueError("not a KMS key id, key ARN, alias or alias ARN")
+        return v
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, v: Optional[dict[str, str]]) -> Optional[dict[str, str]]:
+        for key, value in (v or {}).items():
+            if not TAG_KEY_RE.match(key) or key.lower().startswith(RESERVED_TAG_PREFIXES):
+                raise ValueError(f"tag key {key[:40]!r} is not allowed")
+            if not TAG_VALUE_RE.match(value):
+                raise ValueError(f"tag value for {key[:40]!r} is not allowed")
+        return v
+
+    @model_validator(mode="after")
+    def _role_partition(self) -> "ClusterRequest":
+        m = ROLE_ARN_RE.match(self.controller_role or "")
+        if m and self.region and m["partition"] != naming.partition_for(self.region):
+            raise ValueError("controller_role: the role ARN is in partition "
+                             f"{m['partition']}, the region {self.region} is in "
+                             f"{naming.partition_for(self.region)}")
+        return self
+
+
+def _field_of(loc: tuple) -> str:
+    parts = [str(p) for p in loc if not str(p).startswith("function-after")]
+    return ".".join(parts) if parts else "body"
+
+
+def parse_request(body: Any) -> ClusterRequest:
+    """Validate a decoded JSON body; every problem becomes a 400 naming the field."""
+    if not isinstance(body, dict):
+        raise ValidationError("the request body must be a JSON object", field="body",
+                              allowed="a JSON object such as {\"cluster_name\": \"prod\"}")
+    try:
+        return ClusterRequest.model_validate(body)
+    except PydanticValidationError as exc:
+        details = []
+        for err in exc.errors(include_url=False, include_input=False):
+            fld = _field_of(err["loc"])
+            top = fld.split(".")[0]
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = "unknown field"
+                allowed = "one of " + ", ".join(ClusterRequest.model_fields)
+            else:
+                allowed = ALLOWED.get(top)
+            if fld == "body" and "controller_role" in msg:
+                fld, top, allowed = "controller_role", "controller_role", ALLOWED["controller_role"]
+            details.append({"field": fld, "message": msg, "allowed": allowed})
+        first = details[0]
+        raise ValidationError(f"{first['field']}: {first['message']}", field=first["field"],
+                              allowed=first["allowed"], details=details) from None
+
+
+def validate_cluster_name(name: str) -> str:
+    if not isinstance(name, str) or not naming.CLUSTER_NAME_RE.match(name):
+        raise ValidationError(f"cluster_name: {name[:120]!r} is not a valid EKS cluster name",
+                              field="cluster_name", allowed=ALLOWED["cluster_name"])
+    return name
+
+
+def validate_identity_params(account_id: Optional[str], region: Optional[str]) -> None:
+    if account_id is not None and not naming.ACCOUNT_RE.match(account_id):
+        raise ValidationError("account_id: must be 12 digits", field="account_id",
+                              allowed=ALLOWED["account_id"])
+    if region is not None and not naming.REGION_RE.match(region):
+        raise ValidationError("region: not an AWS region code", field="region",
+                              allowed=ALLOWED["region"])
+
+
+@dataclass(frozen=True)
+class RoleRef:
+    name: str
+    arn: str
+
+
+def resolve_role(req: ClusterRequest, cid: naming.ClusterId, settings: Settings) -> RoleRef:
+    if req.controller_role and req.controller_role.startswith("arn:"):
+        m = ROLE_ARN_RE.match(req.controller_role)
+        assert m  # validated by the model
+        if m["account"] != cid.account_id:
+            raise ValidationError(
+                f"controller_role: the role is in account {m['account']}, the cluster in "
+                f"{cid.account_id}; the controller role must be in the cluster's account",
+                field="controller_role", allowed=ALLOWED["controller_role"])
+        if m["partition"] != cid.partition:
+            raise ValidationError("controller_role: the role ARN is in another partition than "
+                                  "the cluster", field="controller_role",
+                                  allowed=ALLOWED["controller_role"])
+        ref = RoleRef(m["name"], req.controller_role)
+    else:
+        name = req.controller_role or settings.role_template.format(cluster_name=cid.cluster_name)
+        if len(name) > naming.IAM_ROLE_MAX:
+            raise ValidationError(f"controller_role: the role name {name!r} is longer than 64 "
+                                  "characters; name the role in the request",
+                                  field="controller_role", allowed=ALLOWED["controller_role"])
+        ref = RoleRef(name, naming.role_arn(cid, name))
+    if not settings.role_allowed(ref.name):
+        raise Forbidden(f"controller_role: this service may only attach policies to roles named "
+                        f"{settings.allowed_role_pattern!r}; {ref.name!r} is not one",
+                        field="controller_role", allowed=settings.allowed_role_pattern)
+    return ref
+
+
+@dataclass(frozen=True)
+class DesiredSpec:
+    cid: naming.ClusterId
+    names: naming.Names
+    event_kinds: tuple
+    queue_attributes: dict
+    dlq_attributes: dict
+    queue_policy: dict
+    controller_policy: dict
+    rule_patterns: dict          # kind -> pattern dict (enabled kinds only)
+    role: RoleRef
+    tags: dict                   # ownership + discovery + user tags
+    kms_key_arn: Optional[str]
+    parameters: dict = field(default_factory=dict)
+
+    @property
+    def spec_hash(self) -> str:
+        body = {
+            "names": self.names.to_dict(), "kinds": list(self.event_kinds),
+            "queue": self.queue_attributes, "dlq": self.dlq_attributes,
+            "controller_policy": self.controller_policy, "rules": self.rule_patterns,
+            "role": self.role.arn, "tags": self.tags,
+        }
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _encryption(kms_key_arn: Optional[str]) -> dict:
+    if kms_key_arn:
+        return {"KmsMasterKeyId": kms_key_arn, "KmsDataKeyReusePeriodSeconds": "300"}
+    return {"SqsManagedSseEnabled": "true"}
+
+
+def build_spec(req: ClusterRequest, cid: naming.ClusterId, names: naming.Names,
+               settings: Settings, kms_key_arn: Optional[str] = None) -> DesiredSpec:
+    kinds = tuple(req.event_kinds or ALL_EVENT_KINDS)
+    role = resolve_role(req, cid, settings)
+    # The queue policy names every kind's rule, enabled or not: the rule ARNs are fixed, so turning
+    # a kind on or off never rewrites the queue policy.
+    qpolicy = policies.queue_policy(names.queue_arn, list(names.rule_arns.values()), cid.partition)
+    redrive = {"deadLetterTargetArn": names.dlq_arn,
+               "maxReceiveCount": req.max_receive_count or DEFAULT_MAX_RECEIVE}
+    queue_attrs = {
+        "MessageRetentionPeriod": str(req.message_retention_seconds or DEFAULT_RETENTION),
+        "VisibilityTimeout": str(DEFAULT_VISIBILITY if req.visibility_timeout_seconds is None
+                                 else req.visibility_timeout_seconds),
+        "DelaySeconds": "0",
+        "RedrivePolicy": json.dumps(redrive, sort_keys=True),
+        "Policy": json.dumps(qpolicy, sort_keys=True),
+        **_encryption(kms_key_arn),
+    }
+    dlq_attrs = {
+        "MessageRetentionPeriod": str(DLQ_RETENTION),
+        "Policy": json.dumps(policies.dlq_policy(names.dlq_arn), sort_keys=True),
+        **_encryption(kms_key_arn),
+    }
+    tags = {**settings.default_tags, **(req.tags or {}), naming.DISCOVERY_TAG: cid.cluster_name,
+            **naming.ownership_tags(cid)}
+    params = req.model_dump(exclude_none=True, exclude={"dry_run"})
+    params.update(account_id=cid.account_id, region=cid.region)
+    return DesiredSpec(
+        cid=cid, names=names, event_kinds=kinds, queue_attributes=queue_attrs,
+        dlq_attributes=dlq_attrs, queue_policy=qpolicy,
+        controller_policy=policies.controller_policy(names.queue_arn, kms_key_arn),
+        rule_patterns={k: policies.EVENT_PATTERNS[k] for k in kinds}, role=role, tags=tags,
+        kms_key_arn=kms_key_arn, parameters=params,
+    )

@@ -1,0 +1,88 @@
+"""Shared fixtures. Every AWS test gets a fresh moto mock and fresh clients (created after it)."""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED_EVENTS = ROOT.parent / "shared" / "reference" / "events"
+ACCOUNT = "123456789012"
+REGION = "eu-west-1"
+
+# Never reach a real endpoint: fake credentials, no endpoint override from the caller's shell.
+for var in ("AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_SESSION_TOKEN", "KIP_ACCOUNT_ID"):
+    os.environ.pop(var, None)
+os.environ.update({
+    "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": REGION, "AWS_REGION": REGION,
+    "KIP_TABLE_NAME": "kip-clusters-test", "KIP_API_AUTH": "none",
+    "POWERTOOLS_TRACE_DISABLED": "true", "POWERTOOLS_METRICS_NAMESPACE": "KipTest",
+    "POWERTOOLS_SERVICE_NAME": "kip", "POWERTOOLS_LOG_LEVEL": "WARNING",
+    "KIP_RETRY_MODE": "standard", "KIP_MAX_ATTEMPTS": "3",
+})
+
+
+def load_event(name: str) -> dict:
+    return json.loads((SHARED_EVENTS / name).read_text())
+
+
+@pytest.fixture
+def settings():
+    from chalicelib.config import get_settings
+    get_settings.cache_clear()
+    yield get_settings()
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def moto_env(settings):
+    """A fresh in-process AWS with the records table created."""
+    from moto import mock_aws
+
+    from chalicelib import aws
+    with mock_aws():
+        aws.reset()
+        aws.Store(settings).create_table()
+        yield settings
+        aws.reset()
+
+
+def make_cluster(name: str, tags: dict | None = None, region: str = REGION) -> dict:
+    import boto3
+    iam = boto3.client("iam", region_name=region)
+    try:
+        iam.create_role(RoleName="eks-cluster-role", AssumeRolePolicyDocument=json.dumps({
+            "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
+                                                    "Principal": {"Service": "eks.amazonaws.com"}}]}))
+    except iam.exceptions.EntityAlreadyExistsException:
+        pass
+    eks = boto3.client("eks", region_name=region)
+    return eks.create_cluster(
+        name=name, roleArn=f"arn:aws:iam::{ACCOUNT}:role/eks-cluster-role",
+        resourcesVpcConfig={"subnetIds": ["subnet-0abc", "subnet-0def"]}, tags=tags or {})["cluster"]
+
+
+def make_role(name: str) -> str:
+    import boto3
+    iam = boto3.client("iam", region_name=REGION)
+    return iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps({
+        "Version": "2012-10-17", "Statement": [{
+            "Effect": "Allow", "Action": "sts:AssumeRoleWithWebIdentity",
+            "Principal": {"Federated": f"arn:aws:iam::{ACCOUNT}:oidc-provider/oidc.eks"}}]}))["Role"]["Arn"]
+
+
+@pytest.fixture
+def engine(moto_env):
+    from chalicelib.service import Engine
+    return Engine(moto_env)
+
+
+@pytest.fixture
+def cluster(moto_env):
+    """An EKS cluster 'payments-prod' and its Karpenter controller role."""
+    make_cluster("payments-prod")
+    make_role("KarpenterController-payments-prod")
+    return "payments-prod"
