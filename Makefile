@@ -30,9 +30,11 @@ local: venv
 bench: venv
 	$(BIN)/python bench/run.py --latency-ms $(LATENCY_MS)
 
+STAGE ?= prod
+
 package: venv
 	rm -rf build/package
-	$(BIN)/chalice package --stage prod --merge-template .chalice/resources.json build/package
+	AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} $(BIN)/chalice package --stage $(STAGE) --merge-template .chalice/resources-$(STAGE).json build/package
 	@ls -l build/package
 
 clean:

@@ -1,0 +1,285 @@
+"""Chalice entry points only: routes, the EKS event handler and the schedule.
+
+Parse input -> call a use case -> map domain errors to HTTP. No boto3 here; the engine (and with
+it boto3 and pydantic) is imported on first use, not at import time, to keep cold starts small.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import time
+from typing import Any, Callable, Optional
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
+from chalice import Chalice, ConvertToMiddleware, CORSConfig, IAMAuthorizer, Rate, Response
+
+from chalicelib import errors
+from chalicelib.config import get_settings
+from chalicelib.events import EKS_EVENT_PATTERN
+
+settings = get_settings()
+app = Chalice(app_name="kip")
+logger = Logger(service="kip")
+metrics = Metrics(namespace="KarpenterInterruptionProvisioner", service="kip")
+tracer = Tracer(service="kip")
+
+# Powertools' decorators take (event, context); Chalice handlers take one argument, so they are
+# registered as middleware that Chalice runs around every handler.
+app.register_middleware(ConvertToMiddleware(
+    functools.partial(logger.inject_lambda_context, clear_state=True)))
+app.register_middleware(ConvertToMiddleware(metrics.log_metrics))
+app.register_middleware(ConvertToMiddleware(tracer.capture_lambda_handler))
+
+AUTH = IAMAuthorizer() if settings.api_auth == "iam" else None
+CORS: Any = CORSConfig(allow_origin=settings.cors_origin, max_age=600) \
+    if settings.cors_origin else False
+CONTENT_TYPES = ["application/json", "text/plain", "application/octet-stream",
+                 "application/x-www-form-urlencoded"]
+MAX_BODY = 64 * 1024
+STATUSES = ("provisioning", "ready", "waiting_for_role", "failed", "deleting")
+
+_engine: Any = None
+
+
+def engine() -> Any:
+    global _engine
+    if _engine is None:
+        from chalicelib.service import Engine
+        _engine = Engine(settings)
+    return _engine
+
+
+# ------------------------------------------------------------------------------- HTTP plumbing
+
+def error_response(exc: errors.KipError) -> Response:
+    headers = {"Content-Type": "application/json"}
+    retry = getattr(exc, "retry_after", None) or exc.extra.get("retry_after")
+    if retry:
+        headers["Retry-After"] = str(int(retry))
+    return Response(body=exc.to_body(), status_code=exc.status, headers=headers)
+
+
+def api(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Every route answers errors in one shape: {"error": {"code", "message", "field", ...}}."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except errors.KipError as exc:
+            level = logger.warning if exc.status < 500 else logger.error
+            level("request failed", extra={"code": exc.code, "status": exc.status,
+                                            "detail": exc.message})
+            if exc.status >= 500:
+                metrics.add_metric(name="Failed", unit=MetricUnit.Count, value=1)
+            return error_response(exc)
+        except Exception:  # the one place a bug surfaces: logged with its traceback, no leak
+            logger.exception("unhandled error")
+            return error_response(errors.KipError(
+                "internal error; the request id in the logs has the details"))
+    return wrapper
+
+
+def _json_body(required: bool = True) -> Any:
+    raw = app.current_request.raw_body or b""
+    if len(raw) > MAX_BODY:
+        raise errors.ValidationError(f"the request body is {len(raw)} bytes; at most "
+                                     f"{MAX_BODY} are accepted", field="body",
+                                     allowed=f"a JSON object of at most {MAX_BODY} bytes")
+    if not raw.strip():
+        if required:
+            raise errors.ValidationError("the request body is empty", field="body",
+                                         allowed="a JSON object")
+        return {}
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise errors.ValidationError(f"the request body is not valid JSON: {exc}"[:300],
+                                     field="body", allowed="a UTF-8 JSON object") from None
+
+
+def _query(allowed: tuple) -> dict:
+    params = dict(app.current_request.query_params or {})
+    for key in params:
+        if key not in allowed:
+            raise errors.ValidationError(f"unknown query parameter {key[:60]!r}", field=key[:60],
+                                         allowed="one of " + ", ".join(allowed))
+    return params
+
+
+def _bool_param(params: dict, name: str) -> bool:
+    value = params.get(name)
+    if value is None:
+        return False
+    if value.lower() in ("true", "1"):
+        return True
+    if value.lower() in ("false", "0"):
+        return False
+    raise errors.ValidationError(f"{name}: not a boolean", field=name, allowed="true or false")
+
+
+def _cluster_id(name: str, params: dict) -> Any:
+    from chalicelib import spec
+    spec.validate_cluster_name(name)
+    spec.validate_identity_params(params.get("account_id"), params.get("region"))
+    cid = engine().identity(name, params.get("account_id"), params.get("region"))
+    logger.append_keys(cluster=cid.key)
+    return cid
+
+
+def _view(record: Optional[dict]) -> dict:
+    from chalicelib.registry import public_view
+    return public_view(record) if record else {}
+
+
+# ------------------------------------------------------------------------------- routes
+
+@app.route("/clusters", methods=["POST"], authorizer=AUTH, cors=CORS,
+           content_types=CONTENT_TYPES)
+@api
+def create_cluster() -> Response:
+    from chalicelib import spec
+    _query(())
+    req = spec.parse_request(_json_body())
+    started = time.perf_counter()
+    cid = engine().identity(req.cluster_name, req.account_id, req.region)
+    logger.append_keys(cluster=cid.key)
+    out = engine().provision(req, source="api")
+    if out.dry_run:
+        return Response(body={"dry_run": True, "cluster": cid.key, "plan": out.actions,
+                              "record": _view(out.record) or None}, status_code=200)
+    metrics.add_metric(name="ProvisionDuration", unit=MetricUnit.Milliseconds,
+                       value=(time.perf_counter() - started) * 1000)
+    if out.changed:
+        metrics.add_metric(name="Provisioned", unit=MetricUnit.Count, value=1)
+    logger.info("provisioned", extra={"changed": out.changed, "status": out.record["status"],
+                                      "actions": len(out.actions)})
+    body = {**_view(out.record), "changed": out.changed, "actions": out.actions}
+    return Response(body=body, status_code=201 if out.changed else 200)
+
+
+@app.route("/clusters", methods=["GET"], authorizer=AUTH, cors=CORS)
+@api
+def list_clusters() -> dict:
+    params = _query(("limit", "next_token", "status"))
+    raw_limit = params.get("limit", "50")
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 100:
+        raise errors.ValidationError("limit: must be an integer from 1 to 100", field="limit",
+                                     allowed="an integer from 1 to 100")
+    status = params.get("status")
+    if status is not None and status not in STATUSES:
+        raise errors.ValidationError(f"status: {status[:40]!r} is not a status", field="status",
+                                     allowed="one of " + ", ".join(STATUSES))
+    items, token = engine().list(int(raw_limit), params.get("next_token"), status)
+    return {"items": [_view(i) for i in items], "next_token": token}
+
+
+@app.route("/clusters/{cluster_name}", methods=["GET"], authorizer=AUTH, cors=CORS)
+@api
+def get_cluster(cluster_name: str) -> dict:
+    cid = _cluster_id(cluster_name, _query(("account_id", "region")))
+    return _view(engine().describe(cid))
+
+
+@app.route("/clusters/{cluster_name}", methods=["DELETE"], authorizer=AUTH, cors=CORS)
+@api
+def delete_cluster(cluster_name: str) -> dict:
+    cid = _cluster_id(cluster_name, _query(("account_id", "region")))
+    out = engine().teardown(cid, source="api")
+    metrics.add_metric(name="TornDown", unit=MetricUnit.Count, value=1)
+    logger.info("torn down", extra={"removed": len(out.actions)})
+    return {"cluster": cid.key, "deleted": True, "removed": out.actions, "skipped": out.skipped}
+
+
+@app.route("/clusters/{cluster_name}/reconcile", methods=["POST"], authorizer=AUTH, cors=CORS,
+           content_types=CONTENT_TYPES)
+@api
+def reconcile_cluster(cluster_name: str) -> dict:
+    params = _query(("account_id", "region", "dry_run"))
+    body = _json_body(required=False)
+    if not isinstance(body, dict) or set(body) - {"dry_run"}:
+        raise errors.ValidationError("the body may only hold dry_run", field="body",
+                                     allowed='{"dry_run": true|false} or no body')
+    dry_run = body.get("dry_run", _bool_param(params, "dry_run"))
+    if not isinstance(dry_run, bool):
+        raise errors.ValidationError("dry_run: not a boolean", field="dry_run",
+                                     allowed="true or false")
+    cid = _cluster_id(cluster_name, params)
+    out = engine().reconcile(cid, dry_run=dry_run)
+    if out.actions and not dry_run:
+        metrics.add_metric(name="DriftRepaired", unit=MetricUnit.Count, value=1)
+    return {"cluster": cid.key, "dry_run": dry_run, "in_sync": not out.actions,
+            "differences": out.actions, "repaired": bool(out.actions) and not dry_run,
+            "record": _view(out.record)}
+
+
+@app.route("/openapi.json", methods=["GET"], authorizer=AUTH, cors=CORS)
+@api
+def openapi() -> dict:
+    from chalicelib.openapi import document
+    return document()
+
+
+# ------------------------------------------------------------------------------- events
+
+@app.on_cw_event(EKS_EVENT_PATTERN, name="on_eks_event")
+def on_eks_event(event: Any) -> dict:
+    from chalicelib.events import parse_eks_event
+    from chalicelib.naming import ClusterId
+    from chalicelib.spec import ClusterRequest
+    from pydantic import ValidationError as PydanticError
+    try:
+        ev = parse_eks_event(event.to_dict())
+    except PydanticError as exc:
+        logger.warning("not an EKS CloudTrail event; ignored", extra={"errors": exc.errors(
+            include_url=False, include_input=False)})
+        return {"ignored": "unparseable event"}
+    d = ev.detail
+    if d.errorCode:
+        logger.info("the EKS call failed; ignored", extra={"error_code": d.errorCode})
+        return {"ignored": f"{d.eventName} failed with {d.errorCode}"}
+    if d.requestParameters is None:
+        return {"ignored": "no cluster name in the event"}
+    account = d.recipientAccountId or ev.account
+    region = d.awsRegion or ev.region
+    cid = ClusterId(account, region, d.requestParameters.name)
+    logger.append_keys(cluster=cid.key, trigger=d.eventName)
+    try:
+        if d.eventName == "CreateCluster":
+            if str((d.requestParameters.tags or {}).get(settings.opt_out_tag, "")).lower() in (
+                    "true", "yes", "1", "opt-out"):
+                return {"ignored": "cluster opted out", "cluster": cid.key}
+            out = engine().provision(ClusterRequest(
+                cluster_name=cid.cluster_name, account_id=account, region=region),
+                source="eks-event", respect_opt_out=True)
+            if out.opted_out:
+                return {"ignored": "cluster opted out", "cluster": cid.key}
+            metrics.add_metric(name="Provisioned", unit=MetricUnit.Count, value=1)
+            return {"provisioned": cid.key, "status": out.record["status"]}
+        if d.eventName == "DeleteCluster":
+            out = engine().teardown(cid, source="eks-event")
+            metrics.add_metric(name="TornDown", unit=MetricUnit.Count, value=1)
+            return {"deleted": cid.key, "removed": len(out.actions)}
+        return {"ignored": f"event {d.eventName}"}
+    except (errors.ValidationError, errors.Forbidden, errors.ClusterNotFound,
+            errors.RecordNotFound, errors.ResourceNotOwned) as exc:
+        # Final: a retry cannot change the answer. Logged for the platform team.
+        logger.warning("trigger not acted on", extra={"code": exc.code, "detail": exc.message})
+        return {"ignored": exc.code, "cluster": cid.key, "message": exc.message}
+    except errors.KipError as exc:
+        # Transient (throttled, in progress, AWS failure): raise so Lambda retries the event;
+        # the record already says what exists and the schedule finishes the job otherwise.
+        metrics.add_metric(name="Failed", unit=MetricUnit.Count, value=1)
+        logger.error("trigger failed; Lambda will retry", extra={"code": exc.code,
+                                                                  "detail": exc.message})
+        raise
+
+
+@app.schedule(Rate(settings.schedule_minutes, unit=Rate.MINUTES), name="reconcile_all")
+def reconcile_all(event: Any) -> dict:
+    summary = engine().sweep()
+    for key in ("repaired", "adopted", "errors"):
+        metrics.add_metric(name=f"Sweep{key.title()}", unit=MetricUnit.Count,
+                           value=len(summary[key]))
+    logger.info("sweep done", extra={k: len(v) for k, v in summary.items()})
+    return summary

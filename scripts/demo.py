@@ -1,0 +1,165 @@
+"""`make demo`: the whole job on the embedded local stack, narrated.
+
+Starts moto + `chalice local`, creates a demo EKS cluster and Karpenter controller role in moto,
+provisions through the HTTP API, prints the resources and the Helm values, sends Spot-interruption
+and rebalance events through EventBridge and shows them in the queue, simulates EKS DeleteCluster
+through the event handler, shows everything gone, and stops the stack.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from scripts.localstack import Stack, port_free, free_port  # noqa: E402
+
+CLUSTER = "demo-payments"
+ROLE = f"KarpenterController-{CLUSTER}"
+EVENTS_DIR = ROOT.parent / "shared" / "reference" / "events"
+FALLBACK_EVENTS = {
+    "ec2-spot-interruption-warning.json": {
+        "source": "aws.ec2", "detail-type": "EC2 Spot Instance Interruption Warning",
+        "detail": {"instance-id": "i-0a1b2c3d4e5f60718", "instance-action": "terminate"}},
+    "ec2-rebalance-recommendation.json": {
+        "source": "aws.ec2", "detail-type": "EC2 Instance Rebalance Recommendation",
+        "detail": {"instance-id": "i-0a1b2c3d4e5f60718"}},
+}
+
+
+def say(title: str) -> None:
+    print(f"\n== {title}", flush=True)
+
+
+def row(*cols: object) -> None:
+    print("   " + "  ".join(str(c) for c in cols), flush=True)
+
+
+def sample(name: str) -> dict:
+    path = EVENTS_DIR / name
+    return json.loads(path.read_text()) if path.exists() else FALLBACK_EVENTS[name]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--moto-port", type=int, default=5000)
+    ap.add_argument("--api-port", type=int, default=8000)
+    args = ap.parse_args()
+    moto_port = args.moto_port if port_free(args.moto_port) else free_port()
+    api_port = args.api_port if port_free(args.api_port) else free_port()
+
+    import boto3
+    import requests
+
+    say("Starting the local stack (moto server + chalice local, 127.0.0.1 only)")
+    with Stack(moto_port, api_port) as stack, stack.environ():
+        row("AWS (moto)", stack.moto_url)
+        row("API       ", stack.api_url)
+        iam, eks = boto3.client("iam"), boto3.client("eks")
+        sqs, events = boto3.client("sqs"), boto3.client("events")
+
+        say(f"Creating EKS cluster {CLUSTER!r} and its Karpenter controller role in moto")
+        trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+                 "Principal": {"Service": "eks.amazonaws.com"}, "Action": "sts:AssumeRole"}]}
+        cluster_role = iam.create_role(RoleName="demo-eks-cluster-role",
+                                       AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
+        eks.create_cluster(name=CLUSTER, roleArn=cluster_role,
+                           resourcesVpcConfig={"subnetIds": ["subnet-0abc", "subnet-0def"]},
+                           tags={"team": "payments"})
+        iam.create_role(RoleName=ROLE, AssumeRolePolicyDocument=json.dumps(trust))
+        row("cluster", CLUSTER, "| role", ROLE)
+
+        say("POST /clusters  (provision through the HTTP API)")
+        started = time.perf_counter()
+        resp = requests.post(f"{stack.api_url}/clusters", json={"cluster_name": CLUSTER},
+                             timeout=60)
+        took = (time.perf_counter() - started) * 1000
+        body = resp.json()
+        row(f"HTTP {resp.status_code} in {took:.0f} ms, status={body.get('status')!r}, "
+            f"{len(body.get('actions', []))} AWS changes")
+        if resp.status_code != 201:
+            print(json.dumps(body, indent=2))
+            return 1
+        res = body["resources"]
+        say("Resources recorded for the cluster")
+        row("queue      ", res["queue"]["name"], res["queue"]["url"])
+        row("dead-letter", res["dlq"]["name"])
+        for kind, rule in res["rules"].items():
+            row("rule       ", f"{rule['name']:<32}", kind, "-> queue" if rule["target"] else "")
+        row("IAM policy ", res["policy"]["arn"])
+        row("attached to", res["attachment"]["role_arn"], "attached" if
+            res["attachment"]["attached"] else "NOT attached")
+
+        say("Karpenter Helm values (paste into your values.yaml)")
+        print("   settings:\n     interruptionQueue: "
+              + body["karpenter"]["settings.interruptionQueue"])
+
+        resp = requests.post(f"{stack.api_url}/clusters", json={"cluster_name": CLUSTER},
+                             timeout=60)
+        say("POST /clusters again: idempotent")
+        row(f"HTTP {resp.status_code}, changed={resp.json().get('changed')}")
+
+        say("Sending a Spot interruption warning and a rebalance recommendation via EventBridge")
+        entries = []
+        for name in ("ec2-spot-interruption-warning.json", "ec2-rebalance-recommendation.json"):
+            ev = sample(name)
+            entries.append({"Source": ev["source"], "DetailType": ev["detail-type"],
+                            "Detail": json.dumps(ev["detail"]), "Resources": ev.get("resources", [])})
+            row("sent", ev["detail-type"])
+        events.put_events(Entries=entries)
+        url = res["queue"]["url"]
+        got: list = []
+        deadline = time.monotonic() + 10
+        while len(got) < 2 and time.monotonic() < deadline:
+            got += sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10,
+                                       WaitTimeSeconds=1).get("Messages", [])
+        say(f"Messages in {res['queue']['name']} (what Karpenter would read)")
+        for m in got:
+            msg = json.loads(m["Body"])
+            row(msg.get("detail-type"), "|", msg.get("detail", {}).get("instance-id"))
+        if len(got) != 2:
+            print(f"   expected 2 messages, got {len(got)}")
+            return 1
+
+        say("Simulating EKS DeleteCluster (CloudTrail event -> the on_eks_event handler)")
+        eks.delete_cluster(name=CLUSTER)
+        event = sample_delete_event(CLUSTER)
+        import app as service_app
+        from chalice.test import Client
+        with Client(service_app.app, stage_name="local") as client:
+            result = client.lambda_.invoke("on_eks_event", event).payload
+        row("handler returned", json.dumps(result))
+
+        say("Everything is gone")
+        queues = sqs.list_queues(QueueNamePrefix="kip-").get("QueueUrls", [])
+        rules = events.list_rules(NamePrefix="kip-")["Rules"]
+        policies = iam.list_policies(Scope="Local", PathPrefix="/kip/")["Policies"]
+        attached = iam.list_attached_role_policies(RoleName=ROLE)["AttachedPolicies"]
+        record = requests.get(f"{stack.api_url}/clusters/{CLUSTER}", timeout=30)
+        row("queues", len(queues), "| rules", len(rules), "| policies", len(policies),
+            "| attachments", len(attached), "| GET record ->", record.status_code)
+        if queues or rules or policies or attached or record.status_code != 404:
+            return 1
+        say("Stopping the local stack")
+    print("\nDemo finished: provisioned, delivered events, tore down. Exit 0.")
+    return 0
+
+
+def sample_delete_event(cluster: str) -> dict:
+    path = EVENTS_DIR / "cloudtrail-eks-delete-cluster.json"
+    event = json.loads(path.read_text()) if path.exists() else {
+        "version": "0", "id": "demo", "detail-type": "AWS API Call via CloudTrail",
+        "source": "aws.eks", "time": "2026-11-20T10:15:00Z", "resources": [],
+        "detail": {"eventSource": "eks.amazonaws.com", "eventName": "DeleteCluster"}}
+    event["account"] = "123456789012"
+    event["region"] = "eu-west-1"
+    event["detail"].update(recipientAccountId="123456789012", awsRegion="eu-west-1",
+                           requestParameters={"name": cluster})
+    return event
+
+
+if __name__ == "__main__":
+    sys.exit(main())
