@@ -1,0 +1,133 @@
+"""The EKS CloudTrail trigger and the scheduled sweep, invoked like Lambda would."""
+from __future__ import annotations
+
+import json
+
+import boto3
+import pytest
+from chalice.test import Client
+
+from tests.conftest import ACCOUNT, REGION, load_event, make_cluster, make_role
+
+SAMPLE_ACCOUNT = "111122223333"      # the account in the shared CloudTrail samples
+
+
+@pytest.fixture
+def client(moto_env):
+    import app as service_app
+    from chalicelib.service import Engine
+    service_app._engine = Engine(moto_env)
+    with Client(service_app.app, stage_name="local") as c:
+        yield c
+    service_app._engine = None
+
+
+def other_account_session(account: str) -> boto3.session.Session:
+    """Credentials in another (moto) account, as the engine gets them through STS."""
+    creds = boto3.client("sts").assume_role(
+        RoleArn=f"arn:aws:iam::{account}:role/kip-provisioner", RoleSessionName="test")["Credentials"]
+    return boto3.session.Session(aws_access_key_id=creds["AccessKeyId"],
+                                 aws_secret_access_key=creds["SecretAccessKey"],
+                                 aws_session_token=creds["SessionToken"], region_name=REGION)
+
+
+def sample(name: str) -> dict:
+    event = load_event(name)
+    event["version"] = "0"          # real EventBridge sends a string
+    return event
+
+
+def make_cluster_in(sess, name, tags=None):
+    iam, eks = sess.client("iam"), sess.client("eks")
+    trust = json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+                        "Principal": {"Service": "eks.amazonaws.com"}, "Action": "sts:AssumeRole"}]})
+    role = iam.create_role(RoleName=f"eks-{name}", AssumeRolePolicyDocument=trust)["Role"]["Arn"]
+    eks.create_cluster(name=name, roleArn=role, tags=tags or {},
+                       resourcesVpcConfig={"subnetIds": ["subnet-0abc"]})
+    iam.create_role(RoleName=f"KarpenterController-{name}", AssumeRolePolicyDocument=trust)
+
+
+def test_create_cluster_event_provisions_in_the_events_account_through_sts(client):
+    # given the cluster of the sample event, in the sample's (other) account
+    sess = other_account_session(SAMPLE_ACCOUNT)
+    make_cluster_in(sess, "payments-prod")
+    # when
+    out = client.lambda_.invoke("on_eks_event", sample("cloudtrail-eks-create-cluster.json")).payload
+    # then
+    assert out == {"provisioned": f"{SAMPLE_ACCOUNT}/{REGION}/payments-prod", "status": "ready"}
+    assert sess.client("sqs").get_queue_url(QueueName="kip-payments-prod")["QueueUrl"]
+    assert boto3.client("sqs").list_queues().get("QueueUrls", []) == []   # not in our account
+    rec = client.http.get(f"/clusters/payments-prod?account_id={SAMPLE_ACCOUNT}").json_body
+    assert rec["source"] == "eks-event" and rec["status"] == "ready"
+    # and DeleteCluster tears it all down
+    out = client.lambda_.invoke("on_eks_event", sample("cloudtrail-eks-delete-cluster.json")).payload
+    assert out["deleted"] == f"{SAMPLE_ACCOUNT}/{REGION}/payments-prod"
+    assert sess.client("sqs").list_queues().get("QueueUrls", []) == []
+    assert sess.client("events").list_rules(NamePrefix="kip-")["Rules"] == []
+    assert sess.client("iam").list_policies(Scope="Local", PathPrefix="/kip/")["Policies"] == []
+
+
+def test_failed_create_cluster_call_is_ignored(client):
+    out = client.lambda_.invoke(
+        "on_eks_event", sample("cloudtrail-eks-create-cluster-failed.json")).payload
+    assert out["ignored"].startswith("CreateCluster failed with ResourceInUseException")
+    assert client.http.get("/clusters").json_body["items"] == []
+
+
+def test_opted_out_cluster_is_left_alone(client, moto_env):
+    # given a cluster in our account carrying the opt-out tag
+    make_cluster("payments-prod", tags={"kip.io/opt-out": "true"})
+    event = sample("cloudtrail-eks-create-cluster.json")
+    event["account"] = event["detail"]["recipientAccountId"] = ACCOUNT
+    # when
+    out = client.lambda_.invoke("on_eks_event", event).payload
+    # then
+    assert out["ignored"] == "cluster opted out"
+    assert boto3.client("sqs").list_queues().get("QueueUrls", []) == []
+
+
+def test_delete_event_for_an_unknown_cluster_is_ignored(client):
+    event = sample("cloudtrail-eks-delete-cluster.json")
+    event["account"] = event["detail"]["recipientAccountId"] = ACCOUNT
+    assert client.lambda_.invoke("on_eks_event", event).payload["ignored"] == "RecordNotFound"
+
+
+def test_sweep_attaches_once_the_role_exists_and_repairs_drift(client, moto_env):
+    # given one cluster waiting for its role and one with a deleted target
+    make_cluster("waiting")
+    make_cluster("drifted")
+    make_role("KarpenterController-drifted")
+    for name in ("waiting", "drifted"):
+        assert client.http.post("/clusters", body=json.dumps({"cluster_name": name}),
+                                headers={"Content-Type": "application/json"}).status_code == 201
+    assert client.http.get("/clusters/waiting").json_body["status"] == "waiting_for_role"
+    make_role("KarpenterController-waiting")
+    boto3.client("events").remove_targets(Rule="kip-drifted-state",
+                                          Ids=["KarpenterInterruptionQueueTarget"])
+    # when the schedule fires
+    summary = client.lambda_.invoke("reconcile_all", {
+        "version": "0", "id": "x", "detail-type": "Scheduled Event", "source": "aws.events",
+        "account": ACCOUNT, "time": "2026-11-20T10:00:00Z", "region": REGION,
+        "resources": [], "detail": {}}).payload
+    # then
+    assert sorted(summary["repaired"]) == [f"{ACCOUNT}/{REGION}/drifted", f"{ACCOUNT}/{REGION}/waiting"]
+    assert client.http.get("/clusters/waiting").json_body["status"] == "ready"
+    assert boto3.client("iam").list_attached_role_policies(
+        RoleName="KarpenterController-waiting")["AttachedPolicies"]
+    assert boto3.client("events").list_targets_by_rule(Rule="kip-drifted-state")["Targets"]
+
+
+def test_sweep_adopts_existing_clusters_when_enabled(moto_env):
+    import dataclasses
+
+    from chalicelib.service import Engine
+    make_cluster("legacy")
+    make_role("KarpenterController-legacy")
+    make_cluster("private", tags={"kip.io/opt-out": "true"})
+    engine = Engine(dataclasses.replace(moto_env, adopt_existing=True))
+    summary = engine.sweep()
+    assert summary["adopted"] == [f"{ACCOUNT}/{REGION}/legacy"]
+    assert engine.describe(engine.identity("legacy"))["source"] == "reconcile"
+    # the second sweep has nothing to adopt and nothing to repair
+    again = engine.sweep()
+    assert again["adopted"] == [] and again["up_to_date"] == [f"{ACCOUNT}/{REGION}/legacy"]
