@@ -264,3 +264,11 @@ def test_status_events_reach_the_portal_bus(moto_env, cluster):
     details = [json.loads(m["Body"]) for m in msgs]
     assert {d["detail-type"] for d in details} == {"Interruption Handling Status Changed"}
     assert [d["detail"]["status"] for d in details] == ["ready", "deleted"]
+
+
+def test_the_committed_openapi_copy_for_the_portal_is_current():
+    import pathlib
+
+    from chalicelib.openapi import document
+    committed = json.loads((pathlib.Path(__file__).parents[2] / "docs" / "openapi.json").read_text())
+    assert committed == document(), "regenerate docs/openapi.json (see README)"
