@@ -10,26 +10,37 @@ import json
 import time
 from typing import Any, Callable, Optional
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from chalice import Chalice, ConvertToMiddleware, CORSConfig, IAMAuthorizer, Rate, Response
 
 from chalicelib import errors
 from chalicelib.config import get_settings
-from chalicelib.events import EKS_EVENT_PATTERN
+from chalicelib.policies import EKS_EVENT_PATTERN
 
 settings = get_settings()
 app = Chalice(app_name="kip")
 logger = Logger(service="kip")
 metrics = Metrics(namespace="KarpenterInterruptionProvisioner", service="kip")
-tracer = Tracer(service="kip")
+_tracing: Any = None
+
+
+def tracing(event: Any, get_response: Callable[..., Any]) -> Any:
+    """Powertools Tracer, built on the first invocation: the X-Ray SDK it loads costs ~200 ms,
+    which would otherwise sit in every `import app` (tools, tests, packaging) too."""
+    global _tracing
+    if _tracing is None:
+        from aws_lambda_powertools import Tracer
+        _tracing = ConvertToMiddleware(Tracer(service="kip").capture_lambda_handler)
+    return _tracing(event, get_response)
+
 
 # Powertools' decorators take (event, context); Chalice handlers take one argument, so they are
 # registered as middleware that Chalice runs around every handler.
 app.register_middleware(ConvertToMiddleware(
     functools.partial(logger.inject_lambda_context, clear_state=True)))
 app.register_middleware(ConvertToMiddleware(metrics.log_metrics))
-app.register_middleware(ConvertToMiddleware(tracer.capture_lambda_handler))
+app.register_middleware(tracing)
 
 AUTH = IAMAuthorizer() if settings.api_auth == "iam" else None
 CORS: Any = CORSConfig(allow_origin=settings.cors_origin, max_age=600) \

@@ -6,14 +6,6 @@ from typing import Literal, Optional
 from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
 from pydantic import BaseModel, ConfigDict
 
-EKS_EVENT_PATTERN = {
-    "source": ["aws.eks"],
-    "detail-type": ["AWS API Call via CloudTrail"],
-    "detail": {"eventSource": ["eks.amazonaws.com"],
-               "eventName": ["CreateCluster", "DeleteCluster"]},
-}
-
-
 class EksRequestParameters(BaseModel):
     model_config = ConfigDict(extra="ignore")
     name: str

@@ -17,6 +17,14 @@ EVENT_PATTERNS = {
         "detail-type": ["EC2 Capacity Reservation Instance Interruption Warning"]},
 }
 
+# The trigger's own rule: EKS cluster creation and deletion, as CloudTrail reports them.
+EKS_EVENT_PATTERN = {
+    "source": ["aws.eks"],
+    "detail-type": ["AWS API Call via CloudTrail"],
+    "detail": {"eventSource": ["eks.amazonaws.com"],
+               "eventName": ["CreateCluster", "DeleteCluster"]},
+}
+
 CONTROLLER_SQS_ACTIONS = ["sqs:DeleteMessage", "sqs:GetQueueUrl", "sqs:ReceiveMessage"]
 
 
