@@ -44,11 +44,14 @@ _state: dict[str, Any] = {"session": None, "clients": {}, "sessions": {}, "accou
 # ----------------------------------------------------------------------------- sessions/clients
 
 def add_hook(event_name: str, handler: Callable[..., Any]) -> None:
-    """Register a botocore event hook on every session, now and later (metrics, tests)."""
+    """Register a botocore event hook on every session and client, now and later (metrics,
+    tests). A client copies its session's hooks when it is made, so cached clients get it too."""
     with _lock:
         _state["hooks"].append((event_name, handler))
         for sess in _all_sessions():
             sess.events.register(event_name, handler)
+        for c in _state["clients"].values():
+            c.meta.events.register(event_name, handler)
 
 
 def reset() -> None:

@@ -47,7 +47,7 @@ class Settings:
     max_attempts: int = 5
     connect_timeout: int = 5
     read_timeout: int = 20
-    max_workers: int = 8
+    max_workers: int = 20           # wider than the widest read stage (18), so a stage is one wave
     status_bus: str | None = None   # EventBridge bus for status-change events; unset = off
     status_source: str = "kip.provisioner"
     adopt_existing: bool = False
@@ -93,7 +93,7 @@ class Settings:
             max_attempts=_int(env, "KIP_MAX_ATTEMPTS", 5),
             connect_timeout=_int(env, "KIP_CONNECT_TIMEOUT", 5),
             read_timeout=_int(env, "KIP_READ_TIMEOUT", 20),
-            max_workers=_int(env, "KIP_MAX_WORKERS", 8),
+            max_workers=_int(env, "KIP_MAX_WORKERS", 20),
             status_bus=env.get("KIP_STATUS_BUS") or None,
             status_source=env.get("KIP_STATUS_SOURCE", "kip.provisioner"),
             adopt_existing=_bool(env.get("KIP_ADOPT_EXISTING"), False),

@@ -237,7 +237,8 @@ class Engine:
         if record and registry.is_lease_live(record, now) and not req.dry_run:
             raise self.registry.lost(cid, record, now)
 
-        up_to_date = (record is not None and record.get("status") == "ready"
+        up_to_date = (record is not None
+                      and record.get("status") in ("ready", "waiting_for_role")
                       and record.get("spec_hash") == spec.spec_hash)
         owner = registry.new_owner()
         lease: Optional[dict] = None
@@ -245,16 +246,29 @@ class Engine:
             obs = self._stage2(target, names, s1, teardown=False)
             rt += 1
         else:   # something will change: take the lease while the rest is read
-            got = self.parallel({
-                "lease": lambda: self.registry.acquire(cid, owner, record, self._lease_fields(
-                    spec, source, "provisioning", record, cluster)),
-                "obs": lambda: self._stage2(target, names, s1, teardown=False)})
-            lease, obs = got["lease"], got["obs"]
+            # The stage-2 reads run from this thread (they fan out on the pool themselves): a
+            # pool task that waits on pool tasks could starve a busy pool.
+            lease_f = self.pool.submit(lambda: self.registry.acquire(
+                cid, owner, record, self._lease_fields(spec, source, "provisioning", record,
+                                                       cluster)))
+            try:
+                obs = self._stage2(target, names, s1, teardown=False)
+            except BaseException:
+                wait([lease_f])
+                if lease_f.exception() is None:
+                    self._release(record, lease_f.result(), owner)
+                raise
+            lease = lease_f.result()
             rt += 1
         obs.role = s1[f"role:{role.name}"]
         if prev_role and prev_role != role.name:
             obs.previous_role = s1[f"role:{prev_role}"]
-        actions = planner.plan_provision(spec, obs)
+        try:
+            actions = planner.plan_provision(spec, obs)
+        except errors.KipError:     # e.g. ResourceNotOwned: nothing was written, give back the lease
+            if lease is not None:
+                self._release(record, lease, owner)
+            raise
         if req.dry_run:
             return Outcome(record, actions=[a.to_dict() for a in actions], dry_run=True,
                            round_trips=rt + planner.depth(actions))
@@ -292,6 +306,17 @@ class Engine:
             out.error = exc
             raise exc
         return out
+
+    def _release(self, record: Optional[dict], lease: dict, owner: str) -> None:
+        """Give back a lease taken for a run that stopped before any AWS write: the record
+        returns to what it was, or goes away if this run created it."""
+        try:
+            if record is None:
+                self.registry.delete(lease, owner)
+            else:
+                self.registry.save({**record, "version": lease["version"]}, owner)
+        except errors.KipError as exc:
+            log.warning("lease not released (it expires on its own): %s", exc.message)
 
     def _lease_fields(self, spec: DesiredSpec, source: str, status: str,
                       record: Optional[dict], cluster: dict) -> dict:
@@ -334,24 +359,43 @@ class Engine:
         resources under the computed names (a run whose record write failed)."""
         target = aws.Target(cid.account_id, cid.region, self.settings)
         target.warm()
-        record = self.registry.get(cid)
-        names = (naming.Names.from_dict(record["names"]) if record and record.get("names")
-                 else self.names(cid))
-        s1 = self.parallel(self._stage1(target, names, []))
-        obs = self._stage2(target, names, s1, teardown=True)
-        actions, skipped = planner.plan_teardown(names, cid, obs)
-        if record is None and not actions:
-            raise errors.RecordNotFound(f"no record and no resources for cluster {cid.key}",
-                                        field="cluster_name", skipped=skipped or None)
-        owner = registry.new_owner()
+        names = self.names(cid)
+        s1 = self.parallel({"record": lambda: self.registry.get(cid),
+                            **self._stage1(target, names, [])})
+        record, rt = s1["record"], 1
+        if record and record.get("names") and record["names"] != names.to_dict():
+            names = naming.Names.from_dict(record["names"])   # teardown uses the record
+            s1.update(self.parallel(self._stage1(target, names, [])))
+            rt += 1
         now = self.clock()
         if record and registry.is_lease_live(record, now):
             raise self.registry.lost(cid, record, now)
-        lease = self.registry.acquire(cid, owner, record, {
-            "status": "deleting", "source": source, "names": names.to_dict(),
-            "updated_at": registry.iso_now(self.clock),
-            **({} if record else {"created_at": registry.iso_now(self.clock), "resources": {}})})
+        owner = registry.new_owner()
+        lease_f = None
+        if record is not None:      # take the lease while the rest is read
+            lease_f = self.pool.submit(lambda: self.registry.acquire(
+                cid, owner, record, self._teardown_fields(names, source, record)))
+        try:
+            obs = self._stage2(target, names, s1, teardown=True)
+            actions, skipped = planner.plan_teardown(names, cid, obs)
+        except BaseException:
+            if lease_f is not None:
+                wait([lease_f])
+                if lease_f.exception() is None:
+                    self._release(record, lease_f.result(), owner)
+            raise
+        rt += 1
+        if lease_f is not None:
+            lease = lease_f.result()
+        elif not actions:
+            raise errors.RecordNotFound(f"no record and no resources for cluster {cid.key}",
+                                        field="cluster_name", skipped=skipped or None)
+        else:   # no record, but this cluster's tagged resources exist: adopt them to delete
+            lease = self.registry.acquire(cid, owner, None,
+                                          self._teardown_fields(names, source, None))
+            rt += 1
         done, failure = self.execute(target, actions)
+        rt += planner.depth([a for a in actions if a.id in done or (failure and a is failure[0])])
         removed = [{"resource": a.resource, "name": a.name, "call": a.op}
                    for a in actions if a.id in done]
         if failure:
@@ -367,6 +411,7 @@ class Engine:
             exc.extra["record"] = registry.public_view(saved)
             raise exc
         self.registry.delete(lease, owner)
+        rt += 1
         if record is not None:
             try:
                 aws.publish_status(self.settings, {
@@ -375,7 +420,17 @@ class Engine:
                     "previous_status": record.get("status")})
             except errors.KipError as exc:
                 log.warning("status event not published: %s", exc.message)
-        return Outcome(None, changed=bool(actions), actions=removed, skipped=skipped)
+        return Outcome(None, changed=bool(actions), actions=removed, skipped=skipped,
+                       round_trips=rt)
+
+    def _teardown_fields(self, names: naming.Names, source: str,
+                         record: Optional[dict]) -> dict:
+        now = registry.iso_now(self.clock)
+        fields = {"status": "deleting", "source": source, "names": names.to_dict(),
+                  "updated_at": now}
+        if record is None:
+            fields.update(created_at=now, resources={})
+        return fields
 
     def sweep(self, max_records: int = 1000) -> dict:
         """The scheduled job: finish waiting/failed/crashed runs, repair drift, and (when
