@@ -109,7 +109,10 @@ class Names:
 def names_for(cid: ClusterId, prefix: str, iam_path: str) -> Names:
     p, region, account = cid.partition, cid.region, cid.account_id
     queue = fit(prefix, cid.cluster_name, "", SQS_MAX)
-    dlq = fit(prefix, cid.cluster_name, "-dlq", SQS_MAX)
+    # The DLQ shares the queue namespace. After the prefix comes '_', which no EKS cluster name
+    # can start with, so no cluster's queue can ever be named like another cluster's DLQ
+    # (with plain "<prefix><name>-dlq", cluster "x-dlq"'s queue would be cluster "x"'s DLQ).
+    dlq = fit(f"{prefix}_", cid.cluster_name, "-dlq", SQS_MAX)
     rules = {kind: fit(prefix, cid.cluster_name, f"-{suffix}", RULE_MAX)
              for kind, suffix in RULE_SUFFIX.items()}
     # IAM is global to the account: the region is part of the name so that two clusters with the
