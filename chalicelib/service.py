@@ -8,19 +8,21 @@ at any point leaves a record that names everything that may exist.
 from __future__ import annotations
 
 import json
-import logging
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+from aws_lambda_powertools import Logger
+
 from chalicelib import aws, errors, naming, planner, registry
 from chalicelib.config import Settings, get_settings
 from chalicelib.planner import Action, Observed, PolicyState, QueueState, RuleState
 from chalicelib.spec import ClusterRequest, DesiredSpec, build_spec, resolve_role
 
-log = logging.getLogger("kip.service")
+# A child of app.py's Powertools logger: same JSON format, same keys (the cluster identity).
+log = Logger(service="kip", child=True)
 
 STATUSES = ("provisioning", "ready", "waiting_for_role", "failed", "deleting")
 
@@ -194,7 +196,7 @@ class Engine:
                     "queue_name": saved.get("names", {}).get("queue"),
                     "last_error": saved.get("last_error")})
             except errors.KipError as exc:  # a portal notification never fails provisioning
-                log.warning("status event not published: %s", exc.message)
+                log.warning("status event not published", extra={"detail": exc.message})
         return saved
 
     # ------------------------------------------------------------------ use cases
@@ -288,6 +290,9 @@ class Engine:
         rec["applied"] = [a.id for a in actions if a.id in done]
         if failure:
             action, exc = failure
+            log.error("provisioning step failed", extra={
+                "step": action.id, "resource": action.name, "code": exc.code,
+                "detail": exc.message, "done": sorted(done)})
             rec["status"] = "failed"
             rec["last_error"] = {"step": action.id, "call": action.op, "resource": action.name,
                                  "code": exc.extra.get("aws_code") or exc.code,
@@ -316,7 +321,7 @@ class Engine:
             else:
                 self.registry.save({**record, "version": lease["version"]}, owner)
         except errors.KipError as exc:
-            log.warning("lease not released (it expires on its own): %s", exc.message)
+            log.warning("lease not released (it expires on its own)", extra={"detail": exc.message})
 
     def _lease_fields(self, spec: DesiredSpec, source: str, status: str,
                       record: Optional[dict], cluster: dict) -> dict:
@@ -400,6 +405,9 @@ class Engine:
                    for a in actions if a.id in done]
         if failure:
             action, exc = failure
+            log.error("teardown step failed", extra={
+                "step": action.id, "resource": action.name, "code": exc.code,
+                "detail": exc.message, "removed": sorted(done)})
             rec = dict(lease)
             rec["status"] = "failed"
             rec["last_error"] = {"step": action.id, "call": action.op, "resource": action.name,
@@ -419,7 +427,7 @@ class Engine:
                     "account_id": cid.account_id, "region": cid.region, "status": "deleted",
                     "previous_status": record.get("status")})
             except errors.KipError as exc:
-                log.warning("status event not published: %s", exc.message)
+                log.warning("status event not published", extra={"detail": exc.message})
         return Outcome(None, changed=bool(actions), actions=removed, skipped=skipped,
                        round_trips=rt)
 
