@@ -294,9 +294,7 @@ class Engine:
                 "step": action.id, "resource": action.name, "code": exc.code,
                 "detail": exc.message, "done": sorted(done)})
             rec["status"] = "failed"
-            rec["last_error"] = {"step": action.id, "call": action.op, "resource": action.name,
-                                 "code": exc.extra.get("aws_code") or exc.code,
-                                 "message": exc.message, "at": registry.iso_now(self.clock)}
+            rec["last_error"] = self._last_error(action, exc, "provisioning")
         else:
             rec["status"] = "ready" if obs.role.exists else "waiting_for_role"
             rec.pop("last_error", None)
@@ -311,6 +309,11 @@ class Engine:
             out.error = exc
             raise exc
         return out
+
+    def _last_error(self, action: Action, exc: errors.KipError, during: str) -> dict:
+        return {"step": action.id, "call": action.op, "resource": action.name,
+                "code": exc.extra.get("aws_code") or exc.code, "message": exc.message,
+                "at": registry.iso_now(self.clock), "during": during}
 
     def _release(self, record: Optional[dict], lease: dict, owner: str) -> None:
         """Give back a lease taken for a run that stopped before any AWS write: the record
@@ -410,10 +413,7 @@ class Engine:
                 "detail": exc.message, "removed": sorted(done)})
             rec = dict(lease)
             rec["status"] = "failed"
-            rec["last_error"] = {"step": action.id, "call": action.op, "resource": action.name,
-                                 "code": exc.extra.get("aws_code") or exc.code,
-                                 "message": exc.message, "at": registry.iso_now(self.clock),
-                                 "during": "teardown"}
+            rec["last_error"] = self._last_error(action, exc, "teardown")
             rec["removed"] = removed
             saved = self._save(rec, owner, lease.get("status"))
             exc.extra["record"] = registry.public_view(saved)

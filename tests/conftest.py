@@ -86,3 +86,16 @@ def cluster(moto_env):
     make_cluster("payments-prod")
     make_role("KarpenterController-payments-prod")
     return "payments-prod"
+
+
+@pytest.fixture
+def api(moto_env):
+    """The Chalice app under chalice.test.Client, on a fresh engine for this test's mock."""
+    from chalice.test import Client
+
+    import app as service_app
+    from chalicelib.service import Engine
+    service_app._engine = Engine(moto_env)
+    with Client(service_app.app, stage_name="local") as client:
+        yield client
+    service_app._engine = None

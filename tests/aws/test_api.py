@@ -12,16 +12,6 @@ from tests.conftest import ACCOUNT, REGION, make_cluster, make_role
 JSON = {"Content-Type": "application/json"}
 
 
-@pytest.fixture
-def api(moto_env):
-    import app as service_app
-    from chalicelib.service import Engine
-    service_app._engine = Engine(moto_env)
-    with Client(service_app.app, stage_name="local") as client:
-        yield client
-    service_app._engine = None
-
-
 def post(api, path, body):
     raw = body if isinstance(body, (str, bytes)) else json.dumps(body)
     return api.http.post(path, body=raw, headers=JSON)

@@ -13,13 +13,8 @@ SAMPLE_ACCOUNT = "111122223333"      # the account in the shared CloudTrail samp
 
 
 @pytest.fixture
-def client(moto_env):
-    import app as service_app
-    from chalicelib.service import Engine
-    service_app._engine = Engine(moto_env)
-    with Client(service_app.app, stage_name="local") as c:
-        yield c
-    service_app._engine = None
+def client(api):
+    return api
 
 
 def other_account_session(account: str) -> boto3.session.Session:
