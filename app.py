@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import time
+import warnings
 from typing import Any, Callable, Optional
 
 from aws_lambda_powertools import Logger, Metrics
@@ -22,6 +23,8 @@ settings = get_settings()
 app = Chalice(app_name="kip")
 logger = Logger(service="kip")
 metrics = Metrics(namespace="KarpenterInterruptionProvisioner", service="kip")
+# Reads (GET routes) publish no metric; that is expected, not worth a warning per request.
+warnings.filterwarnings("ignore", "No application metrics to publish", UserWarning)
 _tracing: Any = None
 
 
