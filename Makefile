@@ -6,9 +6,9 @@ STAMP    := $(VENV)/.installed
 MOTO_PORT ?= 5000
 API_PORT  ?= 8000
 LATENCY_MS ?= 50
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= -n 2
 
-.PHONY: venv test demo local bench package clean
+.PHONY: venv test demo local bench package openapi clean
 
 venv: $(STAMP)
 
@@ -36,6 +36,9 @@ package: venv
 	rm -rf build/package
 	AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} $(BIN)/chalice package --stage $(STAGE) --merge-template .chalice/resources-$(STAGE).json build/package
 	@ls -l build/package
+
+openapi: venv
+	$(BIN)/python -c 'import json; from chalicelib.openapi import document; print(json.dumps(document(), indent=2))' > docs/openapi.json
 
 clean:
 	rm -rf $(VENV) build .pytest_cache

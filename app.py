@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import time
 import warnings
 from typing import Any, Callable, Optional
@@ -107,7 +108,7 @@ def _json_body(required: bool = True) -> Any:
         return {}
     try:
         return json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise errors.ValidationError(f"the request body is not valid JSON: {exc}"[:300],
                                      field="body", allowed="a UTF-8 JSON object") from None
 
@@ -177,7 +178,7 @@ def create_cluster() -> Response:
 def list_clusters() -> dict:
     params = _query(("limit", "next_token", "status"))
     raw_limit = params.get("limit", "50")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 100:
+    if not re.fullmatch(r"[0-9]{1,3}", raw_limit) or not 1 <= int(raw_limit) <= 100:
         raise errors.ValidationError("limit: must be an integer from 1 to 100", field="limit",
                                      allowed="an integer from 1 to 100")
     status = params.get("status")

@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import time
@@ -19,7 +20,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, ConnectionError as BotoConnectionError
 from botocore.exceptions import ReadTimeoutError, ConnectTimeoutError
 
-from chalicelib import errors
+from chalicelib import errors, naming
 from chalicelib.config import Settings, get_settings
 from chalicelib.planner import PolicyState, QueueState, RoleState, RuleState
 
@@ -125,8 +126,17 @@ def _session_for(account: Optional[str], settings: Settings) -> boto3.session.Se
 
 
 def _partition(region: str) -> str:
-    from chalicelib.naming import partition_for
-    return partition_for(region)
+    return naming.partition_for(region)
+
+
+@functools.lru_cache(maxsize=256)
+def region_known(region: str) -> bool:
+    """Whether botocore's endpoint data lists EKS in ``region`` (a well-formed but unknown region
+    would otherwise surface as a connection error after every retry). Partitions the SDK has no
+    region list for are not second-guessed."""
+    partition = naming.partition_for(region)
+    known = base_session().get_available_regions("eks", partition_name=partition)
+    return not known or region in known
 
 
 def client(service: str, account: Optional[str], region: str,
@@ -375,15 +385,42 @@ class Target:
 
     def create_policy(self, name: str, path: str, document: dict, tags: dict,
                       description: str) -> dict:
-        r = _call(f"iam:CreatePolicy {name}", self._c("iam").create_policy, PolicyName=name,
-                  Path=path, PolicyDocument=json.dumps(document), Description=description[:1000],
-                  Tags=_tags_list(tags))
+        step = f"iam:CreatePolicy {name}"
+        try:
+            r = self._c("iam").create_policy(
+                PolicyName=name, Path=path, PolicyDocument=json.dumps(document),
+                Description=description[:1000], Tags=_tags_list(tags))
+        except ClientError as exc:
+            if error_code(exc) != "EntityAlreadyExists":
+                raise translate(exc, step) from exc
+            # Our own create whose answer was lost and which botocore retried, or a policy made
+            # since we looked: adopt it only if it carries this cluster's ownership tags.
+            arn = f"arn:{_partition(self.region)}:iam::{self.account}:policy{path}{name}"
+            found = self.get_policy(arn)
+            ours = {k: tags[k] for k in (naming.MANAGED_BY_TAG, naming.CLUSTER_TAG)}
+            if not found or any(_tags_dict(found.get("Tags")).get(k) != v
+                                for k, v in ours.items()):
+                raise errors.ResourceNotOwned(
+                    f"IAM policy {name!r} already exists and is not managed by this service for "
+                    "this cluster; nothing was changed", resource=name,
+                    resource_type="IAM policy") from exc
+            return {"arn": arn, "version": found.get("DefaultVersionId")}
+        except BotoCoreError as exc:
+            raise translate(exc, step) from exc
         return {"arn": r["Policy"]["Arn"], "version": r["Policy"].get("DefaultVersionId")}
 
     def create_policy_version(self, arn: str, document: dict) -> dict:
         r = _call(f"iam:CreatePolicyVersion {arn}", self._c("iam").create_policy_version,
                   PolicyArn=arn, PolicyDocument=json.dumps(document), SetAsDefault=True)
-        return {"version": r["PolicyVersion"]["VersionId"]}
+        version = r["PolicyVersion"]["VersionId"]
+        if r.get("ResponseMetadata", {}).get("RetryAttempts"):
+            # botocore retried: an earlier attempt may have created a version whose answer was
+            # lost. Drop non-default versions holding this same document.
+            for v in self.policy_versions(arn):
+                if not v["IsDefaultVersion"] and \
+                        self.policy_document(arn, v["VersionId"]) == document:
+                    self.delete_policy_version(arn, v["VersionId"])
+        return {"version": version}
 
     def delete_policy_version(self, arn: str, version: str) -> dict:
         _call(f"iam:DeletePolicyVersion {arn} {version}", self._c("iam").delete_policy_version,

@@ -1,8 +1,8 @@
 """Pure: cluster identity -> every resource name and ARN, within AWS limits.
 
 Names are deterministic. When ``prefix + cluster + suffix`` would exceed an AWS limit, the cluster
-part is cut and a 10-hex-digit SHA-256 of the *whole* cluster part is appended, so two clusters
-never share a name even when their names differ only at the end. Names are computed once and
+part is cut, marked with a leading '_' and followed by a 10-hex-digit SHA-256 of the *whole*
+cluster part, so two clusters never share a name even when their names differ only at the end. Names are computed once and
 recorded; teardown reads them from the record.
 """
 from __future__ import annotations
@@ -18,8 +18,9 @@ IAM_ROLE_MAX = 64
 HASH_LEN = 10
 
 CLUSTER_NAME_RE = re.compile(r"^[0-9A-Za-z][A-Za-z0-9_-]{0,99}$")
-ACCOUNT_RE = re.compile(r"^\d{12}$")
-REGION_RE = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d{1,2}$")
+# ASCII only ([0-9], not \d) and meant for fullmatch (so a trailing newline never passes).
+ACCOUNT_RE = re.compile(r"^[0-9]{12}$")
+REGION_RE = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[0-9]{1,2}$")
 PREFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,19}$")
 
 MANAGED_BY_TAG = "kip.io/managed-by"
@@ -56,14 +57,16 @@ def short_hash(text: str) -> str:
 
 
 def fit(prefix: str, body: str, suffix: str, limit: int) -> str:
-    """``prefix + body + suffix`` if it fits in ``limit``, else body cut and a hash of it added."""
+    """``prefix + body + suffix`` if it fits in ``limit``; else ``prefix + '_' + cut body + '-' +
+    hash of the whole body + suffix``. The '_', which no EKS cluster name starts with, marks a
+    shortened name, so it can never equal the full name of another, shorter cluster."""
     full = f"{prefix}{body}{suffix}"
     if len(full) <= limit:
         return full
-    room = limit - len(prefix) - len(suffix) - 1 - HASH_LEN
+    room = limit - len(prefix) - 1 - len(suffix) - 1 - HASH_LEN
     if room < 1:
         raise ValueError(f"prefix {prefix!r} leaves no room for a name within {limit} characters")
-    return f"{prefix}{body[:room]}-{short_hash(body)}{suffix}"
+    return f"{prefix}_{body[:room]}-{short_hash(body)}{suffix}"
 
 
 @dataclass(frozen=True)

@@ -19,14 +19,7 @@ def _json(schema: dict, description: str) -> dict:
 
 
 def _errors(*codes: int) -> dict:
-    text = {400: "Invalid input: the body names the field and what is allowed",
-            403: "Not allowed (e.g. a controller role outside the allowed name pattern)",
-            404: "Unknown cluster (not in EKS, or no record)",
-            409: "A same-named resource this service does not own, or a run in progress",
-            413: "Body too large", 502: "An AWS call failed; the record names the step",
-            503: "AWS throttled past the retries; see Retry-After"}
-    out = {str(c): {"$ref": f"#/components/responses/E{c}"} for c in codes}
-    return out
+    return {str(c): {"$ref": f"#/components/responses/E{c}"} for c in codes}
 
 
 def _request_schema() -> dict:
@@ -47,7 +40,7 @@ IDENTITY_PARAMS = [
     {"name": "cluster_name", "in": "path", "required": True,
      "schema": {"type": "string", "pattern": r"^[0-9A-Za-z][A-Za-z0-9_-]{0,99}$"}},
     {"name": "account_id", "in": "query", "required": False,
-     "schema": {"type": "string", "pattern": r"^\d{12}$"}},
+     "schema": {"type": "string", "pattern": r"^[0-9]{12}$"}},
     {"name": "region", "in": "query", "required": False, "schema": {"type": "string"}},
 ]
 

@@ -42,7 +42,7 @@ class Registry:
         item.update(id=cid.key, account_id=cid.account_id, region=cid.region,
                     cluster_name=cid.cluster_name, lease_owner=owner,
                     lease_expires=int(now + self.settings.lease_seconds),
-                    version=int((current or {}).get("version", 0)) + 1)
+                    version=int((current or {}).get("version", 0)) + 1, write_id=new_owner())
         if current is None:
             cond, values = "attribute_not_exists(id)", {}
         else:
@@ -51,7 +51,8 @@ class Registry:
         try:
             self.store.put(item, cond, values)
         except ConditionFailed as lost:
-            raise self.lost(cid, lost.item, now) from None
+            if not _is_ours(lost.item, item):
+                raise self.lost(cid, lost.item, now) from None
         return item
 
     def lost(self, cid: ClusterId, item: Optional[dict], now: float) -> Exception:
@@ -71,6 +72,7 @@ class Registry:
         item = dict(record)
         item["version"] = int(record["version"]) + 1
         item["updated_at"] = _iso(now)
+        item["write_id"] = new_owner()
         if release:
             item.pop("lease_owner", None)
             item.pop("lease_expires", None)
@@ -78,8 +80,9 @@ class Registry:
             self.store.put(item, "version = :v AND lease_owner = :me",
                            {":v": int(record["version"]), ":me": owner})
         except ConditionFailed as lost:
-            cid = ClusterId(record["account_id"], record["region"], record["cluster_name"])
-            raise self._stale(cid, lost.item) from None
+            if not _is_ours(lost.item, item):
+                cid = ClusterId(record["account_id"], record["region"], record["cluster_name"])
+                raise self._stale(cid, lost.item) from None
         return item
 
     def delete(self, record: dict, owner: str) -> None:
@@ -87,6 +90,8 @@ class Registry:
             self.store.delete(record["id"], "version = :v AND lease_owner = :me",
                               {":v": int(record["version"]), ":me": owner})
         except ConditionFailed as lost:
+            if lost.item is None:   # already gone: our own delete whose answer was lost
+                return
             cid = ClusterId(record["account_id"], record["region"], record["cluster_name"])
             raise self._stale(cid, lost.item) from None
 
@@ -104,13 +109,19 @@ class Registry:
                 start = json.loads(base64.urlsafe_b64decode(next_token.encode()))
                 if not isinstance(start, dict) or not isinstance(start.get("id"), str):
                     raise ValueError
-            except (ValueError, binascii.Error, UnicodeDecodeError):
+            except (ValueError, binascii.Error, UnicodeDecodeError, RecursionError):
                 raise ValidationError("next_token: not a token this API returned",
                                       field="next_token",
                                       allowed="the next_token of a previous page") from None
         items, last = self.store.page(limit, start, status)
         token = base64.urlsafe_b64encode(json.dumps(last).encode()).decode() if last else None
         return items, token
+
+
+def _is_ours(found: Optional[dict], written: dict) -> bool:
+    """A conditional write that 'lost' against the very item it wrote: botocore retried a write
+    whose answer was lost after DynamoDB had applied it. Each write carries a unique write_id."""
+    return bool(found) and found.get("write_id") == written["write_id"]
 
 
 def _iso(ts: float) -> str:
@@ -127,4 +138,4 @@ def is_lease_live(record: dict, now: float) -> bool:
 
 def public_view(record: dict) -> dict[str, Any]:
     """The record as the API shows it (no lease internals)."""
-    return {k: v for k, v in record.items() if k not in ("lease_owner",)}
+    return {k: v for k, v in record.items() if k not in ("lease_owner", "write_id")}

@@ -19,7 +19,7 @@ from aws_lambda_powertools import Logger
 from chalicelib import aws, errors, naming, planner, registry
 from chalicelib.config import Settings, get_settings
 from chalicelib.planner import Action, Observed, PolicyState, QueueState, RuleState
-from chalicelib.spec import ClusterRequest, DesiredSpec, build_spec, resolve_role
+from chalicelib.spec import ClusterRequest, DesiredSpec, RoleRef, build_spec, resolve_role
 
 # A child of app.py's Powertools logger: same JSON format, same keys (the cluster identity).
 log = Logger(service="kip", child=True)
@@ -69,6 +69,11 @@ class Engine:
 
     def identity(self, cluster_name: str, account_id: Optional[str] = None,
                  region: Optional[str] = None) -> naming.ClusterId:
+        if region and not aws.region_known(region):
+            raise errors.ValidationError(
+                f"region: {region!r} is not a region where EKS is available (per the AWS SDK's "
+                "endpoint data)", field="region",
+                allowed="an AWS region code where EKS runs, such as eu-west-1")
         return naming.ClusterId(account_id or aws.own_account(self.settings),
                                 region or self.settings.region, cluster_name)
 
@@ -167,8 +172,9 @@ class Engine:
             st = obs.rules.get(rule, RuleState())
             exists = ((st.exists or f"rule.{kind}" in done)
                       and f"rule.{kind}.delete" not in done)
-            has_target = exists and (f"targets.{kind}" in done or any(
-                t.get("Id") == naming.TARGET_ID for t in st.targets))
+            has_target = exists and f"targets.{kind}.remove" not in done and (
+                f"targets.{kind}" in done
+                or any(t.get("Id") == naming.TARGET_ID for t in st.targets))
             rules[kind] = {"name": rule, "arn": n.rule_arns[kind], "exists": exists,
                            "enabled": kind in kinds, "target": has_target}
         pol_exists = (obs.policy.exists or "policy.create" in done) \
@@ -356,13 +362,16 @@ class Engine:
 
     def reconcile(self, cid: naming.ClusterId, dry_run: bool = False) -> Outcome:
         rec = self.describe(cid)
+        if rec.get("status") == "deleting":     # an unfinished teardown: finish it, never undo it
+            return self.teardown(cid, source="reconcile", dry_run=dry_run)
         params = dict(rec.get("request") or {})
         params.update(cluster_name=cid.cluster_name, account_id=cid.account_id,
                       region=cid.region, dry_run=dry_run)
         req = ClusterRequest.model_validate(params)
         return self.provision(req, source="reconcile", reconcile=True)
 
-    def teardown(self, cid: naming.ClusterId, source: str = "api") -> Outcome:
+    def teardown(self, cid: naming.ClusterId, source: str = "api",
+                 dry_run: bool = False) -> Outcome:
         """Remove everything the record names; without a record, this cluster's tagged
         resources under the computed names (a run whose record write failed)."""
         target = aws.Target(cid.account_id, cid.region, self.settings)
@@ -380,6 +389,11 @@ class Engine:
             raise self.registry.lost(cid, record, now)
         owner = registry.new_owner()
         lease_f = None
+        if dry_run:
+            obs = self._stage2(target, names, s1, teardown=True)
+            actions, skipped = planner.plan_teardown(names, cid, obs)
+            return Outcome(record, actions=[a.to_dict() for a in actions], dry_run=True,
+                           skipped=skipped, round_trips=rt + 1 + planner.depth(actions))
         if record is not None:      # take the lease while the rest is read
             lease_f = self.pool.submit(lambda: self.registry.acquire(
                 cid, owner, record, self._teardown_fields(names, source, record)))
@@ -412,9 +426,11 @@ class Engine:
                 "step": action.id, "resource": action.name, "code": exc.code,
                 "detail": exc.message, "removed": sorted(done)})
             rec = dict(lease)
-            rec["status"] = "failed"
+            # Still "deleting": a retried DELETE, a reconcile or the schedule finishes the job.
+            rec["status"] = "deleting"
             rec["last_error"] = self._last_error(action, exc, "teardown")
             rec["removed"] = removed
+            rec["resources"] = self._teardown_resources(names, cid, obs, done, record)
             saved = self._save(rec, owner, lease.get("status"))
             exc.extra["record"] = registry.public_view(saved)
             raise exc
@@ -430,6 +446,18 @@ class Engine:
                 log.warning("status event not published", extra={"detail": exc.message})
         return Outcome(None, changed=bool(actions), actions=removed, skipped=skipped,
                        round_trips=rt)
+
+    def _teardown_resources(self, names: naming.Names, cid: naming.ClusterId, obs: Observed,
+                            done: dict, record: Optional[dict]) -> dict:
+        """What still exists after a teardown stopped part way."""
+        att = ((record or {}).get("resources") or {}).get("attachment") or {}
+        role = RoleRef(att.get("role_name", ""), att.get("role_arn", ""))
+        res = self._resources(names, cid, obs, done, tuple((record or {}).get("event_kinds", ())),
+                              role, bool(att.get("role_exists")))
+        still = [r for r in obs.policy.attached_roles if f"detach.{r}" not in done]
+        res["attachment"]["attached"] = role.name in still
+        res["attachment"]["attached_roles"] = still
+        return res
 
     def _teardown_fields(self, names: naming.Names, source: str,
                          record: Optional[dict]) -> dict:
@@ -457,11 +485,7 @@ class Engine:
                     summary["skipped"].append(rec["id"])
                     continue
                 try:
-                    if rec.get("status") == "deleting":
-                        self.teardown(cid, source="reconcile")
-                        summary["repaired"].append(rec["id"])
-                        continue
-                    out = self.reconcile(cid)
+                    out = self.reconcile(cid)       # an unfinished teardown is finished
                     summary["repaired" if out.actions else "up_to_date"].append(rec["id"])
                 except errors.KipError as exc:
                     summary["errors"].append({"cluster": rec["id"], "code": exc.code,

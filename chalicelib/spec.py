@@ -20,14 +20,16 @@ DEFAULT_VISIBILITY = 300
 DEFAULT_MAX_RECEIVE = 5
 DLQ_RETENTION = 1209600
 
-ROLE_NAME_RE = re.compile(r"^[\w+=,.@-]{1,64}$")
+# ASCII classes ([0-9], [A-Za-z0-9_]) rather than \d and \w, which also match other scripts' digits
+# and letters; every check is a fullmatch, so a trailing newline never passes.
+ROLE_NAME_RE = re.compile(r"^[A-Za-z0-9_+=,.@-]{1,64}$")
 ROLE_ARN_RE = re.compile(
-    r"^arn:(?P<partition>aws|aws-cn|aws-us-gov|aws-iso|aws-iso-b):iam::(?P<account>\d{12}):"
-    r"role(?P<path>/(?:[\x21-\x7e]{0,510}/)?)(?P<name>[\w+=,.@-]{1,64})$")
+    r"^arn:(?P<partition>aws|aws-cn|aws-us-gov|aws-iso|aws-iso-b):iam::(?P<account>[0-9]{12}):"
+    r"role(?P<path>/(?:[\x21-\x7e]{0,510}/)?)(?P<name>[A-Za-z0-9_+=,.@-]{1,64})$")
 KMS_KEY_RE = re.compile(
     r"^(?:(?:mrk-[0-9a-f]{32})|(?:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"
     r"|(?:alias/[A-Za-z0-9/_-]{1,250})"
-    r"|(?:arn:(?:aws|aws-cn|aws-us-gov|aws-iso|aws-iso-b):kms:[a-z0-9-]+:\d{12}:"
+    r"|(?:arn:(?:aws|aws-cn|aws-us-gov|aws-iso|aws-iso-b):kms:[a-z0-9-]+:[0-9]{12}:"
     r"(?:key/(?:mrk-[0-9a-f]{32}|[0-9a-f-]{36})|alias/[A-Za-z0-9/_-]{1,250})))$")
 TAG_KEY_RE = re.compile(r"^[\w.:/=+\-@ ]{1,128}$")
 TAG_VALUE_RE = re.compile(r"^[\w.:/=+\-@ ]{0,256}$")
@@ -70,7 +72,7 @@ class ClusterRequest(BaseModel):
     @field_validator("controller_role")
     @classmethod
     def _role(cls, v: Optional[str]) -> Optional[str]:
-        if v is not None and not (ROLE_NAME_RE.match(v) or ROLE_ARN_RE.match(v)):
+        if v is not None and not (ROLE_NAME_RE.fullmatch(v) or ROLE_ARN_RE.fullmatch(v)):
             raise ValueError("not a role name or role ARN")
         return v
 
@@ -95,7 +97,7 @@ class ClusterRequest(BaseModel):
                              "EventBridge cannot encrypt with them, so events would never arrive. "
                              "Use a customer-managed key whose policy lets events.amazonaws.com use "
                              "kms:GenerateDataKey and kms:Decrypt")
-        if not KMS_KEY_RE.match(v):
+        if not KMS_KEY_RE.fullmatch(v):
             raise ValueError("not a KMS key id, key ARN, alias or alias ARN")
         return v
 
@@ -103,15 +105,15 @@ class ClusterRequest(BaseModel):
     @classmethod
     def _tags(cls, v: Optional[dict[str, str]]) -> Optional[dict[str, str]]:
         for key, value in (v or {}).items():
-            if not TAG_KEY_RE.match(key) or key.lower().startswith(RESERVED_TAG_PREFIXES):
+            if not TAG_KEY_RE.fullmatch(key) or key.lower().startswith(RESERVED_TAG_PREFIXES):
                 raise ValueError(f"tag key {key[:40]!r} is not allowed")
-            if not TAG_VALUE_RE.match(value):
+            if not TAG_VALUE_RE.fullmatch(value):
                 raise ValueError(f"tag value for {key[:40]!r} is not allowed")
         return v
 
     @model_validator(mode="after")
     def _role_partition(self) -> "ClusterRequest":
-        m = ROLE_ARN_RE.match(self.controller_role or "")
+        m = ROLE_ARN_RE.fullmatch(self.controller_role or "")
         if m and self.region and m["partition"] != naming.partition_for(self.region):
             raise ValueError("controller_role: the role ARN is in partition "
                              f"{m['partition']}, the region {self.region} is in "
@@ -151,17 +153,17 @@ def parse_request(body: Any) -> ClusterRequest:
 
 
 def validate_cluster_name(name: str) -> str:
-    if not isinstance(name, str) or not naming.CLUSTER_NAME_RE.match(name):
+    if not isinstance(name, str) or not naming.CLUSTER_NAME_RE.fullmatch(name):
         raise ValidationError(f"cluster_name: {name[:120]!r} is not a valid EKS cluster name",
                               field="cluster_name", allowed=ALLOWED["cluster_name"])
     return name
 
 
 def validate_identity_params(account_id: Optional[str], region: Optional[str]) -> None:
-    if account_id is not None and not naming.ACCOUNT_RE.match(account_id):
+    if account_id is not None and not naming.ACCOUNT_RE.fullmatch(account_id):
         raise ValidationError("account_id: must be 12 digits", field="account_id",
                               allowed=ALLOWED["account_id"])
-    if region is not None and not naming.REGION_RE.match(region):
+    if region is not None and not naming.REGION_RE.fullmatch(region):
         raise ValidationError("region: not an AWS region code", field="region",
                               allowed=ALLOWED["region"])
 
@@ -174,7 +176,7 @@ class RoleRef:
 
 def resolve_role(req: ClusterRequest, cid: naming.ClusterId, settings: Settings) -> RoleRef:
     if req.controller_role and req.controller_role.startswith("arn:"):
-        m = ROLE_ARN_RE.match(req.controller_role)
+        m = ROLE_ARN_RE.fullmatch(req.controller_role)
         assert m  # validated by the model
         if m["account"] != cid.account_id:
             raise ValidationError(
