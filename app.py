@@ -17,7 +17,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from chalice import Chalice, ConvertToMiddleware, CORSConfig, IAMAuthorizer, Rate, Response
 
 from chalicelib import errors
-from chalicelib.config import get_settings
+from chalicelib.config import STATUSES, get_settings
 from chalicelib.policies import EKS_EVENT_PATTERN
 
 settings = get_settings()
@@ -52,7 +52,6 @@ CORS: Any = CORSConfig(allow_origin=settings.cors_origin, max_age=600) \
 CONTENT_TYPES = ["application/json", "text/plain", "application/octet-stream",
                  "application/x-www-form-urlencoded"]
 MAX_BODY = 64 * 1024
-STATUSES = ("provisioning", "ready", "waiting_for_role", "failed", "deleting")
 
 _engine: Any = None
 

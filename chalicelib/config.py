@@ -10,6 +10,10 @@ import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+# A record's status: "deleting" also marks a teardown that stopped part way (it is finished, never
+# undone, by the next DELETE, reconcile or scheduled sweep).
+STATUSES = ("provisioning", "ready", "waiting_for_role", "failed", "deleting")
+
 ALL_EVENT_KINDS = (
     "spot_interruption",
     "rebalance_recommendation",

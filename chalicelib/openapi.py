@@ -4,10 +4,9 @@ from __future__ import annotations
 import copy
 from functools import lru_cache
 
-from chalicelib.config import ALL_EVENT_KINDS
+from chalicelib.config import ALL_EVENT_KINDS, STATUSES
 from chalicelib.spec import ClusterRequest
 
-STATUSES = ["provisioning", "ready", "waiting_for_role", "failed", "deleting"]
 
 
 def _ref(name: str) -> dict:
@@ -83,7 +82,7 @@ def _document() -> dict:
                          "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
                         {"name": "next_token", "in": "query", "schema": {"type": "string"}},
                         {"name": "status", "in": "query",
-                         "schema": {"type": "string", "enum": STATUSES}}],
+                         "schema": {"type": "string", "enum": list(STATUSES)}}],
                     "responses": {"200": _json(_ref("ClusterList"), "A page of records"),
                                   **_errors(400, 503),
                                   "500": {"$ref": "#/components/responses/E500"}}},
@@ -145,7 +144,7 @@ def _document() -> dict:
                 "ClusterRecord": {"type": "object", "properties": {
                     "id": {"type": "string"}, "cluster_name": {"type": "string"},
                     "account_id": {"type": "string"}, "region": {"type": "string"},
-                    "status": {"type": "string", "enum": STATUSES},
+                    "status": {"type": "string", "enum": list(STATUSES)},
                     "version": {"type": "integer"},
                     "source": {"type": "string", "enum": ["api", "eks-event", "reconcile"]},
                     "event_kinds": {"type": "array", "items": {

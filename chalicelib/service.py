@@ -24,8 +24,6 @@ from chalicelib.spec import ClusterRequest, DesiredSpec, RoleRef, build_spec, re
 # A child of app.py's Powertools logger: same JSON format, same keys (the cluster identity).
 log = Logger(service="kip", child=True)
 
-STATUSES = ("provisioning", "ready", "waiting_for_role", "failed", "deleting")
-
 
 @dataclass
 class Outcome:
@@ -36,7 +34,6 @@ class Outcome:
     skipped: list = field(default_factory=list)
     round_trips: int = 0
     opted_out: bool = False
-    error: Optional[errors.KipError] = None
 
 
 class Engine:
@@ -306,15 +303,13 @@ class Engine:
             rec.pop("last_error", None)
         saved = self._save(rec, owner, (record or {}).get("status"))
         rt += 1
-        out = Outcome(saved, changed=bool(actions) or record is None
-                      or record.get("status") != saved["status"],
-                      actions=[a.to_dict() for a in actions], round_trips=rt)
         if failure:
             exc = failure[1]
             exc.extra["record"] = registry.public_view(saved)
-            out.error = exc
             raise exc
-        return out
+        return Outcome(saved, changed=bool(actions) or record is None
+                       or record.get("status") != saved["status"],
+                       actions=[a.to_dict() for a in actions], round_trips=rt)
 
     def _last_error(self, action: Action, exc: errors.KipError, during: str) -> dict:
         return {"step": action.id, "call": action.op, "resource": action.name,
