@@ -49,9 +49,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from scripts.localstack import Stack  # noqa: E402
+from chalicelib.config import Settings  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results.json"
-DEFAULT_WORKERS = 20
 VENV_PY = ROOT / ".venv" / "bin" / "python"
 VENV_CHALICE = ROOT / ".venv" / "bin" / "chalice"
 
@@ -687,7 +687,7 @@ def build_report(res: dict, args: argparse.Namespace) -> Report:
         rep.row("engine and baseline built the same resources", one.get("same_resources"))
         if "whatif_provision" in one:
             rep.section(f"what-if, diagnosis only: KIP_MAX_WORKERS={one['what_if_max_workers']} "
-                        f"(shipped default: {DEFAULT_WORKERS})")
+                        f"(shipped default: {Settings().max_workers})")
             for what in ("provision", "noop", "teardown"):
                 w = one[f"whatif_{what}"]
                 rep.row(f"{what}: wall ms / critical path / speedup",
@@ -717,7 +717,7 @@ def build_report(res: dict, args: argparse.Namespace) -> Report:
             r = lst[key]
             rep.row(f"{label}: page ms median / p95", f"{r['page_ms_median']} / {r['page_ms_p95']}")
             if "server_ms_median" in r:
-                rep.row(f"  of which waiting on moto / client-side (median)",
+                rep.row("  of which waiting on moto / client-side (median)",
                         f"{r['server_ms_median']} / {r['client_ms_median']}")
             rep.row(f"  pages, items{'' if r['complete'] else ' (first pages only)'}",
                     f"{r['pages']}, {r['items']}")

@@ -22,7 +22,7 @@ from botocore.exceptions import ReadTimeoutError, ConnectTimeoutError
 
 from chalicelib import errors, naming
 from chalicelib.config import Settings, get_settings
-from chalicelib.planner import PolicyState, QueueState, RoleState, RuleState
+from chalicelib.planner import RoleState
 
 THROTTLE_CODES = {
     "Throttling", "ThrottlingException", "ThrottledException", "RequestLimitExceeded",

@@ -151,11 +151,9 @@ def plan_provision(spec: DesiredSpec, obs: Observed) -> list[Action]:
         missing = {k: v for k, v in tags.items() if obs.dlq.tags.get(k) != v}
         if missing:
             add("dlq.tag", "tag_queue", "update", "dlq", n.dlq, {"url": obs.dlq.url, "tags": missing})
-    queue_after: tuple = ()
     if not obs.queue.exists:
         add("queue.create", "create_queue", "create", "queue", n.queue,
             {"name": n.queue, "attributes": spec.queue_attributes, "tags": tags}, dlq_after)
-        queue_after = ("queue.create",)
     else:
         changed = queue_diff(spec.queue_attributes, obs.queue.attributes)
         if changed:

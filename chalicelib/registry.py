@@ -22,7 +22,8 @@ from chalicelib.naming import ClusterId
 HOLDER = "attribute_not_exists(lease_owner) OR lease_expires < :now OR lease_owner = :me"
 
 
-def new_owner() -> str:
+def new_token() -> str:
+    """A unique id: a run's lease owner, or one write's write_id."""
     return uuid.uuid4().hex
 
 
@@ -42,7 +43,7 @@ class Registry:
         item.update(id=cid.key, account_id=cid.account_id, region=cid.region,
                     cluster_name=cid.cluster_name, lease_owner=owner,
                     lease_expires=int(now + self.settings.lease_seconds),
-                    version=int((current or {}).get("version", 0)) + 1, write_id=new_owner())
+                    version=int((current or {}).get("version", 0)) + 1, write_id=new_token())
         if current is None:
             cond, values = "attribute_not_exists(id)", {}
         else:
@@ -72,7 +73,7 @@ class Registry:
         item = dict(record)
         item["version"] = int(record["version"]) + 1
         item["updated_at"] = _iso(now)
-        item["write_id"] = new_owner()
+        item["write_id"] = new_token()
         if release:
             item.pop("lease_owner", None)
             item.pop("lease_expires", None)

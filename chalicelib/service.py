@@ -245,7 +245,7 @@ class Engine:
         up_to_date = (record is not None
                       and record.get("status") in ("ready", "waiting_for_role")
                       and record.get("spec_hash") == spec.spec_hash)
-        owner = registry.new_owner()
+        owner = registry.new_token()
         lease: Optional[dict] = None
         if up_to_date or req.dry_run or reconcile:
             obs = self._stage2(target, names, s1, teardown=False)
@@ -382,7 +382,7 @@ class Engine:
         now = self.clock()
         if record and registry.is_lease_live(record, now):
             raise self.registry.lost(cid, record, now)
-        owner = registry.new_owner()
+        owner = registry.new_token()
         lease_f = None
         if dry_run:
             obs = self._stage2(target, names, s1, teardown=True)

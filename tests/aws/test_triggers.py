@@ -5,7 +5,6 @@ import json
 
 import boto3
 import pytest
-from chalice.test import Client
 
 from tests.conftest import ACCOUNT, REGION, load_event, make_cluster, make_role
 

@@ -373,23 +373,9 @@ def _json(value: Any) -> Any:
 
 
 def from_ddb(item: Optional[dict]) -> Optional[dict]:
-    """A DynamoDB item as plain Python (Decimal -> int/float)."""
-    from decimal import Decimal
-
-    from boto3.dynamodb.types import TypeDeserializer
-
-    def plain_value(v: Any) -> Any:
-        if isinstance(v, Decimal):
-            return int(v) if v == v.to_integral_value() else float(v)
-        if isinstance(v, dict):
-            return {k: plain_value(x) for k, x in v.items()}
-        if isinstance(v, (list, set, tuple)):
-            return [plain_value(x) for x in v]
-        return v
-    if not item:
-        return None
-    de = TypeDeserializer()
-    return {k: plain_value(de.deserialize(v)) for k, v in item.items()}
+    """A DynamoDB item as plain Python, decoded as the product's store decodes it."""
+    from chalicelib.aws import _from_ddb
+    return _from_ddb(item)
 
 
 def snapshot(table: str, prefix: str = PREFIX, iam_path: str = IAM_PATH,
@@ -581,6 +567,19 @@ class Scenario:
         e = Engine(self.settings, clock=self.clock)
         self._engines.append(e)
         return e
+
+    def crash(self, phase: str, label: str) -> Engine:
+        """Run ``phase`` in a fresh engine whose process 'dies' just before ``label``: the crash
+        propagates, the dead process's other threads stop, and the injector is reset."""
+        import pytest
+        engine = self.engine()
+        self.tap.arm(Fault("crash", label))
+        with pytest.raises(Crash):
+            self.run(phase, engine)
+        engine.pool.shutdown(wait=True, cancel_futures=True)
+        self.tap.disarm()
+        self.tap.dead = False
+        return engine
 
     def shutdown_engines(self) -> None:
         for e in self._engines:

@@ -122,15 +122,9 @@ def test_crash_between_calls_then_reconcile_after_lease_expiry_converges(sc, cra
                                                                            record_property):
     phase, label, _ = crash_case
     sc.setup(phase)
-    engine = sc.engine()
     _matrix(record_property, phase, label, "crash", "not finished")
     # when the process dies just before this call
-    sc.tap.arm(Fault("crash", label))
-    with pytest.raises(harness.Crash):
-        sc.run(phase, engine)
-    engine.pool.shutdown(wait=True, cancel_futures=True)   # the dead process's other threads
-    sc.tap.disarm()
-    sc.tap.dead = False
+    sc.crash(phase, label)
     rec = sc.record()
     notes = []
     if rec is None:
@@ -294,13 +288,7 @@ def test_reconcile_after_a_crashed_teardown_finishes_the_teardown(sc):
     POST /clusters/{name}/reconcile route) must finish the teardown, as the scheduled sweep does,
     not provision the cluster again."""
     sc.setup("teardown")
-    engine = sc.engine()
-    sc.tap.arm(Fault("crash", "events:DeleteRule"))
-    with pytest.raises(harness.Crash):
-        sc.run("teardown", engine)
-    engine.pool.shutdown(wait=True, cancel_futures=True)
-    sc.tap.disarm()
-    sc.tap.dead = False
+    sc.crash("teardown", "events:DeleteRule")
     assert sc.record()["status"] == "deleting"
     sc.expire_lease()
     try:

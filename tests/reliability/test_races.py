@@ -17,7 +17,6 @@ import requests
 from chalicelib import aws, errors, naming, registry
 from scripts.localstack import LOCAL_TABLE, Stack
 from tests.reliability import harness
-from tests.reliability.harness import Fault
 
 ALLOWED = {200, 201, 202, 409}
 
@@ -234,14 +233,8 @@ def test_a_stale_writer_loses_its_conditional_write(sc, record_property):
 
 def test_an_expired_lease_of_a_crashed_run_is_taken_over(sc, record_property):
     sc.setup("provision")
-    dead = sc.engine()
     # given a run that took the lease and died half way
-    sc.tap.arm(Fault("crash", "events:PutTargets"))
-    with pytest.raises(harness.Crash):
-        sc.run("provision", dead)
-    dead.pool.shutdown(wait=True, cancel_futures=True)
-    sc.tap.disarm()
-    sc.tap.dead = False
+    sc.crash("provision", "events:PutTargets")
     zombie = sc.record()
     assert zombie["status"] == "provisioning" and zombie["lease_owner"]
     # when another run comes before the lease expires, it is told to wait
