@@ -77,6 +77,10 @@ class Settings:
         retry_mode = env.get("KIP_RETRY_MODE", "standard")
         if retry_mode not in ("standard", "adaptive", "legacy"):
             raise ValueError("KIP_RETRY_MODE must be standard, adaptive or legacy")
+        api_auth = env.get("KIP_API_AUTH", "iam")
+        if api_auth not in ("iam", "none", "jwt"):
+            # fail closed: a typo ("IAM", "iam ") must never silently remove authorization
+            raise ValueError(f"KIP_API_AUTH must be exactly iam, none or jwt (got {api_auth!r})")
         tags = {}
         for pair in filter(None, (env.get("KIP_DEFAULT_TAGS") or "").split(",")):
             key, _, value = pair.partition("=")
@@ -102,7 +106,7 @@ class Settings:
             status_source=env.get("KIP_STATUS_SOURCE", "kip.provisioner"),
             adopt_existing=_bool(env.get("KIP_ADOPT_EXISTING"), False),
             schedule_minutes=_int(env, "KIP_SCHEDULE_MINUTES", 15),
-            api_auth=env.get("KIP_API_AUTH", "iam"),
+            api_auth=api_auth,
             cors_origin=env.get("KIP_CORS_ORIGIN") or None,
             default_tags=tags,
         )
