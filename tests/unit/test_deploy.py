@@ -1,6 +1,7 @@
 """The deployment artefacts: the Lambda's own IAM policy and the packaged CloudFormation template."""
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import pathlib
@@ -14,6 +15,12 @@ STAGES = ("dev", "prod")
 # X-Ray's telemetry calls support no resource-level permissions: "*" is the only possible scope.
 STAR_ALLOWED = {"xray:PutTraceSegments", "xray:PutTelemetryRecords"}
 READ_PREFIXES = ("Get", "List", "Describe")
+# A role's ARN carries its IAM path (arn:aws:iam::1:role/teams/platform/KarpenterController-x), so
+# the controller-role grants name both the path-less and the pathed form.
+ROLE_RESOURCES = ["arn:aws:iam::*:role/KarpenterController-*",
+                  "arn:aws:iam::*:role/*/KarpenterController-*"]
+ROLE_ACTIONS = {"iam:AttachRolePolicy", "iam:DetachRolePolicy", "iam:ListAttachedRolePolicies",
+                "iam:GetRole"}
 
 
 def statements(stage):
@@ -40,15 +47,16 @@ def test_attach_only_our_policy_path_and_scoped_names(stage):
         resources = _list(st["Resource"])
         if {"iam:AttachRolePolicy", "iam:DetachRolePolicy"} & set(actions):
             assert st["Condition"] == {"ArnLike": {"iam:PolicyARN": "arn:aws:iam::*:policy/kip/*"}}
-            assert resources == ["arn:aws:iam::*:role/KarpenterController-*"]
+            assert resources == ROLE_RESOURCES
         for action in actions:
             service = action.split(":")[0]
             if service == "sqs":
                 assert resources == ["arn:aws:sqs:*:*:kip-*"]
             if service == "events" and action != "events:PutEvents":
                 assert resources == ["arn:aws:events:*:*:rule/kip-*"]
-            if service == "iam" and action not in ("iam:AttachRolePolicy", "iam:DetachRolePolicy",
-                                                    "iam:ListAttachedRolePolicies"):
+            if service == "iam" and action in ROLE_ACTIONS:
+                assert resources == ROLE_RESOURCES, action
+            elif service == "iam":
                 assert resources == ["arn:aws:iam::*:policy/kip/*"]
             if service == "dynamodb":
                 assert all(f"table/kip-clusters-{stage}" in r for r in resources)
@@ -57,14 +65,93 @@ def test_attach_only_our_policy_path_and_scoped_names(stage):
 
 
 def test_every_call_the_adapter_makes_is_granted():
-    """Each boto3 operation in chalicelib/aws.py has its IAM action in the policy."""
+    """Each boto3 operation in chalicelib/aws.py (or the chalicelib/aws/ package) has its IAM
+    action in the policy."""
     import re
-    source = (ROOT / "chalicelib" / "aws.py").read_text()
+    files = [ROOT / "chalicelib" / "aws.py", *sorted((ROOT / "chalicelib" / "aws").rglob("*.py"))]
+    source = "\n".join(f.read_text() for f in files if f.is_file())
+    assert source
     steps = set(re.findall(r'f?"(sqs|events|iam|eks|kms|dynamodb|sts):([A-Z][A-Za-z]+)', source))
     granted = {a for st in statements("prod") for a in _list(st["Action"])}
     missing = {f"{svc}:{op}" for svc, op in steps
                if f"{svc}:{op}" not in granted and op not in ("CreateTable", "GetCallerIdentity")}
     assert not missing
+
+
+def iam_arn_like(pattern: str, arn: str) -> bool:
+    """IAM's wildcard match of a resource ARN: ``*`` (any run of characters, ``/`` included) and
+    ``?`` (one character) work inside each colon-separated segment; a ``*`` that ends a segment may
+    also run across the following colons."""
+    def seg(p: str, s: str) -> bool:
+        return fnmatch.fnmatchcase(s, p.replace("[", "[[]"))
+    ps, ss = pattern.split(":", 5), arn.split(":", 5)
+    if len(ps) != 6 or len(ss) != 6:
+        return False
+    for i, (p, s) in enumerate(zip(ps, ss)):
+        if not seg(p, s):
+            if p.endswith("*") and seg(p, ":".join(ss[i:])):
+                return True
+            return False
+    return True
+
+
+def allowed(stage: str, action: str, arn: str, policy_arn: str = "") -> bool:
+    """Does the stage's policy allow ``action`` on ``arn`` (no Deny statements exist in it)."""
+    for st in statements(stage):
+        if st["Effect"] != "Allow" or action not in _list(st["Action"]):
+            continue
+        cond = st.get("Condition", {}).get("ArnLike", {}).get("iam:PolicyARN")
+        if cond and not iam_arn_like(cond, policy_arn):
+            continue
+        if any(iam_arn_like(r, arn) for r in _list(st["Resource"])):
+            return True
+    return False
+
+
+def test_iam_arn_like_follows_the_documented_wildcards():
+    assert iam_arn_like("arn:aws:iam::*:user/accounting/*", "arn:aws:iam::1:user/accounting/a/b")
+    assert iam_arn_like("arn:aws:iam::*:role/K-*", "arn:aws:iam::123:role/K-x")
+    assert not iam_arn_like("arn:aws:iam::*:role/K-*", "arn:aws:iam::123:role/p/K-x")
+    assert iam_arn_like("arn:aws:iam::*:role/*/K-*", "arn:aws:iam::123:role/p/q/K-x")
+    assert not iam_arn_like("arn:aws:sqs:*:*:kip-*", "arn:aws-cn:sqs:r:1:kip-a")
+    assert iam_arn_like("arn:aws:sqs:*:*:kip-?", "arn:aws:sqs:r:1:kip-a")
+
+
+ROLE_ARNS = ["arn:aws:iam::111122223333:role/KarpenterController-payments",
+             "arn:aws:iam::111122223333:role/teams/platform/KarpenterController-payments",
+             "arn:aws:iam::111122223333:role/eks/KarpenterController-a_b-1"]
+OUR_POLICY = "arn:aws:iam::111122223333:policy/kip/kip-payments-controller"
+
+
+@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("role_arn", ROLE_ARNS)
+@pytest.mark.parametrize("action", sorted(ROLE_ACTIONS))
+def test_controller_roles_under_any_iam_path_are_granted(stage, role_arn, action):
+    assert allowed(stage, action, role_arn, policy_arn=OUR_POLICY), (stage, action, role_arn)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_role_grants_stay_scoped_to_the_role_pattern_and_our_policies(stage):
+    for action in ROLE_ACTIONS:
+        assert not allowed(stage, action, "arn:aws:iam::1:role/Admin", policy_arn=OUR_POLICY)
+        assert not allowed(stage, action, "arn:aws:iam::1:role/teams/Admin", policy_arn=OUR_POLICY)
+    for action in ("iam:AttachRolePolicy", "iam:DetachRolePolicy"):
+        assert not allowed(stage, action, ROLE_ARNS[1],
+                           policy_arn="arn:aws:iam::aws:policy/AdministratorAccess")
+
+
+@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("action,arn", [
+    ("kms:GetKeyPolicy", "arn:aws:kms:eu-west-1:1:key/1234abcd-12ab-34cd-56ef-1234567890ab"),
+    ("kms:DescribeKey", "arn:aws:kms:eu-west-1:1:key/1234abcd-12ab-34cd-56ef-1234567890ab"),
+    ("events:UntagResource", "arn:aws:events:eu-west-1:1:rule/kip-payments-spot"),
+    ("iam:UntagPolicy", "arn:aws:iam::1:policy/kip/kip-payments-controller"),
+    ("iam:ListPolicyTags", "arn:aws:iam::1:policy/kip/kip-payments-controller"),
+    ("iam:ListEntitiesForPolicy", "arn:aws:iam::1:policy/kip/kip-payments-controller"),
+    ("sqs:UntagQueue", "arn:aws:sqs:eu-west-1:1:kip-payments"),
+])
+def test_untag_and_read_actions_the_engine_needs_are_granted(stage, action, arn):
+    assert allowed(stage, action, arn)
 
 
 @pytest.fixture(scope="module")
