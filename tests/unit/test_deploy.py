@@ -154,6 +154,27 @@ def test_untag_and_read_actions_the_engine_needs_are_granted(stage, action, arn)
     assert allowed(stage, action, arn)
 
 
+# Reserved concurrency per function (prod): the API serves people and the portal, the EKS trigger
+# fires per CreateCluster (throttled async events are retried by Lambda), the sweep must never
+# overlap itself. 16 in all: the account must keep 100 unreserved, so it needs a limit >= 116.
+RESERVED = {"api_handler": ("APIHandler", 10), "on_eks_event": ("OnEksEvent", 5),
+            "reconcile_all": ("ReconcileAll", 1)}
+
+
+def chalice_config():
+    return json.loads((ROOT / ".chalice" / "config.json").read_text())
+
+
+def test_reserved_concurrency_is_set_per_function_never_per_stage():
+    config = chalice_config()
+    assert "reserved_concurrency" not in config
+    for name, stage in config["stages"].items():
+        assert "reserved_concurrency" not in stage, name
+    functions = config["stages"]["prod"]["lambda_functions"]
+    assert {n: f["reserved_concurrency"] for n, f in functions.items()} == \
+        {n: count for n, (_, count) in RESERVED.items()}
+
+
 @pytest.fixture(scope="module")
 def packaged(tmp_path_factory):
     out = tmp_path_factory.mktemp("package") / "out"
@@ -194,3 +215,10 @@ def test_packaged_template_wires_the_table_and_protects_every_route(packaged):
     assert roles and all(r["Properties"]["Policies"][0]["PolicyDocument"] == policy for r in roles)
     zip_mb = (packaged / "deployment.zip").stat().st_size / 1e6
     assert zip_mb <= 10, zip_mb
+
+
+def test_packaged_functions_carry_their_own_reserved_concurrency(packaged):
+    res = json.loads((packaged / "sam.json").read_text())["Resources"]
+    functions = {k: v for k, v in res.items() if v["Type"] == "AWS::Serverless::Function"}
+    assert {k: v["Properties"].get("ReservedConcurrentExecutions")
+            for k, v in functions.items()} == {lid: n for lid, n in RESERVED.values()}
