@@ -222,3 +222,45 @@ def test_packaged_functions_carry_their_own_reserved_concurrency(packaged):
     functions = {k: v for k, v in res.items() if v["Type"] == "AWS::Serverless::Function"}
     assert {k: v["Properties"].get("ReservedConcurrentExecutions")
             for k, v in functions.items()} == {lid: n for lid, n in RESERVED.values()}
+
+
+# --- API Gateway's own errors (unknown path, 415, missing or bad SigV4, throttling, timeouts) -----
+# They are configured in the OpenAPI body (x-amazon-apigateway-gateway-responses), not as separate
+# AWS::ApiGateway::GatewayResponse resources: the body is what each SAM deployment publishes, so the
+# responses can never be left out of a later deployment.
+GATEWAY_RESPONSES = "x-amazon-apigateway-gateway-responses"
+GATEWAY_TYPES = ("DEFAULT_4XX", "DEFAULT_5XX", "MISSING_AUTHENTICATION_TOKEN",
+                 "UNSUPPORTED_MEDIA_TYPE", "ACCESS_DENIED", "INTEGRATION_TIMEOUT", "THROTTLED")
+
+
+def render_gateway_template(template: str, response_type: str, message: str) -> dict:
+    """API Gateway's simple variable substitution ($context.error.messageString is the message
+    already in double quotes)."""
+    body = (template.replace("$context.error.messageString", json.dumps(message))
+            .replace("$context.error.responseType", response_type))
+    return json.loads(body)
+
+
+def gateway_responses(stage):
+    res = json.loads((ROOT / ".chalice" / f"resources-{stage}.json").read_text())["Resources"]
+    return res["RestAPI"]["Properties"]["DefinitionBody"][GATEWAY_RESPONSES]
+
+
+@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("response_type", GATEWAY_TYPES)
+def test_every_gateway_error_renders_kips_one_error_shape(stage, response_type):
+    response = gateway_responses(stage)[response_type]
+    assert set(response["responseTemplates"]) == {"application/json"}
+    rendered = render_gateway_template(response["responseTemplates"]["application/json"],
+                                       response_type, "Missing Authentication Token")
+    assert rendered == {"error": {"code": response_type,
+                                  "message": "Missing Authentication Token"}}
+    # the status code stays API Gateway's own for each type (403, 415, 429, 504 ...)
+    assert "statusCode" not in response
+
+
+def test_packaged_api_definition_carries_the_gateway_responses(packaged):
+    body = json.loads((packaged / "sam.json").read_text())["Resources"]["RestAPI"][
+        "Properties"]["DefinitionBody"]
+    assert body[GATEWAY_RESPONSES] == gateway_responses("prod")
+    assert body["paths"], "the merge must add to Chalice's definition, not replace it"
