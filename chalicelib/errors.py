@@ -90,3 +90,27 @@ class AwsCallFailed(KipError):
     """A hard AWS failure part way through; the record names the step."""
     status = 502
     code = "AwsCallFailed"
+
+
+class Unauthorized(KipError):
+    """No credentials, or credentials that do not verify (bad signature, expired, wrong audience).
+
+    401: the caller should get a new token. A valid token that lacks a permission is
+    :class:`Forbidden` (403) instead.
+    """
+    status = 401
+    code = "Unauthorized"
+
+
+class AuthUnavailable(KipError):
+    """The identity provider's key set (JWKS) could not be fetched or read: our side, retry later.
+
+    503, never 401: a caller with a good token must not be told to log in again because the
+    JWKS endpoint had a hiccup.
+    """
+    status = 503
+    code = "AuthUnavailable"
+
+    def __init__(self, message: str, *, retry_after: int = 5, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.retry_after = retry_after

@@ -1,0 +1,523 @@
+"""auth: portal JWTs verified against a JWKS served on 127.0.0.1 by the test itself.
+
+Keys are minted here (RSA, EC P-256, and a foreign RSA key the JWKS never publishes); the JWKS
+server counts its fetches so the tests can prove when the key set is (and is not) fetched.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+
+from chalicelib import auth, errors
+
+ISSUER = "https://idp.example.test/realms/platform"
+AUDIENCE = "kip-api"
+METHOD_ARN = "arn:aws:execute-api:eu-west-1:123456789012:abcdef1234/api/GET/clusters"
+
+RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+RSA_KEY_2 = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+FOREIGN_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+EC_KEY = ec.generate_private_key(ec.SECP256R1())
+
+
+def jwk(private_key, kid: str) -> dict:
+    algo = RSAAlgorithm if isinstance(private_key, rsa.RSAPrivateKey) else ECAlgorithm
+    key = algo.to_jwk(private_key.public_key(), as_dict=True)
+    key.update(kid=kid, use="sig", alg="RS256" if algo is RSAAlgorithm else "ES256")
+    return key
+
+
+class Jwks:
+    """A JWKS endpoint on a free loopback port. ``keys`` and ``status`` may change mid-test."""
+
+    def __init__(self) -> None:
+        self.keys = [jwk(RSA_KEY, "rsa-1"), jwk(EC_KEY, "ec-1")]
+        self.status = 200
+        self.body: bytes | None = None      # raw override (malformed answers)
+        self.delay = 0.0
+        self.hits = 0
+        jwks = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                jwks.hits += 1
+                if jwks.delay:
+                    time.sleep(jwks.delay)
+                body = jwks.body if jwks.body is not None else \
+                    json.dumps({"keys": jwks.keys}).encode()
+                try:
+                    self.send_response(jwks.status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except OSError:
+                    pass    # the client gave up (timeout test)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/.well-known/jwks.json"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def server():
+    srv = Jwks()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def jwks(server):
+    # given: the default key set, a fresh counter and no cached key set in this process
+    server.keys = [jwk(RSA_KEY, "rsa-1"), jwk(EC_KEY, "ec-1")]
+    server.status, server.body, server.delay, server.hits = 200, None, 0.0, 0
+    auth.reset_cache()
+    yield server
+    auth.reset_cache()
+
+
+def settings_for(jwks: Jwks, **kw) -> auth.JwtSettings:
+    return auth.JwtSettings(jwks_url=jwks.url, issuer=ISSUER, audience=AUDIENCE, **kw)
+
+
+def claims(**overrides) -> dict:
+    now = int(time.time())
+    base = {"sub": "user:alice", "iss": ISSUER, "aud": AUDIENCE, "iat": now, "exp": now + 300}
+    base.update(overrides)
+    return {k: v for k, v in base.items() if v is not None}
+
+
+def mint(key=RSA_KEY, kid="rsa-1", alg="RS256", **claim_overrides) -> str:
+    return jwt.encode(claims(**claim_overrides), key, algorithm=alg, headers={"kid": kid})
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def hand_made(header: dict, payload: dict, sign=lambda signing_input: b"") -> str:
+    signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(payload).encode())}"
+    return f"{signing_input}.{b64(sign(signing_input.encode()))}"
+
+
+def bearer(token: str) -> dict:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def refused(settings, token: str, kind=errors.Unauthorized, method="GET") -> errors.KipError:
+    with pytest.raises(kind) as caught:
+        auth.authorize(settings, bearer(token), method)
+    exc = caught.value
+    # then: the message names what was wrong and never echoes the token (nor its signature)
+    text = json.dumps(exc.to_body())
+    signature = token.rsplit(".", 1)[-1]
+    assert token not in text and (len(signature) < 8 or signature not in text)
+    assert exc.status == kind.status
+    return exc
+
+
+# ------------------------------------------------------------------------------- accepted
+
+def test_rs256_token_returns_the_subject_and_claims(jwks):
+    principal = auth.authorize(settings_for(jwks), bearer(mint(groups=["x"])), "GET")
+    assert principal.subject == "user:alice"
+    assert principal.claims["groups"] == ["x"] and principal.claims["aud"] == AUDIENCE
+    assert principal.can_write      # no write claim configured: every valid token may write
+    assert jwks.hits == 1
+
+
+def test_es256_token_is_accepted(jwks):
+    principal = auth.authorize(settings_for(jwks), bearer(mint(EC_KEY, "ec-1", "ES256")), "GET")
+    assert principal.subject == "user:alice"
+
+
+def test_key_set_is_cached_between_requests(jwks):
+    s = settings_for(jwks)
+    for _ in range(5):
+        auth.authorize(s, bearer(mint()), "GET")
+        auth.authorize(s, bearer(mint(EC_KEY, "ec-1", "ES256")), "GET")
+    assert jwks.hits == 1
+
+
+def test_header_name_and_scheme_are_case_insensitive(jwks):
+    principal = auth.authorize(settings_for(jwks), {"authorization": f"bearer {mint()}"}, "get")
+    assert principal.subject == "user:alice"
+
+
+def test_expired_within_leeway_is_accepted(jwks):
+    now = int(time.time())
+    token = mint(exp=now - 10, iat=now - 100)
+    assert auth.authorize(settings_for(jwks), bearer(token), "GET").subject == "user:alice"
+    refused(settings_for(jwks, leeway_seconds=0), token)
+
+
+# ------------------------------------------------------------------------------- refused
+
+@pytest.mark.parametrize("headers,word", [
+    ({}, "no Authorization header"),
+    ({"Authorization": ""}, "no Authorization header"),
+    ({"Authorization": "Basic dXNlcjpwYXNz"}, "not a bearer token"),
+    ({"Authorization": "Bearer"}, "not a bearer token"),
+    ({"Authorization": "Bearer not-a-jwt"}, "not a JWT"),
+    ({"Authorization": "Bearer a.b.c.d"}, "not a JWT"),
+    ({"Authorization": "Bearer " + "a" * 20000 + ".b.c"}, "not a JWT"),
+    ({"Authorization": "Bearer e30.e30.sig"}, "algorithm"),            # {} header: no alg
+    ({"Authorization": "Bearer !!!.e30.sig"}, "not a JWT"),
+])
+def test_missing_or_malformed_header(jwks, headers, word):
+    with pytest.raises(errors.Unauthorized) as caught:
+        auth.authorize(settings_for(jwks), headers, "GET")
+    assert word in caught.value.message and caught.value.status == 401
+    assert jwks.hits == 0     # nothing was worth a JWKS fetch
+
+
+def test_token_signed_by_a_foreign_key_with_a_published_kid(jwks):
+    exc = refused(settings_for(jwks), mint(FOREIGN_KEY, "rsa-1"))
+    assert "does not verify" in exc.message and "InvalidSignatureError" in exc.message
+
+
+def test_token_signed_by_a_foreign_key_with_an_unknown_kid(jwks):
+    exc = refused(settings_for(jwks), mint(FOREIGN_KEY, "attacker-1"))
+    assert "does not publish" in exc.message and "attacker-1" in exc.message
+
+
+def test_alg_none_is_refused_before_any_key_lookup(jwks):
+    token = hand_made({"alg": "none", "typ": "JWT", "kid": "rsa-1"}, claims())
+    exc = refused(settings_for(jwks), token)
+    assert "'none' is not accepted" in exc.message
+    assert jwks.hits == 0
+
+
+def test_hs256_keyed_with_the_public_key_is_refused(jwks):
+    # the classic algorithm confusion: HMAC "secret" = the RSA public key the JWKS publishes
+    pem = RSA_KEY.public_key().public_bytes(serialization.Encoding.PEM,
+                                            serialization.PublicFormat.SubjectPublicKeyInfo)
+    token = hand_made({"alg": "HS256", "typ": "JWT", "kid": "rsa-1"}, claims(),
+                      lambda data: hmac.new(pem, data, hashlib.sha256).digest())
+    exc = refused(settings_for(jwks), token)
+    assert "'HS256' is not accepted" in exc.message
+    assert jwks.hits == 0
+
+
+def test_header_alg_must_match_the_published_key(jwks):
+    # ES256 in the header, a kid that names the RSA key: the key's own algorithm wins
+    token = mint(EC_KEY, "rsa-1", "ES256")
+    exc = refused(settings_for(jwks), token)
+    assert "does not verify" in exc.message
+
+
+def test_expired(jwks):
+    now = int(time.time())
+    exc = refused(settings_for(jwks), mint(exp=now - 3600, iat=now - 7200))
+    assert exc.field == "exp" and "expired" in exc.message
+
+
+def test_not_yet_valid(jwks):
+    now = int(time.time())
+    exc = refused(settings_for(jwks), mint(nbf=now + 3600))
+    assert exc.field == "nbf" and "not valid yet" in exc.message
+
+
+def test_wrong_audience(jwks):
+    exc = refused(settings_for(jwks), mint(aud="some-other-api"))
+    assert exc.field == "aud" and AUDIENCE in exc.message
+
+
+def test_audience_list_containing_ours_is_accepted(jwks):
+    token = mint(aud=["some-other-api", AUDIENCE])
+    assert auth.authorize(settings_for(jwks), bearer(token), "GET").subject == "user:alice"
+
+
+def test_wrong_issuer(jwks):
+    exc = refused(settings_for(jwks), mint(iss="https://evil.example.test/"))
+    assert exc.field == "iss" and ISSUER in exc.message
+
+
+@pytest.mark.parametrize("claim", ["exp", "iss", "aud", "sub"])
+def test_required_claim_missing(jwks, claim):
+    exc = refused(settings_for(jwks), mint(**{claim: None}))
+    assert exc.field == claim and claim in exc.message
+
+
+def test_tampered_payload(jwks):
+    token = mint()
+    header, _, signature = token.split(".")
+    forged = f"{header}.{b64(json.dumps(claims(sub='user:admin')).encode())}.{signature}"
+    assert "does not verify" in refused(settings_for(jwks), forged).message
+
+
+# ------------------------------------------------------------------------------- write claim
+
+def test_write_claim_missing_refuses_post_and_delete_but_not_get(jwks):
+    s = settings_for(jwks, write_claim="groups=platform-admins")
+    token = mint(groups=["developers"])
+    principal = auth.authorize(s, bearer(token), "GET")
+    assert principal.subject == "user:alice" and principal.can_write is False
+    for method in ("POST", "DELETE", "put", "PATCH"):
+        exc = refused(s, token, errors.Forbidden, method)
+        assert exc.status == 403 and "groups=platform-admins" in exc.message
+
+
+@pytest.mark.parametrize("write_claim,extra", [
+    ("groups=platform-admins", {"groups": ["developers", "platform-admins"]}),
+    ("groups=platform-admins", {"groups": "platform-admins"}),
+    ("role=kip-writer", {"role": "kip-writer"}),
+    ("scope=kip:write", {"scope": "openid kip:read kip:write"}),
+    ("realm_access.roles=kip-admin", {"realm_access": {"roles": ["kip-admin"]}}),
+    ("https://portal.example.test/groups=ops",
+     {"https://portal.example.test/groups": ["ops"]}),
+])
+def test_write_claim_present_allows_writes(jwks, write_claim, extra):
+    principal = auth.authorize(settings_for(jwks, write_claim=write_claim),
+                               bearer(mint(**extra)), "POST")
+    assert principal.can_write is True
+
+
+@pytest.mark.parametrize("extra", [
+    {},                                              # claim absent
+    {"groups": "platform-admins-readonly"},          # a string is matched whole
+    {"groups": ["platform-admins "]},
+    {"groups": {"platform-admins": True}},            # wrong type
+    {"groups": "developers platform-admins"},        # only scope/scp are space-delimited
+])
+def test_write_claim_near_misses_are_refused(jwks, extra):
+    s = settings_for(jwks, write_claim="groups=platform-admins")
+    refused(s, mint(**extra), errors.Forbidden, "POST")
+
+
+# ------------------------------------------------------------------------------- the key set
+
+def test_key_rotation_new_kid_is_fetched_once_after_the_cooldown(jwks):
+    s = settings_for(jwks, jwks_refresh_cooldown_seconds=0.2)
+    auth.authorize(s, bearer(mint()), "GET")
+    assert jwks.hits == 1
+    # when: the IdP publishes a second key and starts signing with it
+    jwks.keys = jwks.keys + [jwk(RSA_KEY_2, "rsa-2")]
+    new_token = mint(RSA_KEY_2, "rsa-2")
+    # then: within the cooldown the set is not refetched, the unknown kid is refused
+    refused(s, new_token)
+    assert jwks.hits == 1
+    time.sleep(0.25)
+    # after it: exactly one refresh picks the new key up, and it is cached from then on
+    assert auth.authorize(s, bearer(new_token), "GET").subject == "user:alice"
+    assert auth.authorize(s, bearer(mint()), "GET").subject == "user:alice"
+    assert auth.authorize(s, bearer(new_token), "GET").subject == "user:alice"
+    assert jwks.hits == 2
+
+
+def test_a_flood_of_unknown_kids_does_not_hammer_the_jwks_endpoint(jwks):
+    s = settings_for(jwks)    # default 30 s cooldown
+    auth.authorize(s, bearer(mint()), "GET")
+    for n in range(50):
+        refused(s, mint(FOREIGN_KEY, f"made-up-{n}"))
+    assert jwks.hits == 1
+
+
+def test_removed_key_stops_verifying_when_the_cached_set_expires(jwks):
+    s = settings_for(jwks, jwks_cache_seconds=0.2)
+    token = mint(EC_KEY, "ec-1", "ES256")
+    auth.authorize(s, bearer(token), "GET")
+    jwks.keys = [jwk(RSA_KEY, "rsa-1")]          # the IdP revokes the EC key
+    time.sleep(0.25)
+    refused(s, token)
+
+
+def test_jwks_unreachable_is_503_not_401():
+    with socket.socket() as sock:                # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    auth.reset_cache()
+    s = auth.JwtSettings(jwks_url=f"http://127.0.0.1:{port}/jwks", issuer=ISSUER,
+                         audience=AUDIENCE)
+    exc = refused(s, mint(), errors.AuthUnavailable)
+    assert exc.status == 503 and exc.retry_after and "KIP_JWKS_URL" in exc.message
+    assert not isinstance(exc, errors.Unauthorized)
+
+
+@pytest.mark.parametrize("status,body", [
+    (500, None),
+    (200, b"<html>not json</html>"),
+    (200, b"[]"),
+    (200, b'{"keys": []}'),
+])
+def test_broken_jwks_answers_are_503(jwks, status, body):
+    jwks.status, jwks.body = status, body
+    refused(settings_for(jwks), mint(), errors.AuthUnavailable)
+
+
+def test_slow_jwks_times_out_as_503(jwks):
+    jwks.delay = 1.0
+    started = time.monotonic()
+    refused(settings_for(jwks, jwks_timeout_seconds=0.2), mint(), errors.AuthUnavailable)
+    assert time.monotonic() - started < 0.9
+
+
+def test_jwks_recovers_after_an_outage(jwks):
+    s = settings_for(jwks)
+    jwks.status = 503
+    refused(s, mint(), errors.AuthUnavailable)
+    jwks.status = 200
+    assert auth.authorize(s, bearer(mint()), "GET").subject == "user:alice"
+
+
+# ------------------------------------------------------------------------------- settings
+
+GOOD_ENV = {"KIP_JWKS_URL": "https://idp.example.test/jwks", "KIP_JWT_ISSUER": ISSUER,
+            "KIP_JWT_AUDIENCE": AUDIENCE}
+
+
+def test_from_env_reads_every_variable():
+    s = auth.JwtSettings.from_env({**GOOD_ENV, "KIP_JWT_WRITE_CLAIM": "groups=platform-admins",
+                                   "KIP_JWT_LEEWAY_SECONDS": "10"})
+    assert (s.jwks_url, s.issuer, s.audience) == (GOOD_ENV["KIP_JWKS_URL"], ISSUER, AUDIENCE)
+    assert s.write_requirement == ("groups", "platform-admins") and s.leeway_seconds == 10
+    plain = auth.JwtSettings.from_env(GOOD_ENV)
+    assert plain.write_claim is None and plain.leeway_seconds == 30
+
+
+@pytest.mark.parametrize("name", ["KIP_JWKS_URL", "KIP_JWT_ISSUER", "KIP_JWT_AUDIENCE"])
+@pytest.mark.parametrize("value", [None, "", "   "])
+def test_from_env_names_a_missing_variable(name, value):
+    env = dict(GOOD_ENV)
+    if value is None:
+        del env[name]
+    else:
+        env[name] = value
+    with pytest.raises(ValueError, match=name):
+        auth.JwtSettings.from_env(env)
+
+
+@pytest.mark.parametrize("name,value", [
+    ("KIP_JWKS_URL", "http://idp.example.test/jwks"),     # keys over plain HTTP: no
+    ("KIP_JWKS_URL", "file:///etc/passwd"),
+    ("KIP_JWKS_URL", "idp.example.test/jwks"),
+    ("KIP_JWT_WRITE_CLAIM", "groups"),
+    ("KIP_JWT_WRITE_CLAIM", "=platform-admins"),
+    ("KIP_JWT_WRITE_CLAIM", "groups="),
+    ("KIP_JWT_WRITE_CLAIM", "gro ups=x"),
+    ("KIP_JWT_LEEWAY_SECONDS", "-1"),
+    ("KIP_JWT_LEEWAY_SECONDS", "301"),
+    ("KIP_JWT_LEEWAY_SECONDS", "ten"),
+])
+def test_from_env_names_a_malformed_variable(name, value):
+    with pytest.raises(ValueError, match=name):
+        auth.JwtSettings.from_env({**GOOD_ENV, name: value})
+
+
+def test_http_is_allowed_for_loopback_only():
+    for url in ("http://127.0.0.1:8080/jwks", "http://localhost/jwks", "http://[::1]:9/jwks"):
+        assert auth.JwtSettings.from_env({**GOOD_ENV, "KIP_JWKS_URL": url}).jwks_url == url
+
+
+# ------------------------------------------------------------------------------- API Gateway
+
+def _chalice_shape(routes, principal_id, context):
+    from chalice.app import AuthRequest, AuthResponse
+    return AuthResponse(routes=routes, principal_id=principal_id, context=context).to_dict(
+        AuthRequest("TOKEN", "Bearer x", METHOD_ARN))
+
+
+def _allows(policy: dict, method: str, path: str) -> bool:
+    from chalice.local import ARNMatcher
+    arn = f"arn:aws:execute-api:eu-west-1:123456789012:abcdef1234/api/{method}/{path}"
+    resources = [r for st in policy["policyDocument"]["Statement"] if st["Effect"] == "Allow"
+                 for r in st["Resource"]]
+    return ARNMatcher(arn).does_any_resource_match(resources)
+
+
+def test_policy_for_a_reader_is_chalice_authresponse_shape():
+    from chalice.app import AuthRoute
+    reader = auth.Principal("user:bob", {"sub": "user:bob"}, can_write=False)
+    policy = auth.policy_for(reader, METHOD_ARN)
+    assert policy == _chalice_shape([AuthRoute("/*", ["GET", "HEAD", "OPTIONS"])], "user:bob",
+                                    {"sub": "user:bob", "can_write": "false"})
+    assert _allows(policy, "GET", "clusters") and _allows(policy, "GET", "clusters/prod-1")
+    assert not _allows(policy, "POST", "clusters")
+    assert not _allows(policy, "DELETE", "clusters/prod-1")
+
+
+def test_policy_for_a_writer_covers_every_route_not_just_this_one():
+    from chalice.app import AuthRoute
+    writer = auth.Principal("user:alice", {}, can_write=True)
+    policy = auth.policy_for(writer, METHOD_ARN)
+    assert policy == _chalice_shape([AuthRoute("/*", list(auth.ALL_METHODS))], "user:alice",
+                                    {"sub": "user:alice", "can_write": "true"})
+    for method, path in (("GET", "openapi.json"), ("POST", "clusters"),
+                         ("DELETE", "clusters/prod-1"), ("POST", "clusters/prod-1/reconcile")):
+        assert _allows(policy, method, path)
+    # another API or stage is never covered
+    assert all(":abcdef1234/api/" in r for r in policy["policyDocument"]["Statement"][0]["Resource"])
+
+
+def test_deny_policy_allows_nothing():
+    policy = auth.deny_policy(METHOD_ARN)
+    assert not _allows(policy, "GET", "clusters")
+    assert policy["policyDocument"]["Statement"][0]["Effect"] == "Deny"
+
+
+@pytest.mark.parametrize("arn,method", [
+    (METHOD_ARN, "GET"),
+    ("arn:aws-cn:execute-api:cn-north-1:123456789012:api1/prod/DELETE/clusters/x", "DELETE"),
+])
+def test_method_from_arn(arn, method):
+    assert auth.method_from_arn(arn) == method
+
+
+def test_method_from_arn_refuses_other_arns():
+    with pytest.raises(ValueError):
+        auth.method_from_arn("arn:aws:sqs:eu-west-1:123456789012:queue")
+
+
+def test_builtin_authorizer_under_chalice_local(jwks):
+    """The snippet app.py will use, run by chalice's local gateway (what `chalice local` runs)."""
+    from chalice import Chalice
+    from chalice.test import Client
+
+    s = settings_for(jwks, write_claim="groups=platform-admins")
+    app = Chalice(app_name="authz-probe")
+
+    @app.authorizer(ttl_seconds=60)
+    def portal_jwt(auth_request):
+        try:
+            principal = auth.verify_bearer(s, auth_request.token)
+        except errors.Unauthorized:
+            return auth.deny_policy(auth_request.method_arn)
+        return auth.policy_for(principal, auth_request.method_arn)
+
+    @app.route("/clusters", methods=["GET", "POST"], authorizer=portal_jwt)
+    def clusters():
+        ctx = app.current_request.context["authorizer"]
+        return {"sub": ctx["sub"], "can_write": ctx["can_write"], "pid": ctx["principalId"]}
+
+    reader, writer = mint(groups=["developers"]), mint(sub="user:ops", groups=["platform-admins"])
+    with Client(app) as client:
+        ok = client.http.get("/clusters", headers=bearer(reader))
+        assert ok.status_code == 200
+        assert ok.json_body == {"sub": "user:alice", "can_write": "false", "pid": "user:alice"}
+        assert client.http.post("/clusters", headers=bearer(reader)).status_code == 403
+        assert client.http.post("/clusters", headers=bearer(writer)).json_body["can_write"] == \
+            "true"
+        assert client.http.get("/clusters", headers=bearer(mint(aud="x"))).status_code == 403
+        assert client.http.get("/clusters").status_code == 401     # no header: the gateway's 401
