@@ -264,3 +264,47 @@ def test_packaged_api_definition_carries_the_gateway_responses(packaged):
         "Properties"]["DefinitionBody"]
     assert body[GATEWAY_RESPONSES] == gateway_responses("prod")
     assert body["paths"], "the merge must add to Chalice's definition, not replace it"
+
+
+# --- partitions: the policy files say arn:aws:, `make package PARTITION=aws-cn` rewrites them ------
+@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("partition", ["aws-cn", "aws-us-gov"])
+def test_partition_rewrite_of_the_policy_files(stage, partition):
+    from scripts.package import policy_for, rewrite_partition
+    text = (ROOT / ".chalice" / f"policy-{stage}.json").read_text()
+    out = rewrite_partition(text, partition)
+    assert "arn:aws:" not in out
+    rewritten, original = json.loads(out), json.loads(text)
+    assert policy_for(stage, partition) == rewritten
+    resources = [r for st in rewritten["Statement"] for r in _list(st["Resource"]) if r != "*"]
+    assert resources and all(r.startswith(f"arn:{partition}:") for r in resources)
+    # nothing but the partition changes
+    assert json.loads(out.replace(f"arn:{partition}:", "arn:aws:")) == original
+    assert rewrite_partition(text, "aws") == text
+
+
+def test_partition_rewrite_refuses_an_unknown_partition():
+    from scripts.package import rewrite_partition
+    with pytest.raises(ValueError, match="PARTITION"):
+        rewrite_partition("arn:aws:sqs:*:*:kip-*", "aws-china")
+
+
+def test_packaged_template_rewritten_for_aws_cn(packaged, tmp_path):
+    copy = tmp_path / "sam.json"
+    copy.write_text((packaged / "sam.json").read_text())
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "package.py"), "--stage", "prod",
+                           "--partition", "aws-cn", str(copy)], capture_output=True, text=True,
+                          timeout=60, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    t = json.loads(copy.read_text())
+    assert "arn:aws:" not in copy.read_text()
+    roles = [r for r in t["Resources"].values() if r["Type"] == "AWS::IAM::Role"]
+    assert len(roles) == 3
+    for role in roles:
+        doc = role["Properties"]["Policies"][0]["PolicyDocument"]
+        attach = next(st for st in doc["Statement"] if st["Sid"] == "AttachOnlyOurPolicies")
+        assert attach["Condition"]["ArnLike"]["iam:PolicyARN"] == "arn:aws-cn:iam::*:policy/kip/*"
+    bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "package.py"), "--stage", "prod",
+                          "--partition", "cn", str(copy)], capture_output=True, text=True,
+                         timeout=60, cwd=ROOT)
+    assert bad.returncode == 2 and "PARTITION" in bad.stderr
