@@ -8,7 +8,7 @@ API_PORT  ?= 8000
 LATENCY_MS ?= 50
 PYTEST_ARGS ?= -n 2
 
-.PHONY: venv test demo local bench package openapi clean
+.PHONY: venv test demo local bench package deploy openapi clean
 
 venv: $(STAMP)
 
@@ -31,11 +31,20 @@ bench: venv
 	$(BIN)/python bench/run.py --latency-ms $(LATENCY_MS)
 
 STAGE ?= prod
+# The IAM policy files are written for the aws partition; aws-cn / aws-us-gov rewrite them into the
+# packaged template (docs/DEPLOY.md).
+PARTITION ?= aws
 
 package: venv
 	rm -rf build/package
 	AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} $(BIN)/chalice package --stage $(STAGE) --merge-template .chalice/resources-$(STAGE).json build/package
+	$(BIN)/python scripts/package.py --stage $(STAGE) --partition $(PARTITION) build/package/sam.json
 	@ls -l build/package
+
+# Everything, the records table included, through one CloudFormation stack (kip-$(STAGE)).
+# Needs KIP_DEPLOY_BUCKET (an S3 bucket for the code); DRY_RUN=1 only prints the plan.
+deploy: package
+	$(BIN)/python scripts/deploy.py --stage $(STAGE) $(if $(DRY_RUN),--dry-run)
 
 openapi: venv
 	$(BIN)/python -c 'import json; from chalicelib.openapi import document; print(json.dumps(document(), indent=2))' > docs/openapi.json
