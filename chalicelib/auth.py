@@ -303,8 +303,8 @@ def authorize(settings: JwtSettings, headers: Mapping[str, str], method: str) ->
     if method.upper() in WRITE_METHODS and not principal.can_write:
         claim, value = settings.write_requirement or ("", "")
         raise Forbidden(f"{method.upper()} changes resources and needs the claim "
-                        f"{claim}={value} in the token; this token (sub {principal.subject[:80]!r}) "
-                        "may only read", field=claim)
+                        f"{claim}={value} in the token; this token "
+                        f"(sub {principal.subject[:80]!r}) may only read", field=claim)
     return principal
 
 

@@ -468,7 +468,8 @@ def test_policy_for_a_writer_covers_every_route_not_just_this_one():
                          ("DELETE", "clusters/prod-1"), ("POST", "clusters/prod-1/reconcile")):
         assert _allows(policy, method, path)
     # another API or stage is never covered
-    assert all(":abcdef1234/api/" in r for r in policy["policyDocument"]["Statement"][0]["Resource"])
+    resources = policy["policyDocument"]["Statement"][0]["Resource"]
+    assert all(":abcdef1234/api/" in r for r in resources)
 
 
 def test_deny_policy_allows_nothing():
