@@ -6,8 +6,9 @@ No boto3, no chalice import: settings come in explicitly (:class:`JwtSettings`),
 
 Two ways to use it:
 
-* in a Chalice built-in authorizer (``@app.authorizer()``): :func:`verify_bearer` with
-  ``auth_request.token`` (the raw ``Authorization`` header), then :func:`policy_for`, which returns
+* in a Chalice built-in authorizer (``@app.authorizer()``): :func:`authorizer_response`, i.e.
+  :func:`verify_bearer` with ``auth_request.token`` (the raw ``Authorization`` header), then
+  :func:`policy_for`, which returns
   the dict ``chalice.AuthResponse(...).to_dict(request)`` would. The policy covers every route the
   principal may call (reads; writes only with the write claim), because API Gateway caches an
   authorizer's answer per token and reuses it for other methods and paths;
@@ -365,3 +366,23 @@ def deny_policy(method_arn: str, principal_id: str = "anonymous") -> dict:
                            "Resource": [method_arn]}],
         },
     }
+
+
+def authorizer_response(settings: JwtSettings, authorization: Optional[str], method_arn: str,
+                        *, local: bool = False) -> dict:
+    """The whole body of a Chalice built-in authorizer: ``auth_request.token`` and
+    ``auth_request.method_arn`` in, the policy out.
+
+    A token that does not verify raises ``Exception("Unauthorized")`` (chained to the
+    :class:`Unauthorized` that says why, for the log): API Gateway maps exactly that message to a
+    401. ``local=True`` (under ``chalice local``, where that exception would drop the connection)
+    returns :func:`deny_policy` instead, a 403. :class:`AuthUnavailable` propagates: API Gateway
+    answers 500 and does not cache the failure.
+    """
+    try:
+        principal = verify_bearer(settings, authorization)
+    except Unauthorized as exc:
+        if local:
+            return deny_policy(method_arn)
+        raise Exception("Unauthorized") from exc   # the one message API Gateway turns into 401
+    return policy_for(principal, method_arn)

@@ -501,11 +501,8 @@ def test_builtin_authorizer_under_chalice_local(jwks):
 
     @app.authorizer(ttl_seconds=60)
     def portal_jwt(auth_request):
-        try:
-            principal = auth.verify_bearer(s, auth_request.token)
-        except errors.Unauthorized:
-            return auth.deny_policy(auth_request.method_arn)
-        return auth.policy_for(principal, auth_request.method_arn)
+        return auth.authorizer_response(s, auth_request.token, auth_request.method_arn,
+                                        local=True)
 
     @app.route("/clusters", methods=["GET", "POST"], authorizer=portal_jwt)
     def clusters():
@@ -522,3 +519,25 @@ def test_builtin_authorizer_under_chalice_local(jwks):
             "true"
         assert client.http.get("/clusters", headers=bearer(mint(aud="x"))).status_code == 403
         assert client.http.get("/clusters").status_code == 401     # no header: the gateway's 401
+
+
+def test_authorizer_response_deployed_raises_the_message_api_gateway_maps_to_401(jwks):
+    s = settings_for(jwks)
+    with pytest.raises(Exception) as caught:
+        auth.authorizer_response(s, f"Bearer {mint(aud='x')}", METHOD_ARN)
+    assert str(caught.value) == "Unauthorized" and type(caught.value) is Exception
+    assert isinstance(caught.value.__cause__, errors.Unauthorized)     # why, for the log
+    with pytest.raises(Exception, match="^Unauthorized$"):
+        auth.authorizer_response(s, None, METHOD_ARN)
+
+
+def test_authorizer_response_allows_and_lets_an_outage_propagate(jwks):
+    s = settings_for(jwks, write_claim="groups=platform-admins")
+    policy = auth.authorizer_response(s, f"Bearer {mint(groups=['platform-admins'])}", METHOD_ARN)
+    assert policy["context"] == {"sub": "user:alice", "can_write": "true"}
+    assert auth.authorizer_response(s, "Bearer x.y.z", METHOD_ARN, local=True) == \
+        auth.deny_policy(METHOD_ARN)
+    jwks.status = 500
+    auth.reset_cache()
+    with pytest.raises(errors.AuthUnavailable):
+        auth.authorizer_response(s, f"Bearer {mint()}", METHOD_ARN)
