@@ -358,7 +358,7 @@ def test_hub_rule_invokes_the_trigger_with_a_scoped_permission():
     res = hub(OrgId="o-abcdefghij").resources()
     rule = res["EksEventsRule"]["Properties"]
     assert rule["EventPattern"] == EKS_PATTERN
-    assert rule["EventBusName"] == "REF:HubEventBus"
+    assert rule["EventBusName"] == "GETATT:HubEventBus.Name"
     (target,) = rule["Targets"]
     assert target["Arn"].endswith(":function:kip-prod-on_eks")
     perm = res["TriggerInvokePermission"]["Properties"]
