@@ -1,17 +1,21 @@
 """The embedded local stack: moto in server mode and `chalice local`, both on 127.0.0.1.
 
 Used by `make local`, `make demo`, the end-to-end tests and the benchmark. Only loopback
-addresses; every process started here is stopped by ``Stack.stop()``.
+addresses; every process started here is stopped by ``Stack.stop()``: each child runs in its own
+process group (the whole group is signalled) and, on Linux, is also told by the kernel to exit if
+the process that started it dies first (PR_SET_PDEATHSIG), so nothing is ever orphaned.
 """
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import pathlib
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -33,12 +37,26 @@ def free_port() -> int:
 
 
 def port_free(port: int) -> bool:
+    """Can a server listen on 127.0.0.1:``port``? With SO_REUSEADDR, as the servers themselves
+    bind: connections of a just-stopped server lingering in TIME_WAIT do not count as "in use"."""
     with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
             return False
         return True
+
+
+_LIBC = None
+if sys.platform == "linux":
+    with contextlib.suppress(OSError):
+        _LIBC = ctypes.CDLL(None, use_errno=True)        # loaded here, never after fork
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: SIGTERM this child when the thread that started it ends (even by SIGKILL)."""
+    _LIBC.prctl(1, signal.SIGTERM, 0, 0, 0)              # PR_SET_PDEATHSIG = 1
 
 
 def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
@@ -64,6 +82,8 @@ class Stack:
         self.latency_ms = latency_ms
         self.quiet, self.with_api = quiet, with_api
         self.procs: list[subprocess.Popen] = []
+        self.moto_proc: Optional[subprocess.Popen] = None
+        self.api_proc: Optional[subprocess.Popen] = None
 
     @property
     def moto_url(self) -> str:
@@ -84,8 +104,11 @@ class Stack:
 
     def _spawn(self, args: list[str], env: dict) -> subprocess.Popen:
         out = subprocess.DEVNULL if self.quiet else None
+        # the kernel ties the child's life to the *thread* that forks it: main thread only
+        tie = _LIBC is not None and threading.current_thread() is threading.main_thread()
         proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=out,
-                                start_new_session=True)
+                                start_new_session=True,
+                                preexec_fn=_die_with_parent if tie else None)
         self.procs.append(proc)
         return proc
 
@@ -96,14 +119,32 @@ class Stack:
         env = self.env()
         moto_args = [str(BIN / "python"), str(ROOT / "scripts" / "moto_server.py"),
                      "--port", str(self.moto_port), "--latency-ms", str(self.latency_ms)]
-        moto = self._spawn(moto_args, env)
-        _wait_http(self.moto_url + "/moto-api/", moto)
+        self.moto_proc = self._spawn(moto_args, env)
+        _wait_http(self.moto_url + "/moto-api/", self.moto_proc)
         self.create_table()
         if self.with_api:
-            api = self._spawn([str(BIN / "chalice"), "local", "--host", "127.0.0.1", "--port",
-                               str(self.api_port), "--stage", "local", "--no-autoreload"], env)
-            _wait_http(self.api_url + "/openapi.json", api)
+            self.start_api()
         return self
+
+    def start_api(self) -> subprocess.Popen:
+        """Start `chalice local` against the running moto (again, after a crash)."""
+        self.api_proc = self._spawn([str(BIN / "chalice"), "local", "--host", "127.0.0.1",
+                                     "--port", str(self.api_port), "--stage", "local",
+                                     "--no-autoreload"], self.env())
+        _wait_http(self.api_url + "/openapi.json", self.api_proc)
+        return self.api_proc
+
+    def restart_api(self, timeout: float = 30.0) -> subprocess.Popen:
+        """Stop what is left of `chalice local` and start it again; moto and its state stay."""
+        if self.api_proc is not None:
+            self._stop_one(self.api_proc)
+            self.procs = [p for p in self.procs if p is not self.api_proc]
+        deadline = time.monotonic() + timeout
+        while not port_free(self.api_port):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"port {self.api_port} on 127.0.0.1 stays in use")
+            time.sleep(0.2)
+        return self.start_api()
 
     def create_table(self) -> None:
         with self.environ():
@@ -129,18 +170,29 @@ class Stack:
             from chalicelib.config import get_settings
             get_settings.cache_clear()
 
+    @staticmethod
+    def _stop_one(proc: subprocess.Popen) -> None:
+        """SIGTERM the child's whole process group, SIGKILL it after 10 s; always reap it."""
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+                return
+            except subprocess.TimeoutExpired:
+                pass
+        # the leader is gone or hangs: SIGKILL what is left of its group (its pid is still the
+        # group id while any member lives, so this names no one else's processes)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5)
+
     def stop(self) -> None:
         for proc in reversed(self.procs):
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait(timeout=5)
+            self._stop_one(proc)
         self.procs.clear()
+        self.moto_proc = self.api_proc = None
 
     def __enter__(self) -> "Stack":
         try:

@@ -2,11 +2,17 @@
 
 The latency models AWS control-plane round-trips for the benchmark (`make bench`); it is zero for
 the local stack and the tests.
+
+Before serving, two moto SQS deviations from AWS are corrected (as the test harness does), so the
+local demo reports no drift that AWS would not show: SetQueueAttributes without ``Policy`` keeps the
+queue policy, and a queue with a customer KMS key reports ``SqsManagedSseEnabled: false``.
 """
 from __future__ import annotations
 
 import argparse
+import signal
 import time
+from typing import Any, Optional
 
 from moto.server import ThreadedMotoServer
 
@@ -17,8 +23,14 @@ def main() -> None:
     ap.add_argument("--latency-ms", type=int, default=0)
     args = ap.parse_args()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=args.port, verbose=False)
+    install_aws_fidelity()
     if args.latency_ms:
         _install_latency(args.latency_ms / 1000.0)
+
+    def _stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGHUP, _stop)
     server.start()
     try:
         while True:
@@ -27,6 +39,25 @@ def main() -> None:
         pass
     finally:
         server.stop()
+
+
+def install_aws_fidelity() -> None:
+    """Make moto's SQS behave as AWS where kip would otherwise see false drift (moto 5.2.5)."""
+    from moto.sqs.models import Queue
+    original = Queue._set_attributes
+    if getattr(original, "_kip_fidelity", False):
+        return
+
+    def _set_attributes(self: Any, attributes: dict, now: Optional[float] = None) -> None:
+        keep = getattr(self, "_policy_json", None) if "Policy" not in attributes else None
+        original(self, attributes, now)
+        if keep is not None:
+            self._policy_json = keep
+        if attributes.get("KmsMasterKeyId"):
+            self.sqs_managed_sse_enabled = "false"
+
+    _set_attributes._kip_fidelity = True  # type: ignore[attr-defined]
+    Queue._set_attributes = _set_attributes  # type: ignore[method-assign]
 
 
 def _install_latency(delay: float) -> None:
