@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 import time
 import warnings
 from typing import Any, Callable, Optional
@@ -17,7 +16,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from chalice import Chalice, ConvertToMiddleware, CORSConfig, IAMAuthorizer, Rate, Response
 
 from chalicelib import errors
-from chalicelib.config import STATUSES, get_settings
+from chalicelib.config import get_settings
 from chalicelib.policies import EKS_EVENT_PATTERN
 
 settings = get_settings()
@@ -68,9 +67,8 @@ def engine() -> Any:
 
 def error_response(exc: errors.KipError) -> Response:
     headers = {"Content-Type": "application/json"}
-    retry = getattr(exc, "retry_after", None) or exc.extra.get("retry_after")
-    if retry:
-        headers["Retry-After"] = str(int(retry))
+    if exc.retry_after:
+        headers["Retry-After"] = str(int(exc.retry_after))
     return Response(body=exc.to_body(), status_code=exc.status, headers=headers)
 
 
@@ -112,38 +110,20 @@ def _json_body(required: bool = True) -> Any:
                                      field="body", allowed="a UTF-8 JSON object") from None
 
 
-def _query(allowed: tuple) -> dict:
-    params = dict(app.current_request.query_params or {})
-    for key in params:
-        if key not in allowed:
-            raise errors.ValidationError(f"unknown query parameter {key[:60]!r}", field=key[:60],
-                                         allowed="one of " + ", ".join(allowed))
-    return params
-
-
-def _bool_param(params: dict, name: str) -> bool:
-    value = params.get(name)
-    if value is None:
-        return False
-    if value.lower() in ("true", "1"):
-        return True
-    if value.lower() in ("false", "0"):
-        return False
-    raise errors.ValidationError(f"{name}: not a boolean", field=name, allowed="true or false")
-
-
-def _cluster_id(name: str, params: dict) -> Any:
+def _query(model: str) -> Any:
     from chalicelib import spec
-    spec.validate_cluster_name(name)
-    spec.validate_identity_params(params.get("account_id"), params.get("region"))
-    cid = engine().identity(name, params.get("account_id"), params.get("region"))
+    return spec.parse(getattr(spec, model), dict(app.current_request.query_params or {}),
+                      "query")
+
+
+def _cluster_id(name: str, query: Any) -> Any:
+    cid = engine().identity(name, query.account_id, query.region)
     logger.append_keys(cluster=cid.key)
     return cid
 
 
-def _view(record: Optional[dict]) -> dict:
-    from chalicelib.registry import public_view
-    return public_view(record) if record else {}
+def _view(record: Any) -> dict:
+    return record.public() if record is not None else {}
 
 
 # ------------------------------------------------------------------------------- routes
@@ -153,7 +133,7 @@ def _view(record: Optional[dict]) -> dict:
 @api
 def create_cluster() -> Response:
     from chalicelib import spec
-    _query(())
+    _query("NoQuery")
     req = spec.parse_request(_json_body())
     started = time.perf_counter()
     cid = engine().identity(req.cluster_name, req.account_id, req.region)
@@ -166,7 +146,7 @@ def create_cluster() -> Response:
                        value=(time.perf_counter() - started) * 1000)
     if out.changed:
         metrics.add_metric(name="Provisioned", unit=MetricUnit.Count, value=1)
-    logger.info("provisioned", extra={"changed": out.changed, "status": out.record["status"],
+    logger.info("provisioned", extra={"changed": out.changed, "status": out.record.status,
                                       "actions": len(out.actions)})
     body = {**_view(out.record), "changed": out.changed, "actions": out.actions}
     return Response(body=body, status_code=201 if out.changed else 200)
@@ -175,30 +155,22 @@ def create_cluster() -> Response:
 @app.route("/clusters", methods=["GET"], authorizer=AUTH, cors=CORS)
 @api
 def list_clusters() -> dict:
-    params = _query(("limit", "next_token", "status"))
-    raw_limit = params.get("limit", "50")
-    if not re.fullmatch(r"[0-9]{1,3}", raw_limit) or not 1 <= int(raw_limit) <= 100:
-        raise errors.ValidationError("limit: must be an integer from 1 to 100", field="limit",
-                                     allowed="an integer from 1 to 100")
-    status = params.get("status")
-    if status is not None and status not in STATUSES:
-        raise errors.ValidationError(f"status: {status[:40]!r} is not a status", field="status",
-                                     allowed="one of " + ", ".join(STATUSES))
-    items, token = engine().list(int(raw_limit), params.get("next_token"), status)
+    query = _query("ListQuery")
+    items, token = engine().list(int(query.limit), query.next_token, query.status)
     return {"items": [_view(i) for i in items], "next_token": token}
 
 
 @app.route("/clusters/{cluster_name}", methods=["GET"], authorizer=AUTH, cors=CORS)
 @api
 def get_cluster(cluster_name: str) -> dict:
-    cid = _cluster_id(cluster_name, _query(("account_id", "region")))
+    cid = _cluster_id(cluster_name, _query("IdentityQuery"))
     return _view(engine().describe(cid))
 
 
 @app.route("/clusters/{cluster_name}", methods=["DELETE"], authorizer=AUTH, cors=CORS)
 @api
 def delete_cluster(cluster_name: str) -> dict:
-    cid = _cluster_id(cluster_name, _query(("account_id", "region")))
+    cid = _cluster_id(cluster_name, _query("IdentityQuery"))
     out = engine().teardown(cid, source="api")
     metrics.add_metric(name="TornDown", unit=MetricUnit.Count, value=1)
     logger.info("torn down", extra={"removed": len(out.actions)})
@@ -209,22 +181,17 @@ def delete_cluster(cluster_name: str) -> dict:
            content_types=CONTENT_TYPES)
 @api
 def reconcile_cluster(cluster_name: str) -> dict:
-    params = _query(("account_id", "region", "dry_run"))
-    body = _json_body(required=False)
-    if not isinstance(body, dict) or set(body) - {"dry_run"}:
-        raise errors.ValidationError("the body may only hold dry_run", field="body",
-                                     allowed='{"dry_run": true|false} or no body')
-    dry_run = body.get("dry_run", _bool_param(params, "dry_run"))
-    if not isinstance(dry_run, bool):
-        raise errors.ValidationError("dry_run: not a boolean", field="dry_run",
-                                     allowed="true or false")
-    cid = _cluster_id(cluster_name, params)
+    from chalicelib import spec
+    query = _query("ReconcileQuery")
+    body = spec.parse(spec.ReconcileBody, _json_body(required=False))
+    dry_run = body.dry_run if "dry_run" in body.model_fields_set else query.dry_run in ("true", "1")
+    cid = _cluster_id(cluster_name, query)
     out = engine().reconcile(cid, dry_run=dry_run)
     if out.actions and not dry_run:
         metrics.add_metric(name="DriftRepaired", unit=MetricUnit.Count, value=1)
     return {"cluster": cid.key, "dry_run": dry_run, "in_sync": not out.actions,
             "differences": out.actions, "repaired": bool(out.actions) and not dry_run,
-            "record": _view(out.record)}
+            "record": _view(out.record) or None}
 
 
 @app.route("/openapi.json", methods=["GET"], authorizer=AUTH, cors=CORS)
@@ -238,55 +205,36 @@ def openapi() -> dict:
 
 @app.on_cw_event(EKS_EVENT_PATTERN, name="on_eks_event")
 def on_eks_event(event: Any) -> dict:
+    """EKS CreateCluster / DeleteCluster, as CloudTrail reports them. Malformed or final cases are
+    logged and dropped; transient failures raise, so Lambda retries the event."""
     from chalicelib.events import parse_eks_event
-    from chalicelib.naming import ClusterId
-    from chalicelib.spec import ClusterRequest
-    from pydantic import ValidationError as PydanticError
+    from chalicelib.spec import is_opted_out
+    ev = parse_eks_event(event.to_dict())
+    if ev.ignored:
+        logger.info("EKS event ignored", extra={"reason": ev.ignored})
+        return {"ignored": ev.ignored}
     try:
-        ev = parse_eks_event(event.to_dict())
-    except PydanticError as exc:
-        logger.warning("not an EKS CloudTrail event; ignored", extra={"errors": exc.errors(
-            include_url=False, include_input=False)})
-        return {"ignored": "unparseable event"}
-    d = ev.detail
-    if d.errorCode:
-        logger.info("the EKS call failed; ignored", extra={"error_code": d.errorCode})
-        return {"ignored": f"{d.eventName} failed with {d.errorCode}"}
-    if d.requestParameters is None:
-        return {"ignored": "no cluster name in the event"}
-    account = d.recipientAccountId or ev.account
-    region = d.awsRegion or ev.region
-    cid = ClusterId(account, region, d.requestParameters.name)
-    logger.append_keys(cluster=cid.key, trigger=d.eventName)
-    try:
-        if d.eventName == "CreateCluster":
-            if str((d.requestParameters.tags or {}).get(settings.opt_out_tag, "")).lower() in (
-                    "true", "yes", "1", "opt-out"):
-                return {"ignored": "cluster opted out", "cluster": cid.key}
-            out = engine().provision(ClusterRequest(
-                cluster_name=cid.cluster_name, account_id=account, region=region),
-                source="eks-event", respect_opt_out=True)
-            if out.opted_out:
-                return {"ignored": "cluster opted out", "cluster": cid.key}
-            metrics.add_metric(name="Provisioned", unit=MetricUnit.Count, value=1)
-            return {"provisioned": cid.key, "status": out.record["status"]}
-        if d.eventName == "DeleteCluster":
+        cid = engine().identity(ev.cluster_name, ev.account_id, ev.region)
+        logger.append_keys(cluster=cid.key, trigger=ev.name)
+        if ev.name == "DeleteCluster":
             out = engine().teardown(cid, source="eks-event")
             metrics.add_metric(name="TornDown", unit=MetricUnit.Count, value=1)
             return {"deleted": cid.key, "removed": len(out.actions)}
-        return {"ignored": f"event {d.eventName}"}
-    except (errors.ValidationError, errors.Forbidden, errors.ClusterNotFound,
-            errors.RecordNotFound, errors.ResourceNotOwned) as exc:
-        # Final: a retry cannot change the answer. Logged for the platform team.
-        logger.warning("trigger not acted on", extra={"code": exc.code, "detail": exc.message})
-        return {"ignored": exc.code, "cluster": cid.key, "message": exc.message}
+        if is_opted_out(ev.tags, settings):
+            return {"ignored": "cluster opted out", "cluster": cid.key}
+        out = engine().adopt(cid, source="eks-event")
+        if out.opted_out:
+            return {"ignored": "cluster opted out", "cluster": cid.key}
+        metrics.add_metric(name="Provisioned", unit=MetricUnit.Count, value=1)
+        return {"provisioned": cid.key, "status": out.record.status}
     except errors.KipError as exc:
-        # Transient (throttled, in progress, AWS failure): raise so Lambda retries the event;
-        # the record already says what exists and the schedule finishes the job otherwise.
-        metrics.add_metric(name="Failed", unit=MetricUnit.Count, value=1)
-        logger.error("trigger failed; Lambda will retry", extra={"code": exc.code,
-                                                                  "detail": exc.message})
-        raise
+        if exc.retryable:   # the record already says what exists; the sweep finishes otherwise
+            metrics.add_metric(name="Failed", unit=MetricUnit.Count, value=1)
+            logger.error("trigger failed; Lambda will retry", extra={
+                "code": exc.code, "detail": exc.message})
+            raise
+        logger.warning("trigger not acted on", extra={"code": exc.code, "detail": exc.message})
+        return {"ignored": exc.code, "message": exc.message}
 
 
 @app.schedule(Rate(settings.schedule_minutes, unit=Rate.MINUTES), name="reconcile_all")

@@ -12,8 +12,7 @@ PASS/MISS beside each target. It exits 0 on a MISS and non-zero only if somethin
 
 Critical-path round-trips are measured, not assumed: the hook timestamps every call (before-call
 to after-call) and the critical path is the longest chain of calls in which each one starts after
-the previous one ended. With a fixed latency L per call, wall time ~= chain x L. The engine's own
-estimate (Outcome.round_trips) is shown beside it.
+the previous one ended. With a fixed latency L per call, wall time ~= chain x L.
 
 Only loopback addresses are used; every process started here is stopped before exit.
 """
@@ -250,9 +249,8 @@ def bench_single(args: argparse.Namespace, rec: Recorder, out: dict) -> dict:
         o, s = timed(rec, args.latency_ms, lambda: engine.provision(ClusterRequest(cluster_name=e)))
         if o.record.get("status") != "ready":
             raise RuntimeError(f"engine provision of {e} ended {o.record.get('status')!r}")
-        s["engine_round_trips"] = o.round_trips
         samples["engine_provision"].append(s)
-        template = template or o.record
+        template = template or o.record.item()
         state, s = timed(rec, args.latency_ms, lambda: base.provision(b))
         samples["baseline_provision"].append(s)
         _, s = timed(rec, args.latency_ms, lambda: strict.provision(strict_names[i]))
@@ -266,7 +264,6 @@ def bench_single(args: argparse.Namespace, rec: Recorder, out: dict) -> dict:
                 out["footprint_diff"] = {"engine": fe, "baseline": fb}
 
         o, s = timed(rec, args.latency_ms, lambda: engine.provision(ClusterRequest(cluster_name=e)))
-        s["engine_round_trips"] = o.round_trips
         s["changed"] = o.changed
         samples["engine_noop"].append(s)
         ok, s = timed(rec, args.latency_ms, lambda: base.check(state))
@@ -275,7 +272,6 @@ def bench_single(args: argparse.Namespace, rec: Recorder, out: dict) -> dict:
         samples["baseline_noop"].append(s)
 
         o, s = timed(rec, args.latency_ms, lambda: engine.teardown(engine.identity(e)))
-        s["engine_round_trips"] = o.round_trips or None
         samples["engine_teardown"].append(s)
         _, s = timed(rec, args.latency_ms, lambda: base.teardown(state))
         samples["baseline_teardown"].append(s)
@@ -287,11 +283,10 @@ def bench_single(args: argparse.Namespace, rec: Recorder, out: dict) -> dict:
         for w in wide_names:
             o, s = timed(rec, args.latency_ms,
                          lambda: wide_engine.provision(ClusterRequest(cluster_name=w)))
-            s["engine_round_trips"] = o.round_trips
             samples["whatif_provision"].append(s)
             o, s = timed(rec, args.latency_ms,
                          lambda: wide_engine.provision(ClusterRequest(cluster_name=w)))
-            s["engine_round_trips"], s["changed"] = o.round_trips, o.changed
+            s["changed"] = o.changed
             samples["whatif_noop"].append(s)
             _, s = timed(rec, args.latency_ms,
                          lambda: wide_engine.teardown(wide_engine.identity(w)))
@@ -309,7 +304,6 @@ def bench_single(args: argparse.Namespace, rec: Recorder, out: dict) -> dict:
             "critical_path_samples": [r["critical_path"] for r in runs],
             "wall_over_latency": round(statistics.median(walls) / args.latency_ms, 2)
             if args.latency_ms else None,
-            "engine_round_trips": mid.get("engine_round_trips"),
             "ops": mid["ops"], "waves": mid["waves"], "timeline_ms": mid["timeline_ms"],
             "writes_max": max(r["writes"] for r in runs),
         }
@@ -669,7 +663,6 @@ def build_report(res: dict, args: argparse.Namespace) -> Report:
             rep.row("baseline AWS calls (writes / reads)",
                     f"{b['calls']} ({b['writes']}/{b['reads']})")
             cp = e["critical_path"]
-            rt = e.get("engine_round_trips")
             rep.row("engine critical path, measured (round-trips)", cp,
                     f"<= {TARGETS['provision_round_trips']}" if what == "provision" else
                     f"<= {TARGETS['noop_round_trips']}" if what == "noop" else "",
@@ -677,8 +670,6 @@ def build_report(res: dict, args: argparse.Namespace) -> Report:
                     cp <= TARGETS["noop_round_trips"] if what == "noop" else None)
             if lat:
                 rep.row("engine wall / latency", e["wall_over_latency"])
-            rep.row("engine Outcome.round_trips (self-reported)",
-                    rt if rt else "n/a (not reported)")
             rep.row("baseline critical path, measured", b["critical_path"])
             if what == "noop":
                 rep.row("engine write calls on no-op", e["writes_max"],

@@ -59,6 +59,7 @@ class Settings:
     api_auth: str = "iam"           # "iam" on deployed stages, "none" locally
     cors_origin: str | None = None
     default_tags: dict = field(default_factory=dict)
+    token_secret: str | None = None     # signs list tokens; default: derived from the table name
 
     @property
     def allowed_role_pattern(self) -> str:
@@ -109,6 +110,7 @@ class Settings:
             api_auth=api_auth,
             cors_origin=env.get("KIP_CORS_ORIGIN") or None,
             default_tags=tags,
+            token_secret=env.get("KIP_TOKEN_SECRET") or None,
         )
 
 

@@ -10,14 +10,18 @@ from typing import Any
 class KipError(Exception):
     status = 500
     code = "InternalError"
+    #: whether the same request may succeed later (an event is retried, a client told to retry)
+    retryable = True
 
     def __init__(self, message: str, *, field: str | None = None, allowed: str | None = None,
-                 details: list[dict[str, Any]] | None = None, **extra: Any) -> None:
+                 details: list[dict[str, Any]] | None = None, retry_after: int | None = None,
+                 **extra: Any) -> None:
         super().__init__(message)
         self.message = message
         self.field = field
         self.allowed = allowed
         self.details = details or []
+        self.retry_after = retry_after      # seconds; the Retry-After header when set
         self.extra = extra
 
     def to_body(self) -> dict[str, Any]:
@@ -28,6 +32,8 @@ class KipError(Exception):
             err["allowed"] = self.allowed
         if self.details:
             err["details"] = self.details
+        if self.retry_after is not None:
+            err["retry_after"] = self.retry_after
         for key, value in self.extra.items():
             if value is not None:
                 err[key] = value
@@ -37,16 +43,19 @@ class KipError(Exception):
 class ValidationError(KipError):
     status = 400
     code = "ValidationError"
+    retryable = False
 
 
 class Forbidden(KipError):
     status = 403
     code = "Forbidden"
+    retryable = False
 
 
 class NotFound(KipError):
     status = 404
     code = "NotFound"
+    retryable = False
 
 
 class ClusterNotFound(NotFound):
@@ -60,6 +69,7 @@ class RecordNotFound(NotFound):
 class Conflict(KipError):
     status = 409
     code = "Conflict"
+    retryable = False
 
 
 class ResourceNotOwned(Conflict):
@@ -70,11 +80,13 @@ class ResourceNotOwned(Conflict):
 class InProgress(Conflict):
     """Another run holds the cluster's lease."""
     code = "ProvisioningInProgress"
+    retryable = True
 
 
 class StaleWrite(Conflict):
     """The record changed since it was read (optimistic version check lost)."""
     code = "StaleRecord"
+    retryable = True
 
 
 class Throttled(KipError):
@@ -82,8 +94,7 @@ class Throttled(KipError):
     code = "Throttled"
 
     def __init__(self, message: str, *, retry_after: int = 5, **kw: Any) -> None:
-        super().__init__(message, **kw)
-        self.retry_after = retry_after
+        super().__init__(message, retry_after=retry_after, **kw)
 
 
 class AwsCallFailed(KipError):

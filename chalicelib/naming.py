@@ -142,7 +142,11 @@ def ownership_tags(cid: ClusterId) -> dict:
     return {MANAGED_BY_TAG: MANAGED_BY_VALUE, CLUSTER_TAG: cid.key}
 
 
-def is_owned(tags: dict | None, cid: ClusterId) -> bool:
+def owned_by(tags: dict | None, cluster_key: str) -> bool:
     """Ours *and* this cluster's: a truncated name can never make us touch another cluster's."""
     tags = tags or {}
-    return tags.get(MANAGED_BY_TAG) == MANAGED_BY_VALUE and tags.get(CLUSTER_TAG) == cid.key
+    return tags.get(MANAGED_BY_TAG) == MANAGED_BY_VALUE and tags.get(CLUSTER_TAG) == cluster_key
+
+
+def is_owned(tags: dict | None, cid: ClusterId) -> bool:
+    return owned_by(tags, cid.key)

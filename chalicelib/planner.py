@@ -1,64 +1,23 @@
 """Pure: plan(desired, observed) -> actions, as plain printable data.
 
-An action names an adapter operation (``op``) and its parameters, plus the ids of actions that must
-finish first (``after``). The executor in ``service`` runs actions as soon as their dependencies are
-done, so the plan's dependency depth is the number of sequential AWS round-trips.
+An action names an adapter operation (``op``) and its parameters, the ids of actions that must
+finish first (``after``), and its effect on the record (``effect``, see ``records``). The executor
+runs actions as soon as their dependencies are done, so the plan's dependency depth is the number
+of sequential AWS round-trips. Action ids only order and name steps; nothing parses them.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from chalicelib import naming
 from chalicelib.errors import ResourceNotOwned
+from chalicelib.records import Effect, Result
 from chalicelib.spec import DesiredSpec
+from chalicelib.state import Observed, RuleState
 
 JSON_ATTRIBUTES = ("Policy", "RedrivePolicy")
-
-
-@dataclass
-class QueueState:
-    exists: bool = False
-    url: Optional[str] = None
-    attributes: dict = field(default_factory=dict)
-    tags: dict = field(default_factory=dict)
-
-
-@dataclass
-class RuleState:
-    exists: bool = False
-    pattern: Optional[dict] = None
-    state: Optional[str] = None
-    tags: dict = field(default_factory=dict)
-    targets: list = field(default_factory=list)    # [{"Id":..., "Arn":...}]
-
-
-@dataclass
-class PolicyState:
-    exists: bool = False
-    tags: dict = field(default_factory=dict)
-    default_version: Optional[str] = None
-    document: Optional[dict] = None
-    versions: list = field(default_factory=list)    # [{"VersionId", "IsDefaultVersion", ...}]
-    attached_roles: list = field(default_factory=list)  # role names (teardown only)
-
-
-@dataclass
-class RoleState:
-    name: str = ""
-    exists: bool = False
-    attached: list = field(default_factory=list)    # policy ARNs
-
-
-@dataclass
-class Observed:
-    queue: QueueState = field(default_factory=QueueState)
-    dlq: QueueState = field(default_factory=QueueState)
-    rules: dict = field(default_factory=dict)        # rule name -> RuleState
-    policy: PolicyState = field(default_factory=PolicyState)
-    role: RoleState = field(default_factory=RoleState)
-    previous_role: Optional[RoleState] = None         # a recorded role we must detach from
 
 
 @dataclass(frozen=True)
@@ -70,11 +29,12 @@ class Action:
     name: str
     params: dict
     after: tuple = ()
+    effect: Optional[Effect] = None     # what the record says once this action is done
+    owner: Optional[str] = None         # an existing resource it meets must carry this owner
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["after"] = list(self.after)
-        return d
+        return {"id": self.id, "op": self.op, "kind": self.kind, "resource": self.resource,
+                "name": self.name, "params": self.params, "after": list(self.after)}
 
 
 def _norm(attr: str, value: Any) -> Any:
@@ -122,155 +82,169 @@ def check_ownership(spec: DesiredSpec, obs: Observed) -> None:
     _check_owned(obs.dlq.exists, obs.dlq.tags, cid, "SQS queue", n.dlq)
     _check_owned(obs.queue.exists, obs.queue.tags, cid, "SQS queue", n.queue)
     for kind in spec.event_kinds:
-        st = obs.rules.get(n.rules[kind], RuleState())
+        st = obs.rule(n.rules[kind])
         _check_owned(st.exists, st.tags, cid, "EventBridge rule", n.rules[kind])
     _check_owned(obs.policy.exists, obs.policy.tags, cid, "IAM policy", n.policy)
 
 
-def plan_provision(spec: DesiredSpec, obs: Observed) -> list[Action]:
-    check_ownership(spec, obs)
-    n, acts = spec.names, []
-    tags = spec.tags
+class _Plan(list):
+    """Actions in the order they were added; ``add`` returns the action (for ``after``)."""
 
-    def add(*args: Any, **kw: Any) -> Action:
+    def add(self, *args: Any, **kw: Any) -> Action:
         a = Action(*args, **kw)
-        acts.append(a)
+        self.append(a)
         return a
 
-    # -- dead-letter queue, then the queue whose redrive policy names it
-    dlq_after: tuple = ()
-    if not obs.dlq.exists:
-        add("dlq.create", "create_queue", "create", "dlq", n.dlq,
-            {"name": n.dlq, "attributes": spec.dlq_attributes, "tags": tags})
-        dlq_after = ("dlq.create",)
-    else:
-        changed = queue_diff(spec.dlq_attributes, obs.dlq.attributes)
-        if changed:
-            add("dlq.update", "set_queue_attributes", "update", "dlq", n.dlq,
-                {"url": obs.dlq.url, "attributes": changed})
-        missing = {k: v for k, v in tags.items() if obs.dlq.tags.get(k) != v}
-        if missing:
-            add("dlq.tag", "tag_queue", "update", "dlq", n.dlq, {"url": obs.dlq.url, "tags": missing})
-    if not obs.queue.exists:
-        add("queue.create", "create_queue", "create", "queue", n.queue,
-            {"name": n.queue, "attributes": spec.queue_attributes, "tags": tags}, dlq_after)
-    else:
-        changed = queue_diff(spec.queue_attributes, obs.queue.attributes)
-        if changed:
-            add("queue.update", "set_queue_attributes", "update", "queue", n.queue,
-                {"url": obs.queue.url, "attributes": changed}, dlq_after)
-        missing = {k: v for k, v in tags.items() if obs.queue.tags.get(k) != v}
-        if missing:
-            add("queue.tag", "tag_queue", "update", "queue", n.queue,
-                {"url": obs.queue.url, "tags": missing})
 
-    # -- rules and their targets. PutTargets needs the rule, not the queue: EventBridge accepts
-    # a target ARN before the queue exists, which keeps the queue off the rules' critical path.
+def _gone(entry: str, key: Optional[str] = None, **more: Any) -> Effect:
+    return Effect.of(entry, key, exists=False, **more)
+
+
+def plan_provision(spec: DesiredSpec, obs: Observed) -> list[Action]:
+    check_ownership(spec, obs)
+    plan = _Plan()
+    _plan_queues(plan, spec, obs)
+    _plan_rules(plan, spec, obs)
+    _plan_policy(plan, spec, obs)
+    return list(plan)
+
+
+def _plan_queues(plan: _Plan, spec: DesiredSpec, obs: Observed) -> None:
+    """The dead-letter queue, then the queue whose redrive policy names it."""
+    n, tags = spec.names, spec.tags
+    dlq_after: tuple = ()
+    for key, attrs in (("dlq", spec.dlq_attributes), ("queue", spec.queue_attributes)):
+        st, name = getattr(obs, key), getattr(n, key)
+        after = dlq_after if key == "queue" else ()
+        if not st.exists:
+            plan.add(f"{key}.create", "create_queue", "create", key, name,
+                     {"name": name, "attributes": attrs, "tags": tags}, after,
+                     Effect.of(key, exists=True, url=Result("url")))
+            dlq_after = ("dlq.create",) if key == "dlq" else dlq_after
+            continue
+        changed = queue_diff(attrs, st.attributes)
+        if changed:
+            plan.add(f"{key}.update", "set_queue_attributes", "update", key, name,
+                     {"url": st.url, "attributes": changed}, after)
+        missing = {k: v for k, v in tags.items() if st.tags.get(k) != v}
+        if missing:
+            plan.add(f"{key}.tag", "tag_queue", "update", key, name,
+                     {"url": st.url, "tags": missing})
+
+
+def _plan_rules(plan: _Plan, spec: DesiredSpec, obs: Observed) -> None:
+    """Rules and their targets. PutTargets needs the rule, not the queue: EventBridge accepts a
+    target ARN before the queue exists, which keeps the queue off the rules' critical path."""
+    n, tags = spec.names, spec.tags
     target = {"Id": naming.TARGET_ID, "Arn": n.queue_arn}
     for kind, rule in n.rules.items():
-        st = obs.rules.get(rule, RuleState())
-        if kind in spec.rule_patterns:
-            pattern = spec.rule_patterns[kind]
-            put_after: tuple = ()
-            if not st.exists or st.pattern != pattern or st.state != "ENABLED":
-                add(f"rule.{kind}", "put_rule", "create" if not st.exists else "update", "rule",
-                    rule, {"name": rule, "pattern": pattern, "tags": tags,
-                           "description": f"Karpenter interruption handling ({kind}) for "
-                                          f"{spec.cid.key}"})
-                put_after = (f"rule.{kind}",)
-            elif any(st.tags.get(k) != v for k, v in tags.items()):
-                add(f"rule.{kind}.tag", "tag_rule", "update", "rule", rule,
-                    {"arn": n.rule_arns[kind], "tags": tags})
-            if target not in [{"Id": t.get("Id"), "Arn": t.get("Arn")} for t in st.targets]:
-                add(f"targets.{kind}", "put_targets", "create", "targets", rule,
-                    {"rule": rule, "targets": [target]}, put_after)
-        elif st.exists and naming.is_owned(st.tags, spec.cid):
-            _delete_rule(add, kind, rule, st)
+        st = obs.rule(rule)
+        if kind not in spec.rule_patterns:
+            if st.exists and naming.is_owned(st.tags, spec.cid):
+                _delete_rule(plan, kind, rule, st)
+            continue
+        pattern = spec.rule_patterns[kind]
+        put_after: tuple = ()
+        if not st.exists or st.pattern != pattern or st.state != "ENABLED":
+            plan.add(f"rule.{kind}", "put_rule", "create" if not st.exists else "update", "rule",
+                     rule, {"name": rule, "pattern": pattern, "tags": tags,
+                            "description": f"Karpenter interruption handling ({kind}) for "
+                                           f"{spec.cid.key}"},
+                     effect=Effect.of("rule", kind, exists=True))
+            put_after = (f"rule.{kind}",)
+        elif any(st.tags.get(k) != v for k, v in tags.items()):
+            plan.add(f"rule.{kind}.tag", "tag_rule", "update", "rule", rule,
+                     {"arn": n.rule_arns[kind], "tags": tags})
+        if target not in [{"Id": t.get("Id"), "Arn": t.get("Arn")} for t in st.targets]:
+            plan.add(f"targets.{kind}", "put_targets", "create", "targets", rule,
+                     {"rule": rule, "targets": [target]}, put_after,
+                     Effect.of("rule", kind, target=True))
 
-    # -- controller policy: a changed document becomes a new default version
+
+def _plan_policy(plan: _Plan, spec: DesiredSpec, obs: Observed) -> None:
+    """The controller policy (a changed document becomes a new default version), attached to the
+    role once the role exists (else the record waits for it)."""
+    n, pol = spec.names, obs.policy
     policy_after: tuple = ()
-    if not obs.policy.exists:
-        add("policy.create", "create_policy", "create", "policy", n.policy,
-            {"name": n.policy, "path": n.policy_path, "document": spec.controller_policy,
-             "tags": tags, "description": f"Karpenter interruption queue access for {spec.cid.key}"})
+    if not pol.exists:
+        plan.add("policy.create", "create_policy", "create", "policy", n.policy,
+                 {"name": n.policy, "path": n.policy_path, "document": spec.controller_policy,
+                  "tags": spec.tags,
+                  "description": f"Karpenter interruption queue access for {spec.cid.key}"},
+                 effect=Effect.of("policy", exists=True, default_version=Result("version")),
+                 owner=spec.cid.key)
         policy_after = ("policy.create",)
-    elif obs.policy.document != spec.controller_policy:
-        prune = []
-        for v in obs.policy.versions:
-            if not v.get("IsDefaultVersion"):
-                a = add(f"policy.prune.{v['VersionId']}", "delete_policy_version", "delete",
-                        "policy_version", n.policy, {"arn": n.policy_arn, "version": v["VersionId"]})
-                prune.append(a.id)
-        add("policy.version", "create_policy_version", "update", "policy_version", n.policy,
-            {"arn": n.policy_arn, "document": spec.controller_policy}, tuple(prune))
-
-    # -- attachment (only once the role exists; else the record waits for it)
+    elif pol.document != spec.controller_policy:
+        prune = [_prune(plan, n, v).id for v in pol.versions if not v.get("IsDefaultVersion")]
+        plan.add("policy.version", "create_policy_version", "update", "policy_version", n.policy,
+                 {"arn": n.policy_arn, "document": spec.controller_policy}, tuple(prune),
+                 Effect.of("policy", default_version=Result("version")))
+    else:   # IAM keeps 5 versions: beyond the previous one (a rollback), stray versions go
+        older = [v for v in pol.versions if not v.get("IsDefaultVersion")]
+        for v in sorted(older, key=_version_number)[:-1]:
+            _prune(plan, n, v)
     if obs.role.exists and n.policy_arn not in obs.role.attached:
-        add("attach", "attach_role_policy", "create", "attachment", obs.role.name,
-            {"role": obs.role.name, "policy_arn": n.policy_arn}, policy_after)
+        plan.add("attach", "attach_role_policy", "create", "attachment", obs.role.name,
+                 {"role": obs.role.name, "policy_arn": n.policy_arn}, policy_after,
+                 Effect.of("attachment", attached=True))
     prev = obs.previous_role
     if prev and prev.exists and prev.name != obs.role.name and n.policy_arn in prev.attached:
-        add("detach.previous", "detach_role_policy", "delete", "attachment", prev.name,
-            {"role": prev.name, "policy_arn": n.policy_arn})
-    return acts
+        plan.add("detach.previous", "detach_role_policy", "delete", "attachment", prev.name,
+                 {"role": prev.name, "policy_arn": n.policy_arn})
 
 
-def _delete_rule(add: Any, kind: str, rule: str, st: RuleState) -> None:
+def _version_number(version: dict) -> int:
+    digits = "".join(c for c in str(version.get("VersionId", "")) if c.isdigit())
+    return int(digits or 0)
+
+
+def _prune(plan: _Plan, names: naming.Names, version: dict) -> Action:
+    return plan.add(f"policy.prune.{version['VersionId']}", "delete_policy_version", "delete",
+                    "policy_version", names.policy,
+                    {"arn": names.policy_arn, "version": version["VersionId"]})
+
+
+def _delete_rule(plan: _Plan, kind: str, rule: str, st: RuleState) -> None:
     after: tuple = ()
     if st.targets:
-        add(f"targets.{kind}.remove", "remove_targets", "delete", "targets", rule,
-            {"rule": rule, "ids": [t["Id"] for t in st.targets]})
+        plan.add(f"targets.{kind}.remove", "remove_targets", "delete", "targets", rule,
+                 {"rule": rule, "ids": [t["Id"] for t in st.targets]},
+                 effect=Effect.of("rule", kind, target=False))
         after = (f"targets.{kind}.remove",)
-    add(f"rule.{kind}.delete", "delete_rule", "delete", "rule", rule, {"name": rule}, after)
+    plan.add(f"rule.{kind}.delete", "delete_rule", "delete", "rule", rule, {"name": rule}, after,
+             _gone("rule", kind, target=False))
 
 
 def plan_teardown(names: naming.Names, cid: naming.ClusterId, obs: Observed
                   ) -> tuple[list[Action], list[dict]]:
     """Delete what the record names, in dependency order; skip (and report) what is not ours."""
-    acts: list[Action] = []
-    skipped: list[dict] = []
+    plan, skipped = _Plan(), []
 
-    def add(*args: Any, **kw: Any) -> Action:
-        a = Action(*args, **kw)
-        acts.append(a)
-        return a
-
-    def skip(kind: str, name: str) -> None:
-        skipped.append({"resource": kind, "name": name,
-                        "reason": "exists but is not tagged as this cluster's; left untouched"})
+    def ours(exists: bool, tags: dict, resource: str, name: str) -> bool:
+        if exists and not naming.is_owned(tags, cid):
+            skipped.append({"resource": resource, "name": name,
+                            "reason": "exists but is not tagged as this cluster's; left untouched"})
+        return exists and naming.is_owned(tags, cid)
 
     for kind, rule in names.rules.items():
-        st = obs.rules.get(rule, RuleState())
-        if st.exists:
-            if naming.is_owned(st.tags, cid):
-                _delete_rule(add, kind, rule, st)
-            else:
-                skip("rule", rule)
+        st = obs.rule(rule)
+        if ours(st.exists, st.tags, "rule", rule):
+            _delete_rule(plan, kind, rule, st)
     p = obs.policy
-    if p.exists:
-        if naming.is_owned(p.tags, cid):
-            detach = [add(f"detach.{r}", "detach_role_policy", "delete", "attachment", r,
-                          {"role": r, "policy_arn": names.policy_arn}).id for r in p.attached_roles]
-            prune = [add(f"policy.prune.{v['VersionId']}", "delete_policy_version", "delete",
-                         "policy_version", names.policy,
-                         {"arn": names.policy_arn, "version": v["VersionId"]}).id
-                     for v in p.versions if not v.get("IsDefaultVersion")]
-            add("policy.delete", "delete_policy", "delete", "policy", names.policy,
-                {"arn": names.policy_arn}, tuple(detach + prune))
-        else:
-            skip("policy", names.policy)
+    if ours(p.exists, p.tags, "policy", names.policy):
+        detach = [plan.add(f"detach.{r}", "detach_role_policy", "delete", "attachment", r,
+                           {"role": r, "policy_arn": names.policy_arn},
+                           effect=Effect("holder", key=r)).id for r in p.attached_roles]
+        prune = [_prune(plan, names, v).id for v in p.versions if not v.get("IsDefaultVersion")]
+        plan.add("policy.delete", "delete_policy", "delete", "policy", names.policy,
+                 {"arn": names.policy_arn}, tuple(detach + prune),
+                 _gone("policy", default_version=None))
     queue_after: tuple = ()
-    if obs.queue.exists:
-        if naming.is_owned(obs.queue.tags, cid):
-            add("queue.delete", "delete_queue", "delete", "queue", names.queue,
-                {"url": obs.queue.url})
-            queue_after = ("queue.delete",)
-        else:
-            skip("queue", names.queue)
-    if obs.dlq.exists:
-        if naming.is_owned(obs.dlq.tags, cid):
-            add("dlq.delete", "delete_queue", "delete", "dlq", names.dlq, {"url": obs.dlq.url},
-                queue_after)
-        else:
-            skip("dlq", names.dlq)
-    return acts, skipped
+    if ours(obs.queue.exists, obs.queue.tags, "queue", names.queue):
+        plan.add("queue.delete", "delete_queue", "delete", "queue", names.queue,
+                 {"url": obs.queue.url}, effect=_gone("queue", url=None))
+        queue_after = ("queue.delete",)
+    if ours(obs.dlq.exists, obs.dlq.tags, "dlq", names.dlq):
+        plan.add("dlq.delete", "delete_queue", "delete", "dlq", names.dlq, {"url": obs.dlq.url},
+                 queue_after, _gone("dlq", url=None))
+    return list(plan), skipped

@@ -1,25 +1,34 @@
 """DynamoDB records: one per cluster, written only under a lease and with a version check.
 
-* ``acquire`` takes the cluster's lease with a conditional put: it wins only if nobody holds an
+* ``lease`` takes the cluster's lease with a conditional put: it wins only if nobody holds an
   unexpired lease and the record is still the version we read. The loser gets ``InProgress``
   (someone else is working) or ``StaleWrite`` (the record moved on). A crashed run's lease expires.
+  A run that stops before any AWS write hands the lease back: the record is as it was.
 * ``save`` and ``delete`` succeed only for the lease holder at the version it last wrote.
 """
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import hashlib
+import hmac
 import json
 import time
 import uuid
-from typing import Any, Callable, Optional
+from concurrent.futures import Future
+from typing import Any, Callable, Iterator, Optional
+
+from aws_lambda_powertools import Logger
 
 from chalicelib.aws import ConditionFailed, Store
 from chalicelib.config import Settings
-from chalicelib.errors import InProgress, StaleWrite, ValidationError
+from chalicelib.errors import InProgress, KipError, StaleWrite, ValidationError
 from chalicelib.naming import ClusterId
+from chalicelib.records import ClusterRecord
 
 HOLDER = "attribute_not_exists(lease_owner) OR lease_expires < :now OR lease_owner = :me"
+log = Logger(service="kip", child=True)
 
 
 def new_token() -> str:
@@ -27,36 +36,76 @@ def new_token() -> str:
     return uuid.uuid4().hex
 
 
+class Lease:
+    """A lease being taken (``get`` waits for it) and whether AWS writes have started."""
+
+    def __init__(self, owner: str, taking: Future) -> None:
+        self.owner, self._taking, self.writing = owner, taking, False
+
+    def get(self) -> ClusterRecord:
+        return self._taking.result()
+
+
 class Registry:
     def __init__(self, store: Store, settings: Settings,
                  clock: Callable[[], float] = time.time) -> None:
         self.store, self.settings, self.clock = store, settings, clock
 
-    def get(self, cid: ClusterId) -> Optional[dict]:
-        return self.store.get(cid.key)
+    def get(self, cid: ClusterId) -> Optional[ClusterRecord]:
+        item = self.store.get(cid.key)
+        return ClusterRecord.model_validate(item) if item else None
 
-    def acquire(self, cid: ClusterId, owner: str, current: Optional[dict], fields: dict) -> dict:
+    @contextlib.contextmanager
+    def lease(self, cid: ClusterId, current: Optional[ClusterRecord], changes: dict,
+              submit: Callable[..., Future]) -> Iterator[Lease]:
+        """Take the lease (in the background through ``submit``, so reads can overlap it); if the
+        block raises before ``lease.writing`` is set, give the lease back."""
+        owner = new_token()
+        held = Lease(owner, submit(self.acquire, cid, owner, current, changes))
+        try:
+            yield held
+        except BaseException:
+            if not held.writing:
+                self._give_back(current, held)
+            raise
+
+    def _give_back(self, current: Optional[ClusterRecord], held: Lease) -> None:
+        try:
+            taken = held.get()
+        except BaseException:
+            return                      # never taken: nothing to give back
+        try:
+            if current is None:
+                self.delete(taken, held.owner)
+            else:
+                self.save(current.model_copy(update={"version": taken.version}), held.owner)
+        except KipError as exc:
+            log.warning("lease not released (it expires on its own)", extra={"detail": exc.message})
+
+    def acquire(self, cid: ClusterId, owner: str, current: Optional[ClusterRecord],
+                changes: dict) -> ClusterRecord:
         """Take the lease on top of ``current`` (the record as read, or None)."""
         now = self.clock()
-        item = dict(current or {})
-        item.update(fields)
+        item = current.item() if current else {}
+        item.update(changes)
         item.update(id=cid.key, account_id=cid.account_id, region=cid.region,
                     cluster_name=cid.cluster_name, lease_owner=owner,
                     lease_expires=int(now + self.settings.lease_seconds),
-                    version=int((current or {}).get("version", 0)) + 1, write_id=new_token())
+                    version=(current.version if current else 0) + 1, write_id=new_token())
+        record = ClusterRecord.model_validate(item)
         if current is None:
             cond, values = "attribute_not_exists(id)", {}
         else:
             cond = f"version = :v AND ({HOLDER})"
-            values = {":v": int(current["version"]), ":now": int(now), ":me": owner}
+            values = {":v": current.version, ":now": int(now), ":me": owner}
         try:
-            self.store.put(item, cond, values)
+            self.store.put(record.item(), cond, values)
         except ConditionFailed as lost:
-            if not _is_ours(lost.item, item):
+            if not _is_ours(lost.item, record.write_id):
                 raise self.lost(cid, lost.item, now) from None
-        return item
+        return record
 
-    def lost(self, cid: ClusterId, item: Optional[dict], now: float) -> Exception:
+    def lost(self, cid: ClusterId, item: Optional[dict], now: float) -> KipError:
         if item and item.get("lease_owner") and int(item.get("lease_expires", 0)) >= now:
             return InProgress(
                 f"cluster {cid.key} is being changed by another run (status "
@@ -67,34 +116,33 @@ class Registry:
                           f"(now version {item.get('version') if item else None}); re-read "
                           "and retry")
 
-    def save(self, record: dict, owner: str, release: bool = True) -> dict:
-        """Write ``record`` (a version we hold); returns it with the new version."""
+    def check_free(self, record: Optional[ClusterRecord]) -> None:
+        """Refuse at once when another run holds the record's lease."""
         now = self.clock()
-        item = dict(record)
-        item["version"] = int(record["version"]) + 1
-        item["updated_at"] = _iso(now)
-        item["write_id"] = new_token()
-        if release:
-            item.pop("lease_owner", None)
-            item.pop("lease_expires", None)
-        try:
-            self.store.put(item, "version = :v AND lease_owner = :me",
-                           {":v": int(record["version"]), ":me": owner})
-        except ConditionFailed as lost:
-            if not _is_ours(lost.item, item):
-                cid = ClusterId(record["account_id"], record["region"], record["cluster_name"])
-                raise self._stale(cid, lost.item) from None
-        return item
+        if record is not None and record.lease_live(now):
+            raise self.lost(record.cid, record.item(), now)
 
-    def delete(self, record: dict, owner: str) -> None:
+    def save(self, record: ClusterRecord, owner: str) -> ClusterRecord:
+        """Write ``record`` (a version we hold) and release the lease; returns what was written."""
+        saved = record.model_copy(update={
+            "version": record.version + 1, "updated_at": iso(self.clock()),
+            "write_id": new_token(), "lease_owner": None, "lease_expires": None})
         try:
-            self.store.delete(record["id"], "version = :v AND lease_owner = :me",
-                              {":v": int(record["version"]), ":me": owner})
+            self.store.put(saved.item(), "version = :v AND lease_owner = :me",
+                           {":v": record.version, ":me": owner})
+        except ConditionFailed as lost:
+            if not _is_ours(lost.item, saved.write_id):
+                raise self._stale(record.cid, lost.item) from None
+        return saved
+
+    def delete(self, record: ClusterRecord, owner: str) -> None:
+        try:
+            self.store.delete(record.id, "version = :v AND lease_owner = :me",
+                              {":v": record.version, ":me": owner})
         except ConditionFailed as lost:
             if lost.item is None:   # already gone: our own delete whose answer was lost
                 return
-            cid = ClusterId(record["account_id"], record["region"], record["cluster_name"])
-            raise self._stale(cid, lost.item) from None
+            raise self._stale(record.cid, lost.item) from None
 
     @staticmethod
     def _stale(cid: ClusterId, item: Optional[dict]) -> StaleWrite:
@@ -103,40 +151,53 @@ class Registry:
                           f"status {item.get('status') if item else None!r})")
 
     def page(self, limit: int, next_token: Optional[str], status: Optional[str]
-             ) -> tuple[list[dict], Optional[str]]:
-        start = None
-        if next_token:
-            try:
-                start = json.loads(base64.urlsafe_b64decode(next_token.encode()))
-                if not isinstance(start, dict) or not isinstance(start.get("id"), str):
-                    raise ValueError
-            except (ValueError, binascii.Error, UnicodeDecodeError, RecursionError):
-                raise ValidationError("next_token: not a token this API returned",
-                                      field="next_token",
-                                      allowed="the next_token of a previous page") from None
+             ) -> tuple[list[ClusterRecord], Optional[str]]:
+        start = _open_token(next_token, status, self._key()) if next_token else None
         items, last = self.store.page(limit, start, status)
-        token = base64.urlsafe_b64encode(json.dumps(last).encode()).decode() if last else None
-        return items, token
+        token = _seal_token(last, status, self._key()) if last else None
+        return [ClusterRecord.model_validate(i) for i in items], token
+
+    def _key(self) -> bytes:
+        return (self.settings.token_secret or self.settings.table_name).encode()
 
 
-def _is_ours(found: Optional[dict], written: dict) -> bool:
+# ----------------------------------------------------------------------------- list tokens
+# A token is the DynamoDB start key, bound to the filter it was issued for and signed, so a
+# client can neither forge a start key nor reuse a token under another filter.
+
+def _mac(body: bytes, key: bytes) -> str:
+    return hmac.new(key, body, hashlib.sha256).hexdigest()[:32]
+
+
+def _seal_token(start: dict, status: Optional[str], key: bytes) -> str:
+    body = json.dumps({"k": start, "s": status}, sort_keys=True, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(body).decode().rstrip("=") + "." + _mac(body, key)
+
+
+def _open_token(token: str, status: Optional[str], key: bytes) -> dict:
+    bad = ValidationError("next_token: not a token this API returned for this query",
+                          field="next_token",
+                          allowed="the next_token of the previous page of the same query")
+    try:
+        encoded, mac = token.rsplit(".", 1)
+        body = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
+        if not hmac.compare_digest(_mac(body, key), mac):
+            raise ValueError
+        data = json.loads(body)
+        start = data["k"]
+        if data.get("s") != status or not isinstance(start, dict) or \
+                not all(isinstance(v, str) for v in start.values()):
+            raise ValueError
+    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError, RecursionError):
+        raise bad from None
+    return start
+
+
+def _is_ours(found: Optional[dict], write_id: Optional[str]) -> bool:
     """A conditional write that 'lost' against the very item it wrote: botocore retried a write
     whose answer was lost after DynamoDB had applied it. Each write carries a unique write_id."""
-    return bool(found) and found.get("write_id") == written["write_id"]
+    return bool(found) and found.get("write_id") == write_id
 
 
-def _iso(ts: float) -> str:
+def iso(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
-
-
-def iso_now(clock: Callable[[], float] = time.time) -> str:
-    return _iso(clock())
-
-
-def is_lease_live(record: dict, now: float) -> bool:
-    return bool(record.get("lease_owner")) and int(record.get("lease_expires", 0)) >= now
-
-
-def public_view(record: dict) -> dict[str, Any]:
-    """The record as the API shows it (no lease internals)."""
-    return {k: v for k, v in record.items() if k not in ("lease_owner", "write_id")}

@@ -12,7 +12,7 @@ from pydantic import ValidationError as PydanticValidationError
 from pydantic import field_validator, model_validator
 
 from chalicelib import naming, policies
-from chalicelib.config import ALL_EVENT_KINDS, Settings
+from chalicelib.config import ALL_EVENT_KINDS, STATUSES, Settings
 from chalicelib.errors import Forbidden, ValidationError
 
 DEFAULT_RETENTION = 1209600      # 14 days, the SQS maximum
@@ -50,6 +50,9 @@ ALLOWED = {
     "tags": "at most 20 tags; keys 1-128 and values 0-256 of letters, digits, spaces and _.:/=+-@; "
             "keys may not start with aws:, kip.io/ or karpenter.sh/",
     "dry_run": "true or false",
+    "limit": "an integer from 1 to 100",
+    "next_token": "the next_token of the previous page of the same query",
+    "status": "one of " + ", ".join(STATUSES),
 }
 
 
@@ -121,51 +124,113 @@ class ClusterRequest(BaseModel):
         return self
 
 
+class ListQuery(BaseModel):
+    """The query of ``GET /clusters``."""
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    limit: StrictStr = Field(default="50", pattern=r"^[0-9]{1,3}$")
+    next_token: Optional[StrictStr] = Field(default=None, max_length=4096)
+    status: Optional[Literal[STATUSES]] = None  # type: ignore[valid-type]
+
+    @field_validator("limit")
+    @classmethod
+    def _limit(cls, v: str) -> str:
+        if not 1 <= int(v) <= 100:
+            raise ValueError("must be an integer from 1 to 100")
+        return v
+
+
+class IdentityQuery(BaseModel):
+    """``account_id`` and ``region`` of the routes under ``/clusters/{cluster_name}``."""
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    account_id: Optional[StrictStr] = Field(default=None, pattern=naming.ACCOUNT_RE.pattern)
+    region: Optional[StrictStr] = Field(default=None, pattern=naming.REGION_RE.pattern)
+
+
+class NoQuery(BaseModel):
+    """Routes that take no query parameters."""
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ReconcileQuery(IdentityQuery):
+    dry_run: Optional[Literal["true", "false", "1", "0"]] = None
+
+
+class ReconcileBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    dry_run: StrictBool = False
+
+
 def _field_of(loc: tuple) -> str:
     parts = [str(p) for p in loc if not str(p).startswith("function-after")]
     return ".".join(parts) if parts else "body"
 
 
-def parse_request(body: Any) -> ClusterRequest:
-    """Validate a decoded JSON body; every problem becomes a 400 naming the field."""
-    if not isinstance(body, dict):
-        raise ValidationError("the request body must be a JSON object", field="body",
+def parse(model: type, data: Any, where: str = "body") -> Any:
+    """Validate a decoded body or query against ``model``; every problem becomes a 400 naming
+    the field and what is allowed."""
+    if not isinstance(data, dict):
+        raise ValidationError(f"the request {where} must be a JSON object", field=where,
                               allowed="a JSON object such as {\"cluster_name\": \"prod\"}")
     try:
-        return ClusterRequest.model_validate(body)
+        return model.model_validate(data)
     except PydanticValidationError as exc:
-        details = []
-        for err in exc.errors(include_url=False, include_input=False):
-            fld = _field_of(err["loc"])
-            top = fld.split(".")[0]
-            msg = err["msg"]
-            if err["type"] == "extra_forbidden":
-                msg = "unknown field"
-                allowed = "one of " + ", ".join(ClusterRequest.model_fields)
-            else:
-                allowed = ALLOWED.get(top)
-            if fld == "body" and "controller_role" in msg:
-                fld, top, allowed = "controller_role", "controller_role", ALLOWED["controller_role"]
-            details.append({"field": fld, "message": msg, "allowed": allowed})
+        details = [_detail(model, err, where)
+                   for err in exc.errors(include_url=False, include_input=False)]
         first = details[0]
         raise ValidationError(f"{first['field']}: {first['message']}", field=first["field"],
                               allowed=first["allowed"], details=details) from None
 
 
-def validate_cluster_name(name: str) -> str:
-    if not isinstance(name, str) or not naming.CLUSTER_NAME_RE.fullmatch(name):
-        raise ValidationError(f"cluster_name: {name[:120]!r} is not a valid EKS cluster name",
-                              field="cluster_name", allowed=ALLOWED["cluster_name"])
-    return name
+def _detail(model: type, err: dict, where: str) -> dict:
+    fld = _field_of(err["loc"])
+    fld = where if fld == "body" else fld
+    top, msg = fld.split(".")[0], err["msg"]
+    if err["type"] == "extra_forbidden":
+        what = "query parameter" if where == "query" else "field"
+        msg, allowed = f"unknown {what}", "one of " + ", ".join(model.model_fields)
+    else:
+        allowed = ALLOWED.get(top)
+    if fld == "body" and "controller_role" in msg:
+        fld, allowed = "controller_role", ALLOWED["controller_role"]
+    return {"field": fld[:60], "message": msg, "allowed": allowed}
 
 
-def validate_identity_params(account_id: Optional[str], region: Optional[str]) -> None:
-    if account_id is not None and not naming.ACCOUNT_RE.fullmatch(account_id):
+def parse_request(body: Any) -> ClusterRequest:
+    return parse(ClusterRequest, body)
+
+
+def validate_identity(cluster_name: Any, account_id: Any, region: Any, settings: Settings,
+                      known_regions: frozenset = frozenset()) -> None:
+    """A cluster identity from any source (request, path, event): 400 naming the bad part.
+    ``known_regions``: where the SDK's endpoint data lists EKS in the region's partition (empty:
+    the SDK has no list; not second-guessed)."""
+    if not isinstance(cluster_name, str) or not naming.CLUSTER_NAME_RE.fullmatch(cluster_name):
+        raise ValidationError(f"cluster_name: {str(cluster_name)[:120]!r} is not a valid EKS "
+                              "cluster name", field="cluster_name",
+                              allowed=ALLOWED["cluster_name"])
+    if not isinstance(account_id, str) or not naming.ACCOUNT_RE.fullmatch(account_id):
         raise ValidationError("account_id: must be 12 digits", field="account_id",
                               allowed=ALLOWED["account_id"])
-    if region is not None and not naming.REGION_RE.fullmatch(region):
+    if not isinstance(region, str) or not naming.REGION_RE.fullmatch(region):
         raise ValidationError("region: not an AWS region code", field="region",
                               allowed=ALLOWED["region"])
+    home = naming.partition_for(settings.region)
+    if naming.partition_for(region) != home:
+        raise ValidationError(
+            f"region: {region} is in partition {naming.partition_for(region)}; this deployment "
+            f"serves partition {home} only (deploy kip in that partition to serve it)",
+            field="region", allowed=f"a region of partition {home}")
+    if known_regions and region not in known_regions:
+        raise ValidationError(
+            f"region: {region!r} is not a region where EKS is available (per the AWS SDK's "
+            "endpoint data)", field="region",
+            allowed="an AWS region code where EKS runs, such as eu-west-1")
+
+
+def is_opted_out(tags: Optional[dict], settings: Settings) -> bool:
+    """The cluster's opt-out tag says no (checked on EKS events, adoption and backfill)."""
+    value = str((tags or {}).get(settings.opt_out_tag, "")).strip().lower()
+    return value in ("true", "yes", "1", "opt-out")
 
 
 @dataclass(frozen=True)

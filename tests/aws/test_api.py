@@ -210,7 +210,7 @@ def test_reconcile_reports_then_repairs_a_deleted_rule(api, cluster):
         "KarpenterInterruptionQueueTarget"
     again = post(api, f"/clusters/{cluster}/reconcile", "").json_body
     assert again["in_sync"] is True
-    assert_error(post(api, f"/clusters/{cluster}/reconcile", {"force": 1}), 400, field="body")
+    assert_error(post(api, f"/clusters/{cluster}/reconcile", {"force": 1}), 400, field="force")
     assert_error(post(api, "/clusters/unknown/reconcile", ""), 404)
 
 

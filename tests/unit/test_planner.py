@@ -8,8 +8,8 @@ import pytest
 
 from chalicelib import errors, naming, planner, spec
 from chalicelib.config import ALL_EVENT_KINDS, Settings
-from chalicelib.planner import (Observed, PolicyState, QueueState, RoleState, RuleState,
-                                plan_provision, plan_teardown)
+from chalicelib.planner import plan_provision, plan_teardown
+from chalicelib.state import Observed, PolicyState, QueueState, RoleState, RuleState
 
 ACCOUNT = "123456789012"
 REGION = "eu-west-1"

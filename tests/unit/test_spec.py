@@ -150,8 +150,9 @@ def test_range_bounds_are_inclusive(field, value):
 def test_invalid_cluster_names_are_refused(name):
     # then
     assert invalid({"cluster_name": name}).field == "cluster_name"
-    with pytest.raises(errors.ValidationError):
-        spec.validate_cluster_name(name)
+    with pytest.raises(errors.ValidationError) as err:
+        spec.validate_identity(name, "123456789012", "eu-west-1", Settings(region="eu-west-1"))
+    assert err.value.field == "cluster_name"
 
 
 @pytest.mark.parametrize("field, value", [

@@ -1,0 +1,132 @@
+"""Sessions and clients: created lazily, once per (account, region, service), shared by threads.
+
+boto3 clients are thread-safe, sessions are not: creation happens under a lock. Retries are
+botocore's (``standard`` or ``adaptive``). Another account is reached by assuming
+``KIP_CROSS_ACCOUNT_ROLE`` there through STS. Hooks (metrics, tests) reach every session and
+client, including those made later.
+"""
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from typing import Any, Callable, Optional
+
+import boto3
+from botocore.config import Config
+
+from chalicelib import naming
+from chalicelib.aws.calls import call
+from chalicelib.config import Settings, get_settings
+
+_lock = threading.RLock()
+_state: dict[str, Any] = {"session": None, "clients": {}, "sessions": {}, "account": None,
+                          "hooks": []}
+RENEW_BEFORE = 300      # seconds before assumed-role credentials expire
+
+
+def add_hook(event_name: str, handler: Callable[..., Any]) -> None:
+    """Register a botocore event hook on every session and client, now and later."""
+    with _lock:
+        _state["hooks"].append((event_name, handler))
+        for sess in _all_sessions():
+            sess.events.register(event_name, handler)
+        for c in _state["clients"].values():
+            c.meta.events.register(event_name, handler)
+
+
+def reset() -> None:
+    """Forget every session, client and hook (a fresh start, e.g. per test)."""
+    with _lock:
+        _state.update(session=None, clients={}, sessions={}, account=None, hooks=[])
+
+
+def _all_sessions() -> list:
+    out = [s for s, _ in _state["sessions"].values()]
+    if _state["session"] is not None:
+        out.append(_state["session"])
+    return out
+
+
+def _new_session(**kw: Any) -> boto3.session.Session:
+    sess = boto3.session.Session(**kw)
+    for event_name, handler in _state["hooks"]:
+        sess.events.register(event_name, handler)
+    return sess
+
+
+def base_session() -> boto3.session.Session:
+    with _lock:
+        if _state["session"] is None:
+            _state["session"] = _new_session()
+        return _state["session"]
+
+
+def _config(settings: Settings) -> Config:
+    return Config(
+        retries={"mode": settings.retry_mode, "max_attempts": settings.max_attempts},
+        connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout,
+        max_pool_connections=max(10, settings.max_workers * 2),
+    )
+
+
+def own_account(settings: Optional[Settings] = None) -> str:
+    settings = settings or get_settings()
+    if settings.account_id:
+        return settings.account_id
+    with _lock:
+        if _state["account"] is None:
+            sts = client("sts", None, settings.region, settings)
+            _state["account"] = call("sts:GetCallerIdentity", sts.get_caller_identity)["Account"]
+        return _state["account"]
+
+
+def _session_for(account: Optional[str], settings: Settings) -> boto3.session.Session:
+    if account is None or account == own_account(settings):
+        return base_session()
+    with _lock:
+        cached = _state["sessions"].get(account)
+        if cached and cached[1] - time.time() > RENEW_BEFORE:
+            return cached[0]
+        sts = client("sts", None, settings.region, settings)
+        arn = (f"arn:{naming.partition_for(settings.region)}:iam::{account}:role/"
+               f"{settings.cross_account_role}")
+        kw: dict[str, Any] = {"RoleArn": arn, "RoleSessionName": "kip-provisioner",
+                              "DurationSeconds": 3600}
+        if settings.external_id:
+            kw["ExternalId"] = settings.external_id
+        creds = call(f"sts:AssumeRole {arn}", sts.assume_role, **kw)["Credentials"]
+        sess = _new_session(aws_access_key_id=creds["AccessKeyId"],
+                            aws_secret_access_key=creds["SecretAccessKey"],
+                            aws_session_token=creds["SessionToken"])
+        _state["sessions"][account] = (sess, creds["Expiration"].timestamp())
+        # drop the clients of the expired session
+        _state["clients"] = {k: v for k, v in _state["clients"].items() if k[0] != account}
+        return sess
+
+
+def _session_expiring(account: Optional[str]) -> bool:
+    cached = _state["sessions"].get(account)
+    return bool(cached and cached[1] - time.time() <= RENEW_BEFORE)
+
+
+@functools.lru_cache(maxsize=256)
+def available_regions(partition: str) -> frozenset:
+    """The regions where botocore's endpoint data lists EKS in ``partition`` (empty if none)."""
+    return frozenset(base_session().get_available_regions("eks", partition_name=partition))
+
+
+def client(service: str, account: Optional[str], region: str,
+           settings: Optional[Settings] = None) -> Any:
+    settings = settings or get_settings()
+    if service in ("sts", "dynamodb") or account is None:
+        key: tuple = ("self", region, service)
+    else:
+        key = (account, region, service)
+    with _lock:
+        c = _state["clients"].get(key)
+        if c is None or (key[0] != "self" and _session_expiring(account)):
+            sess = base_session() if key[0] == "self" else _session_for(account, settings)
+            c = sess.client(service, region_name=region, config=_config(settings))
+            _state["clients"][key] = c
+        return c

@@ -1,0 +1,129 @@
+"""The records table: plain items in, plain items out; record semantics live in ``registry``."""
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any, Optional
+
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+
+from chalicelib.aws.calls import call, error_code, translate
+from chalicelib.aws.clients import client
+from chalicelib.config import Settings, get_settings
+from botocore.exceptions import BotoCoreError, ClientError
+
+
+class ConditionFailed(Exception):
+    """A conditional write lost; ``item`` is the item as it was (when DynamoDB returned it)."""
+
+    def __init__(self, item: Optional[dict]) -> None:
+        super().__init__("condition failed")
+        self.item = item
+
+
+class _Deserializer(TypeDeserializer):
+    """boto3's deserializer, with numbers as int/float rather than Decimal (JSON-ready)."""
+
+    def _deserialize_n(self, value: str) -> Any:
+        number = Decimal(value)
+        return int(number) if number == number.to_integral_value() else float(number)
+
+
+_ser, _de = TypeSerializer(), _Deserializer()
+
+
+def _to_ddb(item: dict) -> dict:
+    return {k: _ser.serialize(_decimals(v)) for k, v in item.items() if v is not None}
+
+
+def _decimals(value: Any) -> Any:
+    """TypeSerializer refuses floats: they become Decimals first."""
+    if isinstance(value, float):
+        return Decimal(str(value))
+    if isinstance(value, dict):
+        return {k: _decimals(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_decimals(v) for v in value]
+    return value
+
+
+def _from_ddb(item: Optional[dict]) -> Optional[dict]:
+    if not item:
+        return None
+    return {k: _de.deserialize(v) for k, v in item.items()}
+
+
+class Store:
+    STATUS_INDEX = "status-index"
+
+    def __init__(self, settings: Optional[Settings] = None) -> None:
+        self.settings = settings or get_settings()
+        self.table = self.settings.table_name
+
+    def _c(self) -> Any:
+        return client("dynamodb", None, self.settings.region, self.settings)
+
+    def _cond(self, step: str, fn: Any, **kw: Any) -> Any:
+        try:
+            return fn(**kw)
+        except ClientError as exc:
+            if error_code(exc) == "ConditionalCheckFailedException":
+                raise ConditionFailed(_from_ddb(exc.response.get("Item"))) from exc
+            raise translate(exc, step) from exc
+        except BotoCoreError as exc:
+            raise translate(exc, step) from exc
+
+    def get(self, key: str) -> Optional[dict]:
+        r = call("dynamodb:GetItem", self._c().get_item, TableName=self.table,
+                 Key={"id": {"S": key}}, ConsistentRead=True)
+        return _from_ddb(r.get("Item"))
+
+    def put(self, item: dict, condition: str, values: dict, names: Optional[dict] = None) -> None:
+        kw: dict[str, Any] = {"TableName": self.table, "Item": _to_ddb(item),
+                              "ConditionExpression": condition,
+                              "ReturnValuesOnConditionCheckFailure": "ALL_OLD"}
+        if values:
+            kw["ExpressionAttributeValues"] = _to_ddb(values)
+        if names:
+            kw["ExpressionAttributeNames"] = names
+        self._cond("dynamodb:PutItem", self._c().put_item, **kw)
+
+    def delete(self, key: str, condition: str, values: dict) -> None:
+        self._cond("dynamodb:DeleteItem", self._c().delete_item, TableName=self.table,
+                   Key={"id": {"S": key}}, ConditionExpression=condition,
+                   ExpressionAttributeValues=_to_ddb(values),
+                   ReturnValuesOnConditionCheckFailure="ALL_OLD")
+
+    def page(self, limit: int, start: Optional[dict], status: Optional[str]) -> tuple:
+        kw: dict[str, Any] = {"TableName": self.table, "Limit": limit}
+        if start:
+            kw["ExclusiveStartKey"] = _to_ddb(start)
+        if status:
+            kw.update(IndexName=self.STATUS_INDEX,
+                      KeyConditionExpression="#s = :s",
+                      ExpressionAttributeNames={"#s": "status"},
+                      ExpressionAttributeValues={":s": {"S": status}})
+            r = call("dynamodb:Query", self._c().query, **kw)
+        else:
+            r = call("dynamodb:Scan", self._c().scan, **kw)
+        items = [_from_ddb(i) for i in r.get("Items", [])]
+        return items, _from_ddb(r.get("LastEvaluatedKey"))
+
+    def create_table(self) -> None:
+        """For the local stack and tests; deployed stages get the table from CloudFormation."""
+        c = self._c()
+        try:
+            c.create_table(
+                TableName=self.table, BillingMode="PAY_PER_REQUEST",
+                AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"},
+                                      {"AttributeName": "status", "AttributeType": "S"}],
+                KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+                GlobalSecondaryIndexes=[{
+                    "IndexName": self.STATUS_INDEX,
+                    "KeySchema": [{"AttributeName": "status", "KeyType": "HASH"},
+                                  {"AttributeName": "id", "KeyType": "RANGE"}],
+                    "Projection": {"ProjectionType": "ALL"}}])
+            c.get_waiter("table_exists").wait(TableName=self.table,
+                                              WaiterConfig={"Delay": 1, "MaxAttempts": 30})
+        except ClientError as exc:
+            if error_code(exc) != "ResourceInUseException":
+                raise translate(exc, "dynamodb:CreateTable") from exc

@@ -1,0 +1,222 @@
+"""The adapter: one (account, region). Reads return plain data or ``state`` types; each write is an
+operation a planner action names. No decisions here: those live in the pure modules."""
+from __future__ import annotations
+
+import json
+from typing import Any, Optional
+
+from chalicelib import errors, naming
+from chalicelib.aws.calls import call, tags_dict, tags_list
+from chalicelib.aws.clients import client
+from chalicelib.config import Settings, get_settings
+from chalicelib.state import ClusterState, KeyState, RoleState
+
+
+class Target:
+    def __init__(self, account: str, region: str, settings: Optional[Settings] = None) -> None:
+        self.account, self.region = account, region
+        self.settings = settings or get_settings()
+
+    def _c(self, service: str) -> Any:
+        return client(service, self.account, self.region, self.settings)
+
+    def warm(self) -> None:
+        """Create every client up front (one round of credential/endpoint setup, not per call)."""
+        for service in ("sqs", "events", "iam", "eks"):
+            self._c(service)
+
+    # -- reads ------------------------------------------------------------------------------
+    def describe_cluster(self, name: str) -> Optional[ClusterState]:
+        r = call(f"eks:DescribeCluster {name}", self._c("eks").describe_cluster, name=name,
+                 gone_ok=True)
+        if r is None:
+            return None
+        c = r["cluster"]
+        return ClusterState(name=c["name"], arn=c.get("arn"), status=c.get("status"),
+                            version=c.get("version"), tags=c.get("tags") or {})
+
+    def list_clusters(self) -> list[str]:
+        paginator = self._c("eks").get_paginator("list_clusters")
+        pages = call("eks:ListClusters", lambda: list(paginator.paginate()))
+        return [name for page in pages for name in page.get("clusters", [])]
+
+    def queue_url(self, name: str) -> Optional[str]:
+        r = call(f"sqs:GetQueueUrl {name}", self._c("sqs").get_queue_url, QueueName=name,
+                 gone_ok=True)
+        return r["QueueUrl"] if r else None
+
+    def queue_attributes(self, url: str) -> Optional[dict]:
+        r = call(f"sqs:GetQueueAttributes {url}", self._c("sqs").get_queue_attributes,
+                 QueueUrl=url, AttributeNames=["All"], gone_ok=True)
+        return None if r is None else r.get("Attributes", {})
+
+    def queue_tags(self, url: str) -> dict:
+        r = call(f"sqs:ListQueueTags {url}", self._c("sqs").list_queue_tags, QueueUrl=url,
+                 gone_ok=True)
+        return (r or {}).get("Tags", {}) or {}
+
+    def describe_rule(self, name: str) -> Optional[dict]:
+        r = call(f"events:DescribeRule {name}", self._c("events").describe_rule, Name=name,
+                 gone_ok=True)
+        if r is None:
+            return None
+        return {"pattern": json.loads(r.get("EventPattern") or "null"), "state": r.get("State")}
+
+    def rule_targets(self, name: str) -> list[dict]:
+        r = call(f"events:ListTargetsByRule {name}", self._c("events").list_targets_by_rule,
+                 Rule=name, gone_ok=True)
+        return [{"Id": t["Id"], "Arn": t["Arn"]} for t in (r or {}).get("Targets", [])]
+
+    def rule_tags(self, arn: str) -> dict:
+        r = call(f"events:ListTagsForResource {arn}", self._c("events").list_tags_for_resource,
+                 ResourceARN=arn, gone_ok=True)
+        return tags_dict((r or {}).get("Tags"))
+
+    def get_policy(self, arn: str) -> Optional[dict]:
+        """``{"default_version", "tags"}`` of a managed policy, or None."""
+        r = call(f"iam:GetPolicy {arn}", self._c("iam").get_policy, PolicyArn=arn, gone_ok=True)
+        if r is None:
+            return None
+        return {"default_version": r["Policy"].get("DefaultVersionId"),
+                "tags": tags_dict(r["Policy"].get("Tags"))}
+
+    def policy_document(self, arn: str, version: str) -> Optional[dict]:
+        r = call(f"iam:GetPolicyVersion {arn}", self._c("iam").get_policy_version,
+                 PolicyArn=arn, VersionId=version, gone_ok=True)
+        if r is None:
+            return None
+        doc = r["PolicyVersion"]["Document"]
+        return json.loads(doc) if isinstance(doc, str) else doc
+
+    def policy_versions(self, arn: str) -> list[dict]:
+        r = call(f"iam:ListPolicyVersions {arn}", self._c("iam").list_policy_versions,
+                 PolicyArn=arn, gone_ok=True)
+        return [{"VersionId": v["VersionId"], "IsDefaultVersion": v["IsDefaultVersion"]}
+                for v in (r or {}).get("Versions", [])]
+
+    def policy_roles(self, arn: str) -> list[str]:
+        r = call(f"iam:ListEntitiesForPolicy {arn}", self._c("iam").list_entities_for_policy,
+                 PolicyArn=arn, EntityFilter="Role", gone_ok=True)
+        return [x["RoleName"] for x in (r or {}).get("PolicyRoles", [])]
+
+    def role_attachments(self, role: str) -> RoleState:
+        r = call(f"iam:ListAttachedRolePolicies {role}",
+                 self._c("iam").list_attached_role_policies, RoleName=role, MaxItems=1000,
+                 gone_ok=True)
+        if r is None:
+            return RoleState(name=role, exists=False)
+        return RoleState(name=role, exists=True,
+                         attached=[p["PolicyArn"] for p in r.get("AttachedPolicies", [])])
+
+    def describe_key(self, key_id: str) -> Optional[KeyState]:
+        try:
+            r = call(f"kms:DescribeKey {key_id}", self._c("kms").describe_key, KeyId=key_id,
+                     gone_ok=True)
+        except errors.AwsCallFailed as exc:
+            if exc.extra.get("aws_code") == "InvalidArnException":
+                return None
+            raise
+        if r is None:
+            return None
+        m = r["KeyMetadata"]
+        return KeyState(key_id=m["KeyId"], arn=m["Arn"], manager=m.get("KeyManager", ""),
+                        state=m.get("KeyState"), spec=m.get("KeySpec"), usage=m.get("KeyUsage"))
+
+    # -- writes (named by planner actions) ---------------------------------------------------
+    def create_queue(self, name: str, attributes: dict, tags: dict) -> dict:
+        r = call(f"sqs:CreateQueue {name}", self._c("sqs").create_queue, QueueName=name,
+                 Attributes=attributes, tags=tags)
+        return {"url": r["QueueUrl"]}
+
+    def set_queue_attributes(self, url: str, attributes: dict) -> dict:
+        call(f"sqs:SetQueueAttributes {url}", self._c("sqs").set_queue_attributes,
+             QueueUrl=url, Attributes=attributes)
+        return {}
+
+    def tag_queue(self, url: str, tags: dict) -> dict:
+        call(f"sqs:TagQueue {url}", self._c("sqs").tag_queue, QueueUrl=url, Tags=tags)
+        return {}
+
+    def delete_queue(self, url: str) -> dict:
+        call(f"sqs:DeleteQueue {url}", self._c("sqs").delete_queue, QueueUrl=url, gone_ok=True)
+        return {}
+
+    def put_rule(self, name: str, pattern: dict, tags: dict, description: str) -> dict:
+        r = call(f"events:PutRule {name}", self._c("events").put_rule, Name=name,
+                 EventPattern=json.dumps(pattern), State="ENABLED",
+                 Description=description[:512], Tags=tags_list(tags))
+        return {"arn": r["RuleArn"]}
+
+    def tag_rule(self, arn: str, tags: dict) -> dict:
+        call(f"events:TagResource {arn}", self._c("events").tag_resource, ResourceARN=arn,
+             Tags=tags_list(tags))
+        return {}
+
+    def put_targets(self, rule: str, targets: list) -> dict:
+        step = f"events:PutTargets {rule}"
+        r = call(step, self._c("events").put_targets, Rule=rule, Targets=targets)
+        _entries_ok(step, r)
+        return {}
+
+    def remove_targets(self, rule: str, ids: list) -> dict:
+        step = f"events:RemoveTargets {rule}"
+        r = call(step, self._c("events").remove_targets, Rule=rule, Ids=ids, Force=False,
+                 gone_ok=True)
+        _entries_ok(step, r)
+        return {}
+
+    def delete_rule(self, name: str) -> dict:
+        call(f"events:DeleteRule {name}", self._c("events").delete_rule, Name=name, gone_ok=True)
+        return {}
+
+    def create_policy(self, name: str, path: str, document: dict, tags: dict,
+                      description: str) -> dict:
+        """Create, or (``EntityAlreadyExists``: our own create whose answer was lost and that
+        botocore retried, or one made since we looked) report the existing policy and its tags;
+        the executor decides from the action whether it may be adopted."""
+        try:
+            r = call(f"iam:CreatePolicy {name}", self._c("iam").create_policy,
+                     PolicyName=name, Path=path, PolicyDocument=json.dumps(document),
+                     Description=description[:1000], Tags=tags_list(tags))
+        except errors.AwsCallFailed as exc:
+            if exc.extra.get("aws_code") != "EntityAlreadyExists":
+                raise
+            arn = f"arn:{naming.partition_for(self.region)}:iam::{self.account}:policy{path}{name}"
+            found = self.get_policy(arn) or {}
+            return {"arn": arn, "version": found.get("default_version"),
+                    "existed": True, "tags": found.get("tags", {})}
+        return {"arn": r["Policy"]["Arn"], "version": r["Policy"].get("DefaultVersionId")}
+
+    def create_policy_version(self, arn: str, document: dict) -> dict:
+        r = call(f"iam:CreatePolicyVersion {arn}", self._c("iam").create_policy_version,
+                 PolicyArn=arn, PolicyDocument=json.dumps(document), SetAsDefault=True)
+        return {"version": r["PolicyVersion"]["VersionId"]}
+
+    def delete_policy_version(self, arn: str, version: str) -> dict:
+        call(f"iam:DeletePolicyVersion {arn} {version}", self._c("iam").delete_policy_version,
+             PolicyArn=arn, VersionId=version, gone_ok=True)
+        return {}
+
+    def delete_policy(self, arn: str) -> dict:
+        call(f"iam:DeletePolicy {arn}", self._c("iam").delete_policy, PolicyArn=arn,
+             gone_ok=True)
+        return {}
+
+    def attach_role_policy(self, role: str, policy_arn: str) -> dict:
+        call(f"iam:AttachRolePolicy {role}", self._c("iam").attach_role_policy, RoleName=role,
+             PolicyArn=policy_arn)
+        return {}
+
+    def detach_role_policy(self, role: str, policy_arn: str) -> dict:
+        call(f"iam:DetachRolePolicy {role}", self._c("iam").detach_role_policy, RoleName=role,
+             PolicyArn=policy_arn, gone_ok=True)
+        return {}
+
+
+def _entries_ok(step: str, answer: Optional[dict]) -> None:
+    """EventBridge answers HTTP 200 with per-entry failures: one failed entry fails the call."""
+    if answer and answer.get("FailedEntryCount"):
+        failed = (answer.get("FailedEntries") or [{}])[0]
+        raise errors.AwsCallFailed(
+            f"{step} failed: {failed.get('ErrorCode')}: {failed.get('ErrorMessage')}",
+            step=step, aws_code=failed.get("ErrorCode"))

@@ -1,0 +1,89 @@
+"""Reads the current state through the adapter, in parallel, in two waves.
+
+* ``locate``: where things are (queue URLs, rules, the policy, each role's attachments);
+* ``detail``: what they hold (attributes, tags, targets, the policy document and versions).
+
+``locate`` submits its reads at once and returns a waiter, so the caller can overlap it with its
+own reads (the record, the EKS cluster) in the same wave. All waiting happens in the caller's
+thread: no pool task waits on another.
+"""
+from __future__ import annotations
+
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Literal, Optional
+
+from chalicelib.executor import Workers, gather
+from chalicelib.naming import Names
+from chalicelib.state import Observed, PolicyState, QueueState, RoleState, RuleState
+
+Purpose = Literal["provision", "teardown"]
+
+
+@dataclass
+class Located:
+    queue_url: Optional[str] = None
+    dlq_url: Optional[str] = None
+    policy: Optional[dict] = None                   # {"default_version", "tags"}
+    rules: dict = field(default_factory=dict)       # kind -> {"pattern", "state"} or None
+    roles: dict = field(default_factory=dict)       # role name -> RoleState
+
+
+def locate(target: Any, names: Names, roles: Iterable[str], workers: Workers
+           ) -> Callable[[], Located]:
+    wanted = list(dict.fromkeys(r for r in roles if r))
+    urls = [workers.submit(target.queue_url, names.queue),
+            workers.submit(target.queue_url, names.dlq)]
+    policy = workers.submit(target.get_policy, names.policy_arn)
+    rules = {kind: workers.submit(target.describe_rule, rule) for kind, rule in names.rules.items()}
+    role_reads = {role: workers.submit(target.role_attachments, role) for role in wanted}
+
+    def result() -> Located:
+        everything: list[Future] = [*urls, policy, *rules.values(), *role_reads.values()]
+        gather(everything)
+        return Located(urls[0].result(), urls[1].result(), policy.result(),
+                       {k: f.result() for k, f in rules.items()},
+                       {r: f.result() for r, f in role_reads.items()})
+    return result
+
+
+def roles(target: Any, names: Iterable[str], workers: Workers) -> dict[str, RoleState]:
+    wanted = list(dict.fromkeys(n for n in names if n))
+    return dict(zip(wanted, gather([workers.submit(target.role_attachments, r) for r in wanted])))
+
+
+def detail(target: Any, names: Names, found: Located, workers: Workers,
+           purpose: Purpose) -> Observed:
+    submit = workers.submit
+    queues = {key: (url, submit(target.queue_attributes, url), submit(target.queue_tags, url))
+              for key, url in (("queue", found.queue_url), ("dlq", found.dlq_url)) if url}
+    rules = {kind: (found.rules[kind], submit(target.rule_targets, names.rules[kind]),
+                    submit(target.rule_tags, names.rule_arns[kind]))
+             for kind in names.rules if found.rules.get(kind)}
+    pol, policy_reads = found.policy, []
+    if pol:
+        policy_reads = [submit(target.policy_document, names.policy_arn, pol["default_version"]),
+                        submit(target.policy_versions, names.policy_arn)]
+        if purpose == "teardown":
+            policy_reads.append(submit(target.policy_roles, names.policy_arn))
+    gather([f for _, *fs in queues.values() for f in fs]
+           + [f for _, *fs in rules.values() for f in fs] + policy_reads)
+
+    obs = Observed()
+    for key, (url, attrs, tags) in queues.items():
+        if attrs.result() is not None:      # gone between the two waves: not there
+            setattr(obs, key, QueueState(True, url, attrs.result(), tags.result()))
+    for kind, (described, targets, tags) in rules.items():
+        obs.rules[names.rules[kind]] = RuleState(True, described["pattern"], described["state"],
+                                                 tags.result(), targets.result())
+    if pol:
+        obs.policy = PolicyState(True, pol["tags"], pol["default_version"],
+                                 *[f.result() for f in policy_reads])
+    return obs
+
+
+def observe(target: Any, names: Names, role_names: Iterable[str], workers: Workers,
+            purpose: Purpose) -> tuple[Observed, Located]:
+    """Both waves, for a caller with nothing to overlap them with."""
+    found = locate(target, names, role_names, workers)()
+    return detail(target, names, found, workers, purpose), found
