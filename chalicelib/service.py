@@ -204,6 +204,7 @@ class Engine:
             reads.append(submit(target.describe_cluster, cid.cluster_name))
         if kms_key_id:
             reads.append(submit(target.describe_key, kms_key_id))
+            reads.append(submit(target.key_policy, kms_key_id))
         locating = observe.locate(target, names, roles, self.workers)
         record, *rest = gather(reads)
         found = locating()
@@ -220,8 +221,8 @@ class Engine:
                     f"{cid.account_id} region {cid.region}; nothing was created",
                     field="cluster_name")
         if kms_key_id:
-            ctx.kms_key_arn = kms.usable_key_arn(kms_key_id, rest[-1], cid.account_id,
-                                                 cid.region)
+            ctx.kms_key_arn = kms.usable_key_arn(kms_key_id, rest[-2], cid.account_id,
+                                                 cid.region, policy=rest[-1])
         return ctx
 
     def _previous_role(self, ctx: Context) -> Optional[str]:

@@ -74,6 +74,26 @@ def make_role(name: str) -> str:
             "Principal": {"Federated": f"arn:aws:iam::{ACCOUNT}:oidc-provider/oidc.eks"}}]}))["Role"]["Arn"]
 
 
+def key_policy(*extra: dict, account: str = ACCOUNT, grant_eventbridge: bool = True) -> str:
+    """A key policy as a customer who set SSE-KMS up correctly writes it: the account's IAM
+    delegation (KMS's default) plus events.amazonaws.com GenerateDataKey + Decrypt."""
+    statements = [{"Sid": "Enable IAM User Permissions", "Effect": "Allow",
+                   "Principal": {"AWS": f"arn:aws:iam::{account}:root"}, "Action": "kms:*",
+                   "Resource": "*"}]
+    if grant_eventbridge:
+        statements.append({"Sid": "AllowEventBridge", "Effect": "Allow",
+                           "Principal": {"Service": "events.amazonaws.com"},
+                           "Action": ["kms:GenerateDataKey", "kms:Decrypt"], "Resource": "*"})
+    return json.dumps({"Version": "2012-10-17", "Statement": statements + list(extra)})
+
+
+def make_key(region: str = REGION, **kw) -> dict:
+    """A customer KMS key EventBridge may use (override ``Policy`` to break it)."""
+    import boto3
+    kw.setdefault("Policy", key_policy())
+    return boto3.client("kms", region_name=region).create_key(**kw)["KeyMetadata"]
+
+
 @pytest.fixture
 def engine(moto_env):
     from chalicelib.service import Engine

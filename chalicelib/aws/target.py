@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any, Optional
 
-from chalicelib import errors, naming
+from chalicelib import errors, kms, naming
 from chalicelib.aws.calls import call, tags_dict, tags_list
-from chalicelib.aws.clients import client
+from chalicelib.aws.clients import client, own_account
 from chalicelib.config import Settings, get_settings
 from chalicelib.state import ClusterState, KeyState, RoleState
 
@@ -121,6 +121,35 @@ class Target:
         m = r["KeyMetadata"]
         return KeyState(key_id=m["KeyId"], arn=m["Arn"], manager=m.get("KeyManager", ""),
                         state=m.get("KeyState"), spec=m.get("KeySpec"), usage=m.get("KeyUsage"))
+
+    def key_policy(self, key_id: str) -> Optional[dict]:
+        """The key policy ("default", the only one) decoded, or None if the key is not found.
+        GetKeyPolicy takes a key id or ARN only, so an alias is resolved first. AccessDenied is
+        a 400 naming the permission (kip never assumes an unreadable policy is right)."""
+        if "alias/" in key_id:
+            key = self.describe_key(key_id)
+            if key is None:
+                return None
+            key_id = key.arn
+        try:
+            r = call(f"kms:GetKeyPolicy {key_id}", self._c("kms").get_key_policy, KeyId=key_id,
+                     PolicyName="default", gone_ok=True)
+        except errors.AwsCallFailed as exc:
+            code = exc.extra.get("aws_code") or ""
+            if code == "InvalidArnException":
+                return None
+            if code in ("AccessDeniedException", "AccessDenied"):
+                role = ("kip's own Lambda execution role"
+                        if self.account == own_account(self.settings) else
+                        f"the role {self.settings.cross_account_role!r} that kip assumes in "
+                        f"account {self.account}")
+                raise kms.unreadable_policy(key_id, self.account, self.region, code,
+                                            role) from exc
+            raise
+        if r is None:
+            return None
+        doc = r.get("Policy") or "null"
+        return json.loads(doc) if isinstance(doc, str) else doc
 
     # -- writes (named by planner actions) ---------------------------------------------------
     def create_queue(self, name: str, attributes: dict, tags: dict) -> dict:

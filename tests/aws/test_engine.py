@@ -18,7 +18,8 @@ from chalicelib import aws, errors, naming
 from chalicelib.config import ALL_EVENT_KINDS, get_settings
 from chalicelib.service import Engine
 from chalicelib.spec import ClusterRequest
-from tests.conftest import ACCOUNT, REGION, SHARED_EVENTS, load_event, make_cluster, make_role
+from tests.conftest import (ACCOUNT, REGION, SHARED_EVENTS, load_event, make_cluster, make_key,
+                            make_role)
 
 CLUSTER = "payments-prod"
 ROLE = "KarpenterController-payments-prod"
@@ -445,7 +446,7 @@ def test_event_kinds_subset_removes_the_other_rules(engine, cluster):
 def test_kms_key_adds_a_policy_version_with_decrypt(engine, cluster):
     # given
     engine.provision(req())
-    key_arn = client("kms").create_key(Description="karpenter")["KeyMetadata"]["Arn"]
+    key_arn = make_key(Description="karpenter")["Arn"]
 
     # when
     out = engine.provision(req(kms_key_id=key_arn))
@@ -468,7 +469,7 @@ def test_kms_key_adds_a_policy_version_with_decrypt(engine, cluster):
 def test_kms_key_by_alias_is_resolved_to_the_key_arn(engine, cluster):
     # given
     kms = client("kms")
-    key_arn = kms.create_key()["KeyMetadata"]["Arn"]
+    key_arn = make_key()["Arn"]
     kms.create_alias(AliasName="alias/karpenter", TargetKeyId=key_arn)
 
     # when
@@ -493,7 +494,7 @@ def test_unknown_kms_key_is_a_validation_error_and_creates_nothing(engine, clust
 def test_policy_versions_are_pruned_to_at_most_five(engine, cluster):
     # given
     engine.provision(req())
-    key_arn = client("kms").create_key()["KeyMetadata"]["Arn"]
+    key_arn = make_key()["Arn"]
     iam = client("iam")
 
     # when: eight document changes
@@ -756,7 +757,7 @@ def test_teardown_removes_old_policy_versions_and_every_attachment(engine, clust
     # given
     engine.provision(req())
     engine.provision(req(max_receive_count=9))      # same policy document: no new version
-    key_arn = client("kms").create_key()["KeyMetadata"]["Arn"]
+    key_arn = make_key()["Arn"]
     engine.provision(req(kms_key_id=key_arn))       # v2
     make_role("KarpenterController-extra")
     client("iam").attach_role_policy(RoleName="KarpenterController-extra", PolicyArn=POLICY_ARN)

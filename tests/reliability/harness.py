@@ -43,7 +43,7 @@ from chalicelib import aws, errors, naming, registry
 from chalicelib.config import Settings
 from chalicelib.service import Engine
 from chalicelib.spec import ClusterRequest, build_spec, resolve_role
-from tests.conftest import ACCOUNT, REGION
+from tests.conftest import ACCOUNT, REGION, key_policy
 
 CLUSTER = "payments-prod"
 ROLE = "KarpenterController-payments-prod"
@@ -615,7 +615,8 @@ class Scenario:
         make_cluster(CLUSTER)
         make_role(ROLE)
         kms = plain("kms")
-        key = kms.create_key(Description="karpenter interruption queue key")["KeyMetadata"]
+        key = kms.create_key(Description="karpenter interruption queue key",
+                             Policy=key_policy())["KeyMetadata"]
         kms.create_alias(AliasName=KMS_ALIAS, TargetKeyId=key["KeyId"])
         self.kms_arn = key["Arn"]
         if phase in ("reconcile", "teardown"):
