@@ -12,7 +12,7 @@ from pydantic import ValidationError as PydanticValidationError
 from pydantic import field_validator, model_validator
 
 from chalicelib import naming, policies
-from chalicelib.config import ALL_EVENT_KINDS, STATUSES, Settings
+from chalicelib.config import ALL_EVENT_KINDS, STATUSES, Settings, get_settings
 from chalicelib.errors import Forbidden, ValidationError
 
 DEFAULT_RETENTION = 1209600      # 14 days, the SQS maximum
@@ -34,6 +34,9 @@ KMS_KEY_RE = re.compile(
 TAG_KEY_RE = re.compile(r"^[\w.:/=+\-@ ]{1,128}$")
 TAG_VALUE_RE = re.compile(r"^[\w.:/=+\-@ ]{0,256}$")
 RESERVED_TAG_PREFIXES = ("aws:", "kip.io/", "karpenter.sh/")
+# AWS allows 50 tags per resource (SQS, EventBridge, IAM); kip adds its own to every resource.
+MAX_TAGS_PER_RESOURCE = 50
+KIP_TAG_KEYS = (naming.MANAGED_BY_TAG, naming.CLUSTER_TAG, naming.DISCOVERY_TAG)
 EventKind = Literal[ALL_EVENT_KINDS]  # type: ignore[valid-type]
 
 ALLOWED = {
@@ -48,12 +51,42 @@ ALLOWED = {
     "visibility_timeout_seconds": "an integer from 0 to 43200",
     "max_receive_count": "an integer from 1 to 1000",
     "tags": "at most 20 tags; keys 1-128 and values 0-256 of letters, digits, spaces and _.:/=+-@; "
-            "keys may not start with aws:, kip.io/ or karpenter.sh/",
+            "keys may not start with aws:, kip.io/ or karpenter.sh/, and must differ from each other "
+            "and from KIP_DEFAULT_TAGS keys in more than case (IAM tag keys are case-insensitive); "
+            "at most 50 tags per resource with KIP_DEFAULT_TAGS and kip's own 3",
     "dry_run": "true or false",
     "limit": "an integer from 1 to 100",
     "next_token": "the next_token of the previous page of the same query",
     "status": "one of " + ", ".join(STATUSES),
 }
+
+
+def tag_problem(tags: dict, default_tags: dict) -> Optional[str]:
+    """Why AWS would refuse the tags kip puts on every resource, or None. IAM tag keys are
+    case-insensitive (``Team`` and ``team`` collide at iam:CreatePolicy, after the queues and rules
+    exist), so keys are compared case-insensitively with each other, with KIP_DEFAULT_TAGS (a key
+    spelled exactly like a default overrides it) and with kip's own tags."""
+    seen: dict[str, list[str]] = {}
+    for key in tags:
+        seen.setdefault(key.lower(), []).append(key)
+    clashes = [sorted(keys) for keys in seen.values() if len(keys) > 1]
+    if clashes:
+        pairs = "; ".join(" and ".join(repr(k) for k in keys) for keys in clashes)
+        return (f"tag keys {pairs} differ only in case; IAM tag keys are case-insensitive, so "
+                "AWS would refuse them as duplicates: keep one spelling")
+    own = {k.lower(): k for k in (*default_tags, *KIP_TAG_KEYS)}
+    taken = [(key, own[key.lower()]) for key in tags
+             if key.lower() in own and key != own[key.lower()]]
+    if taken:
+        pairs = "; ".join(f"{k!r} collides with {o!r}" for k, o in taken)
+        return (f"tag keys collide case-insensitively with tags kip sets on every resource "
+                f"(KIP_DEFAULT_TAGS and {', '.join(KIP_TAG_KEYS)}): {pairs}; IAM tag keys are "
+                "case-insensitive: use the exact spelling to override a default, or another key")
+    total = len({**default_tags, **tags}) + len(KIP_TAG_KEYS)
+    if total > MAX_TAGS_PER_RESOURCE:
+        return (f"{total} tags per resource with KIP_DEFAULT_TAGS and kip's own "
+                f"{len(KIP_TAG_KEYS)}; AWS allows at most {MAX_TAGS_PER_RESOURCE}")
+    return None
 
 
 class ClusterRequest(BaseModel):
@@ -112,6 +145,14 @@ class ClusterRequest(BaseModel):
                 raise ValueError(f"tag key {key[:40]!r} is not allowed")
             if not TAG_VALUE_RE.fullmatch(value):
                 raise ValueError(f"tag value for {key[:40]!r} is not allowed")
+        if v:
+            try:
+                defaults = get_settings().default_tags
+            except Exception:       # a bad environment fails elsewhere; build_spec checks again
+                defaults = {}
+            problem = tag_problem(v, defaults)
+            if problem:
+                raise ValueError(problem)
         return v
 
     @model_validator(mode="after")
@@ -322,6 +363,9 @@ def build_spec(req: ClusterRequest, cid: naming.ClusterId, names: naming.Names,
         "Policy": json.dumps(policies.dlq_policy(names.dlq_arn), sort_keys=True),
         **_encryption(kms_key_arn),
     }
+    problem = tag_problem(req.tags or {}, settings.default_tags)
+    if problem:
+        raise ValidationError(f"tags: {problem}", field="tags", allowed=ALLOWED["tags"])
     tags = {**settings.default_tags, **(req.tags or {}), naming.DISCOVERY_TAG: cid.cluster_name,
             **naming.ownership_tags(cid)}
     params = req.model_dump(exclude_none=True, exclude={"dry_run"})

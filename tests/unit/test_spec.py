@@ -419,3 +419,78 @@ def test_settings_role_pattern_defaults_to_the_template():
     assert s.allowed_role_pattern == "KarpenterController-*"
     assert s.role_allowed("KarpenterController-x")
     assert not s.role_allowed("Admin")
+
+
+# ------------------------------------------------------------------------------ tags AWS refuses late
+
+def test_tag_keys_differing_only_in_case_are_refused():
+    # IAM tag keys are case-insensitive: iam:CreatePolicy would refuse them after the queues exist
+    err = invalid({"cluster_name": "a", "tags": {"Team": "a", "team": "b"}})
+
+    assert err.field == "tags"
+    assert "'Team'" in err.message and "'team'" in err.message
+
+
+def test_every_case_clash_is_named():
+    err = invalid({"cluster_name": "a",
+                   "tags": {"Team": "a", "TEAM": "b", "env": "c", "Env": "d", "ok": "e"}})
+
+    assert err.field == "tags"
+    for key in ("'TEAM'", "'Team'", "'Env'", "'env'"):
+        assert key in err.message
+    assert "'ok'" not in err.message
+
+
+def test_tag_keys_differing_from_a_default_tag_only_in_case_are_refused(monkeypatch):
+    # given: KIP_DEFAULT_TAGS has team=platform
+    from chalicelib.config import get_settings
+    monkeypatch.setenv("KIP_DEFAULT_TAGS", "team=platform")
+    get_settings.cache_clear()
+    try:
+        # when / then: the exact spelling overrides the default; another spelling collides
+        assert spec.parse_request({"cluster_name": "a", "tags": {"team": "payments"}})
+        err = invalid({"cluster_name": "a", "tags": {"Team": "payments"}})
+        assert err.field == "tags"
+        assert "'Team' collides with 'team'" in err.message
+    finally:
+        get_settings.cache_clear()
+
+
+def test_build_spec_checks_tags_against_the_settings_it_is_given():
+    # given: settings passed in (not read from the environment)
+    settings = Settings(region=REGION, default_tags={"CostCenter": "42"})
+
+    # when / then
+    with pytest.raises(errors.ValidationError) as exc:
+        build({"tags": {"costcenter": "7"}}, settings)
+    assert exc.value.field == "tags"
+    assert "'costcenter' collides with 'CostCenter'" in exc.value.message
+
+
+def test_more_than_50_tags_per_resource_with_defaults_and_kips_own_are_refused():
+    # given: 30 default tags + 20 user tags + kip's 3 = 53 > 50
+    settings = Settings(region=REGION, default_tags={f"d{i}": "v" for i in range(30)})
+
+    # when / then
+    with pytest.raises(errors.ValidationError) as exc:
+        build({"tags": {f"u{i}": "v" for i in range(20)}}, settings)
+    assert exc.value.field == "tags" and "53" in exc.value.message
+    # and 47 of theirs + kip's 3 = 50 is accepted (a user key equal to a default counts once)
+    settings = Settings(region=REGION, default_tags={f"d{i}": "v" for i in range(30)})
+    tags = {**{f"u{i}": "v" for i in range(17)}, "d0": "override"}
+    assert len(build({"tags": tags}, settings).tags) == 50
+
+
+@pytest.mark.parametrize("tags", [
+    {"k" * 128: ""}, {"Team": "v" * 256}, {"Kostenstelle 1": "Zürich"}, {"a.b:c/d=e+f-g@h_i": "x"},
+])
+def test_tags_within_aws_limits_are_accepted(tags):
+    assert spec.parse_request({"cluster_name": "a", "tags": tags}).tags == tags
+
+
+@pytest.mark.parametrize("tags", [
+    {"": "v"}, {"team\n": "v"}, {"team": "a\tb"}, {"te#am": "v"}, {"AWS:x": "v"},
+    {"Karpenter.SH/discovery": "x"}, {"KIP.io/Cluster": "x"},
+])
+def test_tags_outside_aws_rules_are_refused(tags):
+    assert invalid({"cluster_name": "a", "tags": tags}).field == "tags"
