@@ -45,7 +45,33 @@ app.register_middleware(ConvertToMiddleware(
 app.register_middleware(ConvertToMiddleware(metrics.log_metrics))
 app.register_middleware(tracing)
 
-AUTH = IAMAuthorizer() if settings.api_auth == "iam" else None
+def _authorizer() -> Any:
+    """iam: SigV4; jwt: portal bearer tokens verified against KIP_JWKS_URL; none: local only.
+    (config refuses any other value, so authorization never silently turns off.)"""
+    if settings.api_auth == "iam":
+        return IAMAuthorizer()
+    if settings.api_auth != "jwt":
+        return None
+    import os
+
+    from chalicelib import auth
+    jwt_settings = auth.JwtSettings.from_env()      # fails at import, naming the variable
+
+    @app.authorizer(ttl_seconds=60)
+    def portal_jwt(auth_request: Any) -> Any:
+        try:
+            return auth.authorizer_response(jwt_settings, auth_request.token,
+                                            auth_request.method_arn,
+                                            local=bool(os.environ.get("AWS_CHALICE_CLI_MODE")))
+        except Exception as exc:
+            cause = exc.__cause__
+            if isinstance(cause, errors.KipError):
+                logger.info("token refused", extra={"code": cause.code, "detail": cause.message})
+            raise
+    return portal_jwt
+
+
+AUTH = _authorizer()
 CORS: Any = CORSConfig(allow_origin=settings.cors_origin, max_age=600) \
     if settings.cors_origin else False
 CONTENT_TYPES = ["application/json", "text/plain", "application/octet-stream",

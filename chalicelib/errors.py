@@ -97,6 +97,14 @@ class Throttled(KipError):
         super().__init__(message, retry_after=retry_after, **kw)
 
 
+class QuotaExceeded(KipError):
+    """An AWS quota is full. Not throttling: retrying cannot help until the quota is raised or
+    something is deleted, so it is final at once."""
+    status = 409
+    code = "QuotaExceeded"
+    retryable = False
+
+
 class AwsCallFailed(KipError):
     """A hard AWS failure part way through; the record names the step."""
     status = 502

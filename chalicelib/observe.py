@@ -65,7 +65,7 @@ def detail(target: Any, names: Names, found: Located, workers: Workers,
         policy_reads = [submit(target.policy_document, names.policy_arn, pol["default_version"]),
                         submit(target.policy_versions, names.policy_arn)]
         if purpose == "teardown":
-            policy_reads.append(submit(target.policy_roles, names.policy_arn))
+            policy_reads.append(submit(target.policy_holders, names.policy_arn))
     gather([f for _, *fs in queues.values() for f in fs]
            + [f for _, *fs in rules.values() for f in fs] + policy_reads)
 
@@ -78,7 +78,12 @@ def detail(target: Any, names: Names, found: Located, workers: Workers,
                                                  tags.result(), targets.result())
     if pol:
         obs.policy = PolicyState(True, pol["tags"], pol["default_version"],
-                                 *[f.result() for f in policy_reads])
+                                 policy_reads[0].result(), policy_reads[1].result())
+        if purpose == "teardown":
+            holders = policy_reads[2].result()
+            obs.policy.attached_roles = holders.roles
+            obs.policy.attached_users = holders.users
+            obs.policy.attached_groups = holders.groups
     return obs
 
 

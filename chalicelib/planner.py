@@ -152,9 +152,15 @@ def _plan_rules(plan: _Plan, spec: DesiredSpec, obs: Observed) -> None:
                                            f"{spec.cid.key}"},
                      effect=Effect.of("rule", kind, exists=True))
             put_after = (f"rule.{kind}",)
-        elif any(st.tags.get(k) != v for k, v in tags.items()):
+        # PutRule ignores Tags when it updates an existing rule: tag it on its own.
+        if st.exists and any(st.tags.get(k) != v for k, v in tags.items()):
             plan.add(f"rule.{kind}.tag", "tag_rule", "update", "rule", rule,
-                     {"arn": n.rule_arns[kind], "tags": tags})
+                     {"arn": n.rule_arns[kind], "tags": tags}, put_after)
+        # Someone else's target on our rule would receive every interruption event: drift.
+        foreign = [t["Id"] for t in st.targets if t.get("Id") != naming.TARGET_ID]
+        if foreign:
+            plan.add(f"targets.{kind}.foreign", "remove_targets", "delete", "targets", rule,
+                     {"rule": rule, "ids": foreign})
         if target not in [{"Id": t.get("Id"), "Arn": t.get("Arn")} for t in st.targets]:
             plan.add(f"targets.{kind}", "put_targets", "create", "targets", rule,
                      {"rule": rule, "targets": [target]}, put_after,
@@ -232,9 +238,17 @@ def plan_teardown(names: naming.Names, cid: naming.ClusterId, obs: Observed
             _delete_rule(plan, kind, rule, st)
     p = obs.policy
     if ours(p.exists, p.tags, "policy", names.policy):
+        # IAM refuses to delete a policy still attached to any role, user or group
+        # (DeleteConflict): detach it from every one of them first.
         detach = [plan.add(f"detach.{r}", "detach_role_policy", "delete", "attachment", r,
                            {"role": r, "policy_arn": names.policy_arn},
                            effect=Effect("holder", key=r)).id for r in p.attached_roles]
+        detach += [plan.add(f"detach.user.{u}", "detach_user_policy", "delete", "attachment", u,
+                            {"user": u, "policy_arn": names.policy_arn}).id
+                   for u in p.attached_users]
+        detach += [plan.add(f"detach.group.{g}", "detach_group_policy", "delete", "attachment",
+                            g, {"group": g, "policy_arn": names.policy_arn}).id
+                   for g in p.attached_groups]
         prune = [_prune(plan, names, v).id for v in p.versions if not v.get("IsDefaultVersion")]
         plan.add("policy.delete", "delete_policy", "delete", "policy", names.policy,
                  {"arn": names.policy_arn}, tuple(detach + prune),

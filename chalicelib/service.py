@@ -17,7 +17,8 @@ from chalicelib import aws, errors, kms, naming, observe, planner, records, regi
 from chalicelib.config import Settings, get_settings
 from chalicelib.executor import Run, Workers, execute, gather, preview
 from chalicelib.records import ClusterRecord, Karpenter, LastError
-from chalicelib.spec import ClusterRequest, DesiredSpec, RoleRef, build_spec, resolve_role
+from chalicelib.spec import (ClusterRequest, DesiredSpec, RoleRef, build_spec, resolve_real_role,
+                             resolve_role)
 from chalicelib.state import ClusterState, Observed
 
 # A child of app.py's Powertools logger: same JSON format, same keys (the cluster identity).
@@ -175,7 +176,7 @@ class Engine:
         stop = guard(ctx)
         if stop is not None:
             return stop
-        spec = build_spec(req, cid, ctx.names, self.settings, ctx.kms_key_arn)
+        spec = build_spec(req, cid, ctx.names, self.settings, ctx.kms_key_arn, ctx.role)
         previous = self._previous_role(ctx)
         if req.dry_run:
             actions = planner.plan_provision(spec, self._detail(ctx, "provision", previous))
@@ -199,30 +200,33 @@ class Engine:
                     kms_key_id: Optional[str] = None) -> Context:
         target, names = self._target(cid), self.names(cid)
         submit = self.workers.submit
-        reads = [submit(self.registry.get, cid)]
+        record_f = submit(self.registry.get, cid)
+        cluster_f = role_f = key_f = policy_f = None
         if role is not None:
-            reads.append(submit(target.describe_cluster, cid.cluster_name))
+            cluster_f = submit(target.describe_cluster, cid.cluster_name)
+            role_f = submit(target.get_role, role.name)
         if kms_key_id:
-            reads.append(submit(target.describe_key, kms_key_id))
-            reads.append(submit(target.key_policy, kms_key_id))
+            key_f = submit(target.describe_key, kms_key_id)
+            policy_f = submit(target.key_policy, kms_key_id)
         locating = observe.locate(target, names, roles, self.workers)
-        record, *rest = gather(reads)
-        found = locating()
+        gather([f for f in (record_f, cluster_f, role_f, key_f, policy_f) if f is not None])
+        record, found = record_f.result(), locating()
         recorded = record.recorded_names() if record else None
         if recorded and recorded != names:          # names are recorded once: the record wins
             names = recorded
             found = observe.locate(target, names, roles, self.workers)()
         ctx = Context(cid, target, names, record, found, role)
-        if role is not None:
-            ctx.cluster = rest[0]
+        if cluster_f is not None and role_f is not None:
+            ctx.cluster = cluster_f.result()
             if ctx.cluster is None:
                 raise errors.ClusterNotFound(
                     f"EKS cluster {cid.cluster_name!r} does not exist in account "
                     f"{cid.account_id} region {cid.region}; nothing was created",
                     field="cluster_name")
-        if kms_key_id:
-            ctx.kms_key_arn = kms.usable_key_arn(kms_key_id, rest[-2], cid.account_id,
-                                                 cid.region, policy=rest[-1])
+            ctx.role = resolve_real_role(role, role_f.result())
+        if key_f is not None and policy_f is not None:
+            ctx.kms_key_arn = kms.usable_key_arn(kms_key_id, key_f.result(), cid.account_id,
+                                                 cid.region, policy=policy_f.result())
         return ctx
 
     def _previous_role(self, ctx: Context) -> Optional[str]:

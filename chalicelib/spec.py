@@ -278,6 +278,7 @@ def is_opted_out(tags: Optional[dict], settings: Settings) -> bool:
 class RoleRef:
     name: str
     arn: str
+    given_as_arn: bool = field(default=False, compare=False)
 
 
 def resolve_role(req: ClusterRequest, cid: naming.ClusterId, settings: Settings) -> RoleRef:
@@ -293,7 +294,7 @@ def resolve_role(req: ClusterRequest, cid: naming.ClusterId, settings: Settings)
             raise ValidationError("controller_role: the role ARN is in another partition than "
                                   "the cluster", field="controller_role",
                                   allowed=ALLOWED["controller_role"])
-        ref = RoleRef(m["name"], req.controller_role)
+        ref = RoleRef(m["name"], req.controller_role, True)
     else:
         name = req.controller_role or settings.role_template.format(cluster_name=cid.cluster_name)
         if len(name) > naming.IAM_ROLE_MAX:
@@ -306,6 +307,19 @@ def resolve_role(req: ClusterRequest, cid: naming.ClusterId, settings: Settings)
                         f"{settings.allowed_role_pattern!r}; {ref.name!r} is not one",
                         field="controller_role", allowed=settings.allowed_role_pattern)
     return ref
+
+
+def resolve_real_role(wanted: RoleRef, found: Optional[Any]) -> RoleRef:
+    """The role as IAM has it (``found``: GetRole's answer, or None while it does not exist).
+    Its ARN includes its path: a role given by ARN must name the real path."""
+    if found is None:
+        return wanted
+    if wanted.given_as_arn and found.arn != wanted.arn:
+        raise ValidationError(
+            f"controller_role: the role {wanted.name!r} is {found.arn} (path {found.path}), "
+            f"not {wanted.arn}; give its real ARN or just its name",
+            field="controller_role", allowed=ALLOWED["controller_role"])
+    return RoleRef(found.name, found.arn, wanted.given_as_arn)
 
 
 @dataclass(frozen=True)
@@ -341,9 +355,10 @@ def _encryption(kms_key_arn: Optional[str]) -> dict:
 
 
 def build_spec(req: ClusterRequest, cid: naming.ClusterId, names: naming.Names,
-               settings: Settings, kms_key_arn: Optional[str] = None) -> DesiredSpec:
+               settings: Settings, kms_key_arn: Optional[str] = None,
+               role: Optional[RoleRef] = None) -> DesiredSpec:
     kinds = tuple(req.event_kinds or ALL_EVENT_KINDS)
-    role = resolve_role(req, cid, settings)
+    role = role or resolve_role(req, cid, settings)
     # The queue policy names every kind's rule, enabled or not: the rule ARNs are fixed, so turning
     # a kind on or off never rewrites the queue policy.
     qpolicy = policies.queue_policy(names.queue_arn, list(names.rule_arns.values()), cid.partition)

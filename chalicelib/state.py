@@ -30,6 +30,8 @@ class PolicyState:
     document: Optional[dict] = None
     versions: list = field(default_factory=list)    # [{"VersionId", "IsDefaultVersion"}]
     attached_roles: list = field(default_factory=list)  # role names (teardown only)
+    attached_users: list = field(default_factory=list)  # user names (teardown only)
+    attached_groups: list = field(default_factory=list)  # group names (teardown only)
 
 
 @dataclass
@@ -37,6 +39,22 @@ class RoleState:
     name: str = ""
     exists: bool = False
     attached: list = field(default_factory=list)    # policy ARNs
+
+
+@dataclass(frozen=True)
+class RoleInfo:
+    """An IAM role as GetRole reports it: its ARN includes its path."""
+    name: str
+    arn: str
+    path: str = "/"
+
+
+@dataclass
+class PolicyHolders:
+    """Every principal a managed policy is attached to (ListEntitiesForPolicy)."""
+    roles: list = field(default_factory=list)
+    users: list = field(default_factory=list)
+    groups: list = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import boto3
 from botocore.config import Config
 
 from chalicelib import naming
-from chalicelib.aws.calls import call
+from chalicelib.aws.calls import call, stop_on_quota
 from chalicelib.config import Settings, get_settings
 
 _lock = threading.RLock()
@@ -50,6 +50,7 @@ def _all_sessions() -> list:
 
 def _new_session(**kw: Any) -> boto3.session.Session:
     sess = boto3.session.Session(**kw)
+    sess.events.register_first("needs-retry.*.*", stop_on_quota)
     for event_name, handler in _state["hooks"]:
         sess.events.register(event_name, handler)
     return sess

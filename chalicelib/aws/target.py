@@ -3,13 +3,18 @@ operation a planner action names. No decisions here: those live in the pure modu
 from __future__ import annotations
 
 import json
-from typing import Any, Optional
+import time
+from typing import Any, Callable, Optional
 
 from chalicelib import errors, kms, naming
 from chalicelib.aws.calls import call, tags_dict, tags_list
 from chalicelib.aws.clients import client, own_account
 from chalicelib.config import Settings, get_settings
-from chalicelib.state import ClusterState, KeyState, RoleState
+from chalicelib.state import ClusterState, KeyState, PolicyHolders, RoleInfo, RoleState
+
+# AWS answers that mean "not visible yet" right after a create (eventual consistency), when they
+# come from these calls: retried within the run for up to ``Settings.settle_seconds``.
+UNSETTLED_DLQ = "dead letter target does not exist"
 
 
 class Target:
@@ -19,6 +24,19 @@ class Target:
 
     def _c(self, service: str) -> Any:
         return client(service, self.account, self.region, self.settings)
+
+    def _settled(self, step: str, fn: Callable[..., Any], code: str, text: str = "",
+                 **kw: Any) -> Any:
+        """``call`` that waits out eventual consistency: on ``code`` (whose message contains
+        ``text``) it tries again with growing pauses, ``settle_seconds`` in total."""
+        for pause in (*settle_pauses(self.settings.settle_seconds), None):
+            try:
+                return call(step, fn, **kw)
+            except errors.AwsCallFailed as exc:
+                if pause is None or exc.extra.get("aws_code") != code or \
+                        text not in exc.message.lower():
+                    raise
+            time.sleep(pause)
 
     def warm(self) -> None:
         """Create every client up front (one round of credential/endpoint setup, not per call)."""
@@ -80,6 +98,11 @@ class Target:
         return {"default_version": r["Policy"].get("DefaultVersionId"),
                 "tags": tags_dict(r["Policy"].get("Tags"))}
 
+    def _get_policy_now(self, arn: str) -> dict:
+        r = self._c("iam").get_policy(PolicyArn=arn)
+        return {"default_version": r["Policy"].get("DefaultVersionId"),
+                "tags": tags_dict(r["Policy"].get("Tags"))}
+
     def policy_document(self, arn: str, version: str) -> Optional[dict]:
         r = call(f"iam:GetPolicyVersion {arn}", self._c("iam").get_policy_version,
                  PolicyArn=arn, VersionId=version, gone_ok=True)
@@ -94,10 +117,22 @@ class Target:
         return [{"VersionId": v["VersionId"], "IsDefaultVersion": v["IsDefaultVersion"]}
                 for v in (r or {}).get("Versions", [])]
 
-    def policy_roles(self, arn: str) -> list[str]:
-        r = call(f"iam:ListEntitiesForPolicy {arn}", self._c("iam").list_entities_for_policy,
-                 PolicyArn=arn, EntityFilter="Role", gone_ok=True)
-        return [x["RoleName"] for x in (r or {}).get("PolicyRoles", [])]
+    def policy_holders(self, arn: str) -> PolicyHolders:
+        """Every role, user and group the policy is attached to (all pages)."""
+        step = f"iam:ListEntitiesForPolicy {arn}"
+        paginator = self._c("iam").get_paginator("list_entities_for_policy")
+        pages = call(step, lambda: list(paginator.paginate(PolicyArn=arn)), gone_ok=True) or []
+        return PolicyHolders(
+            roles=[x["RoleName"] for p in pages for x in p.get("PolicyRoles", [])],
+            users=[x["UserName"] for p in pages for x in p.get("PolicyUsers", [])],
+            groups=[x["GroupName"] for p in pages for x in p.get("PolicyGroups", [])])
+
+    def get_role(self, name: str) -> Optional[RoleInfo]:
+        r = call(f"iam:GetRole {name}", self._c("iam").get_role, RoleName=name, gone_ok=True)
+        if r is None:
+            return None
+        return RoleInfo(name=r["Role"]["RoleName"], arn=r["Role"]["Arn"],
+                        path=r["Role"].get("Path", "/"))
 
     def role_attachments(self, role: str) -> RoleState:
         r = call(f"iam:ListAttachedRolePolicies {role}",
@@ -153,13 +188,20 @@ class Target:
 
     # -- writes (named by planner actions) ---------------------------------------------------
     def create_queue(self, name: str, attributes: dict, tags: dict) -> dict:
-        r = call(f"sqs:CreateQueue {name}", self._c("sqs").create_queue, QueueName=name,
-                 Attributes=attributes, tags=tags)
+        # A redrive policy naming a DLQ created a moment ago can fail until SQS sees the DLQ.
+        r = self._settled(f"sqs:CreateQueue {name}", self._c("sqs").create_queue,
+                          "InvalidParameterValue", UNSETTLED_DLQ, QueueName=name,
+                          Attributes=attributes, tags=tags)
         return {"url": r["QueueUrl"]}
 
     def set_queue_attributes(self, url: str, attributes: dict) -> dict:
-        call(f"sqs:SetQueueAttributes {url}", self._c("sqs").set_queue_attributes,
-             QueueUrl=url, Attributes=attributes)
+        self._settled(f"sqs:SetQueueAttributes {url}", self._c("sqs").set_queue_attributes,
+                      "InvalidParameterValue", UNSETTLED_DLQ, QueueUrl=url,
+                      Attributes=attributes)
+        return {}
+
+    def untag_queue(self, url: str, keys: list) -> dict:
+        call(f"sqs:UntagQueue {url}", self._c("sqs").untag_queue, QueueUrl=url, TagKeys=keys)
         return {}
 
     def tag_queue(self, url: str, tags: dict) -> dict:
@@ -179,6 +221,11 @@ class Target:
     def tag_rule(self, arn: str, tags: dict) -> dict:
         call(f"events:TagResource {arn}", self._c("events").tag_resource, ResourceARN=arn,
              Tags=tags_list(tags))
+        return {}
+
+    def untag_rule(self, arn: str, keys: list) -> dict:
+        call(f"events:UntagResource {arn}", self._c("events").untag_resource, ResourceARN=arn,
+             TagKeys=keys)
         return {}
 
     def put_targets(self, rule: str, targets: list) -> dict:
@@ -211,7 +258,9 @@ class Target:
             if exc.extra.get("aws_code") != "EntityAlreadyExists":
                 raise
             arn = f"arn:{naming.partition_for(self.region)}:iam::{self.account}:policy{path}{name}"
-            found = self.get_policy(arn) or {}
+            # GetPolicy may not see a policy for a while after EntityAlreadyExists.
+            found = self._settled(f"iam:GetPolicy {arn}", self._get_policy_now, "NoSuchEntity",
+                                  arn=arn)
             return {"arn": arn, "version": found.get("default_version"),
                     "existed": True, "tags": found.get("tags", {})}
         return {"arn": r["Policy"]["Arn"], "version": r["Policy"].get("DefaultVersionId")}
@@ -231,15 +280,45 @@ class Target:
              gone_ok=True)
         return {}
 
+    def tag_policy(self, arn: str, tags: dict) -> dict:
+        call(f"iam:TagPolicy {arn}", self._c("iam").tag_policy, PolicyArn=arn,
+             Tags=tags_list(tags))
+        return {}
+
+    def untag_policy(self, arn: str, keys: list) -> dict:
+        call(f"iam:UntagPolicy {arn}", self._c("iam").untag_policy, PolicyArn=arn, TagKeys=keys)
+        return {}
+
     def attach_role_policy(self, role: str, policy_arn: str) -> dict:
-        call(f"iam:AttachRolePolicy {role}", self._c("iam").attach_role_policy, RoleName=role,
-             PolicyArn=policy_arn)
+        # A policy created a moment ago may not be attachable yet (NoSuchEntity).
+        self._settled(f"iam:AttachRolePolicy {role}", self._c("iam").attach_role_policy,
+                      "NoSuchEntity", RoleName=role, PolicyArn=policy_arn)
         return {}
 
     def detach_role_policy(self, role: str, policy_arn: str) -> dict:
         call(f"iam:DetachRolePolicy {role}", self._c("iam").detach_role_policy, RoleName=role,
              PolicyArn=policy_arn, gone_ok=True)
         return {}
+
+    def detach_user_policy(self, user: str, policy_arn: str) -> dict:
+        call(f"iam:DetachUserPolicy {user}", self._c("iam").detach_user_policy, UserName=user,
+             PolicyArn=policy_arn, gone_ok=True)
+        return {}
+
+    def detach_group_policy(self, group: str, policy_arn: str) -> dict:
+        call(f"iam:DetachGroupPolicy {group}", self._c("iam").detach_group_policy,
+             GroupName=group, PolicyArn=policy_arn, gone_ok=True)
+        return {}
+
+
+def settle_pauses(total: float) -> list[float]:
+    """Growing pauses (0.25 s doubling, at most 2 s each) adding up to at most ``total``."""
+    pauses: list[float] = []
+    pause = min(0.25, total / 4)
+    while pause > 0 and sum(pauses) + pause <= total + 1e-9:
+        pauses.append(pause)
+        pause = min(pause * 2, 2.0)
+    return pauses
 
 
 def _entries_ok(step: str, answer: Optional[dict]) -> None:

@@ -36,3 +36,22 @@ def test_app_import_with_unknown_api_auth_exits_non_zero_naming_the_variable():
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert "KIP_API_AUTH" in proc.stderr
+
+
+def test_jwt_auth_puts_an_authorizer_on_every_route():
+    """KIP_API_AUTH=jwt must never mean 'no authorization' (it did before it was wired)."""
+    import os
+    import subprocess
+    import sys
+    env = {**os.environ, "KIP_API_AUTH": "jwt", "KIP_JWKS_URL": "https://idp.example/jwks",
+           "KIP_JWT_ISSUER": "https://idp.example", "KIP_JWT_AUDIENCE": "kip",
+           "AWS_DEFAULT_REGION": "eu-west-1"}
+    code = ("import app\n"
+            "routes = [e for p in app.app.routes.values() for e in p.values()]\n"
+            "guarded = [r.authorizer is not None for r in routes]\n"
+            "print(len(guarded), all(guarded))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
+                         timeout=60)
+    assert out.returncode == 0, out.stderr[-500:]
+    assert out.stdout.split()[1] == "True", out.stdout

@@ -56,6 +56,11 @@ def test_attach_only_our_policy_path_and_scoped_names(stage):
                 assert resources == ["arn:aws:events:*:*:rule/kip-*"]
             if service == "iam" and action in ROLE_ACTIONS:
                 assert resources == ROLE_RESOURCES, action
+            elif action in ("iam:DetachUserPolicy", "iam:DetachGroupPolicy"):
+                # only ever our own policy, from whoever it was attached to (teardown)
+                assert st["Condition"] == {
+                    "ArnLike": {"iam:PolicyARN": "arn:aws:iam::*:policy/kip/*"}}
+                assert resources == ["arn:aws:iam::*:user/*", "arn:aws:iam::*:group/*"]
             elif service == "iam":
                 assert resources == ["arn:aws:iam::*:policy/kip/*"]
             if service == "dynamodb":

@@ -1,0 +1,250 @@
+"""Real-AWS behaviours moto does not model, reproduced in the wire protocol with botocore
+``before-send`` hooks (the strict-AWS layer), and the hostile-user defects of the fidelity issue.
+Each test fails on the engine before the fix."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import boto3
+import pytest
+
+from chalicelib import aws, errors, naming
+from chalicelib.spec import ClusterRequest
+from tests.conftest import ACCOUNT, REGION, load_event, make_cluster, make_role
+from tests.reliability.harness import FAULT_URL, fake_error
+
+CLUSTER = "payments-prod"
+ROLE = f"KarpenterController-{CLUSTER}"
+
+
+class Strict:
+    """Answers the first ``times`` attempts of one operation with an AWS error, as AWS would."""
+
+    def __init__(self, service: str, operation: str, protocol: str, code: str, message: str,
+                 times: int = 2, status: int = 400) -> None:
+        self.times, self.seen = times, 0
+        self.args = (protocol, status, code, message)
+        aws.add_hook(f"before-send.{service}.{operation}", self)
+
+    def __call__(self, request, **_):
+        self.seen += 1
+        if self.seen > self.times:
+            return None
+        protocol, status, code, message = self.args
+        url, request.url = request.url, FAULT_URL   # moto's own handler must pass this one
+        return fake_error(protocol, url, status, code, message)
+
+
+@pytest.fixture
+def fast(moto_env):
+    """An engine that waits out eventual consistency quickly (the pauses are AWS's, not ours)."""
+    from chalicelib.service import Engine
+    return Engine(dataclasses.replace(moto_env, settle_seconds=0.05))
+
+
+def attached(role: str) -> list[str]:
+    return [p["PolicyArn"] for p in boto3.client("iam").list_attached_role_policies(
+        RoleName=role)["AttachedPolicies"]]
+
+
+# -- 1. controller roles under an IAM path ----------------------------------------------------
+
+def test_a_role_under_a_path_is_resolved_and_recorded_with_its_real_arn(engine, moto_env):
+    make_cluster(CLUSTER)
+    iam = boto3.client("iam")
+    arn = iam.create_role(RoleName=ROLE, Path="/teams/platform/", AssumeRolePolicyDocument="{}"
+                          )["Role"]["Arn"]
+    out = engine.provision(ClusterRequest(cluster_name=CLUSTER))
+    assert out.record["resources"]["attachment"]["role_arn"] == arn
+    assert out.record["status"] == "ready" and attached(ROLE)
+
+
+def test_a_role_arn_with_the_wrong_path_is_refused_before_any_write(engine, moto_env):
+    make_cluster(CLUSTER)
+    boto3.client("iam").create_role(RoleName=ROLE, Path="/teams/platform/",
+                                    AssumeRolePolicyDocument="{}")
+    with pytest.raises(errors.ValidationError) as err:
+        engine.provision(ClusterRequest(cluster_name=CLUSTER,
+                                        controller_role=f"arn:aws:iam::{ACCOUNT}:role/{ROLE}"))
+    assert err.value.field == "controller_role" and "/teams/platform/" in err.value.message
+    assert boto3.client("sqs").list_queues().get("QueueUrls", []) == []
+
+
+# -- 2. IAM is eventually consistent -----------------------------------------------------------
+
+def test_attach_right_after_create_policy_waits_for_iam(fast, cluster):
+    strict = Strict("iam", "AttachRolePolicy", "query", "NoSuchEntity",
+                    "Policy arn:aws:iam::123456789012:policy/kip/x does not exist or is not "
+                    "attachable.", times=2, status=404)
+    out = fast.provision(ClusterRequest(cluster_name=cluster))
+    assert strict.seen == 3
+    assert out.record["status"] == "ready" and out.record["resources"]["attachment"]["attached"]
+
+
+def test_never_ready_before_the_attachment_exists(fast, cluster):
+    Strict("iam", "AttachRolePolicy", "query", "NoSuchEntity", "not attachable", times=99,
+           status=404)
+    with pytest.raises(errors.AwsCallFailed):
+        fast.provision(ClusterRequest(cluster_name=cluster))
+    rec = fast.describe(fast.identity(cluster))
+    assert rec["status"] == "failed" and not rec["resources"]["attachment"]["attached"]
+
+
+def test_get_policy_lagging_after_entity_already_exists_is_waited_for(fast, cluster):
+    fast.provision(ClusterRequest(cluster_name=cluster))
+    # the record is lost, so the next run creates again and meets EntityAlreadyExists...
+    boto3.client("dynamodb").delete_item(TableName=fast.settings.table_name, Key={
+        "id": {"S": f"{ACCOUNT}/{REGION}/{cluster}"}})
+    boto3.client("iam").delete_policy  # noqa: B018 (the policy stays: it is ours)
+    names = fast.names(fast.identity(cluster))
+    # ...while GetPolicy still says NoSuchEntity for a moment
+    Strict("iam", "GetPolicy", "query", "NoSuchEntity", "not yet", times=2, status=404)
+    out = fast.provision(ClusterRequest(cluster_name=cluster))
+    assert out.record["status"] == "ready"
+    assert out.record["resources"]["policy"]["arn"] == names.policy_arn
+
+
+# -- 3. SQS: the just-created dead-letter queue ------------------------------------------------
+
+def test_redrive_to_a_just_created_dlq_is_retried_within_the_request(fast, cluster):
+    strict = Strict("sqs", "CreateQueue", "json", "InvalidParameterValue",
+                    "Value {\"deadLetterTargetArn\":\"x\"} for parameter RedrivePolicy is "
+                    "invalid. Reason: Dead letter target does not exist.", times=1)
+    # the DLQ's own CreateQueue goes first and is the one answered: the queue's retry is the
+    # point, so let the DLQ through by creating it beforehand
+    names = fast.names(fast.identity(cluster))
+    strict.times = 0
+    fast.provision(ClusterRequest(cluster_name=cluster, max_receive_count=3))
+    boto3.client("sqs").delete_queue(QueueUrl=boto3.client("sqs").get_queue_url(
+        QueueName=names.queue)["QueueUrl"])
+    strict.seen, strict.times = 0, 1
+    out = fast.reconcile(fast.identity(cluster))
+    assert strict.seen == 2 and out.record["status"] == "ready"
+
+
+def test_queue_deleted_recently_is_503_with_retry_after(engine, cluster):
+    Strict("sqs", "CreateQueue", "json", "AWS.SimpleQueueService.QueueDeletedRecently",
+           "You must wait 60 seconds after deleting a queue before you can create another "
+           "with the same name.", times=99)
+    with pytest.raises(errors.Throttled) as err:
+        engine.provision(ClusterRequest(cluster_name=cluster))
+    assert err.value.status == 503 and err.value.retry_after == 60
+
+
+# -- 5. PutRule ignores Tags on an existing rule; 9. per-entry failures ----------------------
+
+def test_changed_tags_reach_existing_rules_through_tag_resource(engine, cluster):
+    engine.provision(ClusterRequest(cluster_name=cluster, tags={"team": "a"}))
+    out = engine.provision(ClusterRequest(cluster_name=cluster, tags={"team": "b"},
+                                          event_kinds=["spot_interruption"]))
+    ops = {(a["op"], a["name"]) for a in out.actions}
+    assert ("tag_rule", f"kip-{cluster}-spot") in ops
+    events = boto3.client("events")
+    arn = events.describe_rule(Name=f"kip-{cluster}-spot")["Arn"]
+    tags = {t["Key"]: t["Value"] for t in events.list_tags_for_resource(ResourceARN=arn)["Tags"]}
+    assert tags["team"] == "b"
+
+
+def test_remove_targets_per_entry_failure_is_a_failure(engine, cluster):
+    engine.provision(ClusterRequest(cluster_name=cluster))
+
+    def failed_entry(request, **_):
+        url, request.url = request.url, FAULT_URL
+        from botocore.awsrequest import AWSResponse
+        from tests.reliability.harness import _Raw
+        body = json.dumps({"FailedEntryCount": 1, "FailedEntries": [{
+            "TargetId": naming.TARGET_ID, "ErrorCode": "InternalFailure",
+            "ErrorMessage": "try again"}]}).encode()
+        return AWSResponse(url, 200, {"Content-Type": "application/x-amz-json-1.1"}, _Raw(body))
+    aws.add_hook("before-send.eventbridge.RemoveTargets", failed_entry)
+    with pytest.raises(errors.AwsCallFailed) as err:
+        engine.teardown(engine.identity(cluster))
+    assert err.value.extra["aws_code"] == "InternalFailure"
+    assert engine.describe(engine.identity(cluster))["status"] == "deleting"
+
+
+# -- 6. a quota is not throttling --------------------------------------------------------------
+
+def test_a_full_rule_quota_is_final_at_once_and_names_the_quota(engine, cluster):
+    strict = Strict("eventbridge", "PutRule", "json", "LimitExceededException",
+                    "The requested resource exceeds the maximum number allowed.", times=99)
+    with pytest.raises(errors.QuotaExceeded) as err:
+        engine.provision(ClusterRequest(cluster_name=cluster, event_kinds=["spot_interruption"]))
+    assert strict.seen == 1                       # no retries
+    assert err.value.status == 409 and "L-244521F2" in err.value.message
+    assert "300" in err.value.message
+
+
+# -- 9. a kip policy also attached to a user or group -----------------------------------------
+
+def test_teardown_detaches_the_policy_from_users_and_groups_too(engine, cluster):
+    out = engine.provision(ClusterRequest(cluster_name=cluster))
+    arn = out.record["resources"]["policy"]["arn"]
+    iam = boto3.client("iam")
+    iam.create_user(UserName="someone")
+    iam.attach_user_policy(UserName="someone", PolicyArn=arn)
+    iam.create_group(GroupName="admins")
+    iam.attach_group_policy(GroupName="admins", PolicyArn=arn)
+    engine.teardown(engine.identity(cluster))
+    assert iam.list_policies(Scope="Local", PathPrefix="/kip/")["Policies"] == []
+    with pytest.raises(errors.RecordNotFound):
+        engine.describe(engine.identity(cluster))
+
+
+# -- 10. partitions ---------------------------------------------------------------------------
+
+def test_a_region_of_another_partition_is_a_400(engine):
+    with pytest.raises(errors.ValidationError) as err:
+        engine.identity(CLUSTER, ACCOUNT, "cn-north-1")
+    assert err.value.field == "region" and "partition" in err.value.message
+
+
+# -- 13. list tokens ----------------------------------------------------------------------------
+
+def test_list_tokens_are_bound_to_their_filter_and_integrity_protected(api, moto_env):
+    for name in ("a1", "a2", "a3"):
+        make_cluster(name)
+        assert api.http.post("/clusters", body=json.dumps({"cluster_name": name}),
+                             headers={"Content-Type": "application/json"}).status_code == 201
+    token = api.http.get("/clusters?limit=1").json_body["next_token"]
+    assert api.http.get(f"/clusters?limit=1&next_token={token}").status_code == 200
+    for bad in (f"/clusters?status=ready&next_token={token}",       # another filter
+                "/clusters?next_token=eyJpZCI6IDEuNX0",               # {"id": 1.5}
+                f"/clusters?next_token={token[:-1]}0"):               # tampered
+        resp = api.http.get(bad)
+        assert resp.status_code == 400, (bad, resp.body)
+        assert resp.json_body["error"]["field"] == "next_token"
+
+
+# -- 16. a foreign target on a kip rule --------------------------------------------------------
+
+def test_a_foreign_target_on_a_kip_rule_is_drift_and_is_removed(engine, cluster):
+    engine.provision(ClusterRequest(cluster_name=cluster))
+    events = boto3.client("events")
+    rule = f"kip-{cluster}-spot"
+    events.put_targets(Rule=rule, Targets=[{"Id": "eavesdropper", "Arn":
+                                            f"arn:aws:sqs:{REGION}:{ACCOUNT}:elsewhere"}])
+    report = engine.reconcile(engine.identity(cluster), dry_run=True)
+    assert any(a["op"] == "remove_targets" and a["params"]["ids"] == ["eavesdropper"]
+               for a in report.actions)
+    engine.reconcile(engine.identity(cluster))
+    assert [t["Id"] for t in events.list_targets_by_rule(Rule=rule)["Targets"]] == \
+        [naming.TARGET_ID]
+
+
+# -- 17. malformed EKS events are dropped, not retried ----------------------------------------
+
+@pytest.mark.parametrize("mutate", [
+    lambda e: e["detail"]["requestParameters"].update(name="bad name!"),
+    lambda e: e["detail"].update(recipientAccountId="12345"),
+    lambda e: e["detail"].update(awsRegion="mars-north-9"),
+    lambda e: e["detail"].update(requestParameters=None),
+    lambda e: e.update(detail="nope"),
+], ids=["bad-name", "bad-account", "odd-region", "no-parameters", "detail-string"])
+def test_malformed_eks_events_are_logged_and_ignored(api, mutate):
+    event = load_event("cloudtrail-eks-create-cluster.json")
+    event["version"] = "0"
+    mutate(event)
+    out = api.lambda_.invoke("on_eks_event", event).payload
+    assert "ignored" in out, out
