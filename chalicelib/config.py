@@ -61,7 +61,6 @@ class Settings:
     default_tags: dict = field(default_factory=dict)
     token_secret: str | None = None     # signs list tokens; default: derived from the table name
     settle_seconds: float = 6.0     # waiting, within a run, for IAM/SQS eventual consistency
-    orphan_grace_minutes: int = 30  # a record's EKS cluster missing this long: torn down
 
     @property
     def allowed_role_pattern(self) -> str:
@@ -114,7 +113,6 @@ class Settings:
             default_tags=tags,
             token_secret=env.get("KIP_TOKEN_SECRET") or None,
             settle_seconds=float(env.get("KIP_SETTLE_SECONDS") or 6.0),
-            orphan_grace_minutes=_int(env, "KIP_ORPHAN_GRACE_MINUTES", 30),
         )
 
 

@@ -180,6 +180,52 @@ FINDINGS = [
 
 # ----------------------------------------------------------------------------- run
 
+# AWS behaviours moto does not model: (behaviour, AWS source, what kip does, the test). Each test
+# reproduces the behaviour in the service's wire protocol (botocore before-send hooks) or, where
+# moto models the data but not the consequence, checks kip's own evaluation.
+MOTO_GAPS = [
+    ("A role's ARN includes its IAM path; policies must match it",
+     "IAM User Guide, IAM identifiers (paths)",
+     "resolves the role with iam:GetRole, records the real ARN; wrong-path ARN is a 400; the "
+     "Lambda policy covers `role/*/KarpenterController-*`",
+     "tests/aws/test_aws_fidelity.py::test_a_role_under_a_path_is_resolved_and_recorded_with_its_"
+     "real_arn, ::test_a_role_arn_with_the_wrong_path_is_refused_before_any_write"),
+    ("IAM eventual consistency: a new policy is not attachable for seconds (NoSuchEntity); "
+     "GetPolicy lags after EntityAlreadyExists",
+     "IAM User Guide, Troubleshooting: changes that I make are not always immediately visible",
+     "bounded pauses within the run (KIP_SETTLE_SECONDS, 6 s); never ready before attached",
+     "test_attach_right_after_create_policy_waits_for_iam, "
+     "test_never_ready_before_the_attachment_exists, "
+     "test_get_policy_lagging_after_entity_already_exists_is_waited_for"),
+    ("SQS: a redrive policy naming a just-created DLQ fails (Dead letter target does not exist)",
+     "SQS Developer Guide, dead-letter queues; CreateQueue API reference",
+     "retried within the request", "test_redrive_to_a_just_created_dlq_is_retried_within_the_"
+     "request"),
+    ("SQS: same-name CreateQueue within 60 s of DeleteQueue: QueueDeletedRecently",
+     "SQS CreateQueue API reference", "503 with Retry-After: 60",
+     "test_queue_deleted_recently_is_503_with_retry_after"),
+    ("EventBridge drops events to an SSE-KMS queue whose key policy lacks events.amazonaws.com "
+     "GenerateDataKey + Decrypt", "EventBridge User Guide, SQS targets with encryption",
+     "reads the key and its policy (GetKeyPolicy); refuses with a 400 naming the statement to add",
+     "tests/aws/test_kms_keys.py, tests/unit/test_kms.py"),
+    ("EventBridge PutRule ignores Tags on an existing rule", "EventBridge PutRule API reference",
+     "TagResource whenever tags differ", "test_changed_tags_reach_existing_rules_through_tag_"
+     "resource"),
+    ("EventBridge RemoveTargets/PutTargets/PutEvents report per-entry failures with HTTP 200",
+     "EventBridge API reference (FailedEntryCount)", "a failed entry fails the call",
+     "test_remove_targets_per_entry_failure_is_a_failure"),
+    ("A full quota (LimitExceededException) is retried by botocore as throttling (~70 s)",
+     "EventBridge quotas; botocore retries/standard.py", "final at once: 409 QuotaExceeded "
+     "naming the quota and its Service Quotas code", "test_a_full_rule_quota_is_final_at_once_"
+     "and_names_the_quota"),
+    ("DeletePolicy fails (DeleteConflict) while the policy is attached to any user or group",
+     "IAM DeletePolicy API reference", "detaches from every role, user and group first",
+     "test_teardown_detaches_the_policy_from_users_and_groups_too"),
+    ("IAM tag keys are case-insensitive", "IAM User Guide, tagging rules",
+     "Team/team refused with a 400 before any write", "tests/unit/test_spec.py (tag cases)"),
+]
+
+
 def run_suite(workers: int, results: pathlib.Path, extra: list[str]) -> dict:
     cmd = [sys.executable, "-m", "pytest", "tests/reliability", "-q", "-p", "no:cacheprovider",
            "-o", "addopts="]
@@ -276,6 +322,17 @@ def render(rows: list[dict], meta: dict) -> str:
           "library, not our code).")
     w("")
 
+    # -- what moto cannot show (static: kip's own checks stand in for AWS's behaviour)
+    w("## AWS behaviours moto does not model")
+    w("")
+    w("moto accepts what real AWS refuses or silently ignores here; the tests pin kip's own check.")
+    w("")
+    w("| behaviour | AWS source | what kip does | the test |")
+    w("|---|---|---|---|")
+    for row in MOTO_GAPS:
+        w("| " + " | ".join(row) + " |")
+    w("")
+
     # -- headline
     matrix = [r for r in calls if "matrix" in r.get("props", {})]
     fuzz = next((r for r in calls if "fuzz" in r.get("props", {})), None)
@@ -311,6 +368,14 @@ def render(rows: list[dict], meta: dict) -> str:
     w(f"* Product bugs found (failing tests): **{len(active)}**"
       + (" — " + "; ".join(f"{f['id']}: {f['title']}" for f, _ in active) if active
          else "") + ".")
+    w("")
+
+    w("## AWS behaviours moto does not model")
+    w("")
+    w("| behaviour | AWS source | what kip does | the test |")
+    w("|---|---|---|---|")
+    for row in MOTO_GAPS:
+        w("| " + " | ".join(_md(cell) for cell in row) + " |")
     w("")
 
     # -- matrix
@@ -562,6 +627,32 @@ def _active_findings(failed: list[dict]) -> list[tuple[dict, list[dict]]]:
 
 
 # ----------------------------------------------------------------------------- main
+
+# behaviour | AWS source | what kip does | the test
+MOTO_GAPS = [
+    ("EventBridge silently drops events to an SSE-KMS queue whose key policy lacks "
+     "events.amazonaws.com (moto does not model service principals in key policies: it delivers "
+     "anyway, and applies a key policy's Deny statements to every caller)",
+     "SQS Developer Guide, *Key management* / \"Enable compatibility between event sources from AWS "
+     "services and encrypted queues\"; EventBridge User Guide, *Authorizing EventBridge to use a "
+     "customer managed key* (kms:GenerateDataKey, kms:Decrypt; symmetric key); KMS API "
+     "*GetKeyPolicy* (key id or ARN only, PolicyName `default`)",
+     "reads DescribeKey and GetKeyPolicy in the first wave; refuses (400 on `kms_key_id`, before "
+     "any write) a disabled, pending-deletion, non-symmetric or non-ENCRYPT_DECRYPT key and a key "
+     "policy that does not allow events.amazonaws.com both actions or explicitly denies them, "
+     "naming the key, what is missing and the statement to add; an AccessDenied GetKeyPolicy is a "
+     "400 naming kms:GetKeyPolicy (never assumed right); never edits the key policy",
+     "tests/aws/test_kms_keys.py, tests/unit/test_kms.py, tests/reliability/test_faults.py "
+     "(hard kms:GetKeyPolicy)"),
+    ("IAM tag keys are case-insensitive: `Team` and `team` pass SQS and EventBridge, then "
+     "iam:CreatePolicy refuses them after the queues and rules exist",
+     "IAM User Guide, *Tagging IAM resources* (tag key uniqueness is case-insensitive); AWS "
+     "tagging rules: 50 tags per resource, keys 1-128, values 0-256",
+     "refuses keys that differ only in case, from each other or from KIP_DEFAULT_TAGS keys, and "
+     "more than 50 tags per resource with kip's own: 400 on `tags` before any AWS call",
+     "tests/unit/test_spec.py (test_tag_keys_*), tests/aws/test_tags_validation.py"),
+]
+
 
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
