@@ -204,10 +204,20 @@ MOTO_GAPS = [
     ("SQS: same-name CreateQueue within 60 s of DeleteQueue: QueueDeletedRecently",
      "SQS CreateQueue API reference", "503 with Retry-After: 60",
      "test_queue_deleted_recently_is_503_with_retry_after"),
-    ("EventBridge drops events to an SSE-KMS queue whose key policy lacks events.amazonaws.com "
-     "GenerateDataKey + Decrypt", "EventBridge User Guide, SQS targets with encryption",
-     "reads the key and its policy (GetKeyPolicy); refuses with a 400 naming the statement to add",
-     "tests/aws/test_kms_keys.py, tests/unit/test_kms.py"),
+    ("EventBridge silently drops events to an SSE-KMS queue whose key policy lacks "
+     "events.amazonaws.com GenerateDataKey + Decrypt (moto does not model service principals in "
+     "key policies: it delivers anyway, and applies a key policy's Deny to every caller)",
+     "SQS Developer Guide, key management: compatibility between AWS event sources and encrypted "
+     "queues; EventBridge User Guide, authorizing EventBridge to use a customer managed key "
+     "(symmetric key); KMS GetKeyPolicy API reference (key id or ARN only, PolicyName default)",
+     "reads DescribeKey and GetKeyPolicy in the first wave; a disabled, pending-deletion, "
+     "non-symmetric or non-ENCRYPT_DECRYPT key, or a policy that does not allow "
+     "events.amazonaws.com both actions (or explicitly denies them) is a 400 on kms_key_id before "
+     "any write, naming the key, what is missing and the statement to add; an AccessDenied "
+     "GetKeyPolicy is a 400 naming kms:GetKeyPolicy (never assumed right); never edits the key "
+     "policy",
+     "tests/aws/test_kms_keys.py, tests/unit/test_kms.py, tests/reliability/test_faults.py "
+     "(hard kms:GetKeyPolicy)"),
     ("EventBridge PutRule ignores Tags on an existing rule", "EventBridge PutRule API reference",
      "TagResource whenever tags differ", "test_changed_tags_reach_existing_rules_through_tag_"
      "resource"),
@@ -221,8 +231,14 @@ MOTO_GAPS = [
     ("DeletePolicy fails (DeleteConflict) while the policy is attached to any user or group",
      "IAM DeletePolicy API reference", "detaches from every role, user and group first",
      "test_teardown_detaches_the_policy_from_users_and_groups_too"),
-    ("IAM tag keys are case-insensitive", "IAM User Guide, tagging rules",
-     "Team/team refused with a 400 before any write", "tests/unit/test_spec.py (tag cases)"),
+    ("IAM tag keys are case-insensitive: Team and team pass SQS and EventBridge, then "
+     "iam:CreatePolicy refuses them after the queues and rules exist",
+     "IAM User Guide, tagging IAM resources: rules for tagging, case sensitivity; AWS tagging "
+     "rules (50 tags per resource, keys 1-128, values 0-256)",
+     "keys differing only in case (from each other or from KIP_DEFAULT_TAGS keys) and more than "
+     "50 tags per resource with kip's own are a 400 on tags before any AWS call",
+     "tests/unit/test_spec.py (test_tag_keys_*, test_more_than_50_tags_*), "
+     "tests/aws/test_tags_validation.py"),
 ]
 
 
@@ -320,17 +336,6 @@ def render(rows: list[dict], meta: dict) -> str:
           f"{sum(b['seconds'] for b in backoff):.1f} s; the suite slept 1/1000 of each "
           "(tests/reliability/conftest.py patches botocore's ExponentialBackoff.delay_amount, the "
           "library, not our code).")
-    w("")
-
-    # -- what moto cannot show (static: kip's own checks stand in for AWS's behaviour)
-    w("## AWS behaviours moto does not model")
-    w("")
-    w("moto accepts what real AWS refuses or silently ignores here; the tests pin kip's own check.")
-    w("")
-    w("| behaviour | AWS source | what kip does | the test |")
-    w("|---|---|---|---|")
-    for row in MOTO_GAPS:
-        w("| " + " | ".join(row) + " |")
     w("")
 
     # -- headline
@@ -627,32 +632,6 @@ def _active_findings(failed: list[dict]) -> list[tuple[dict, list[dict]]]:
 
 
 # ----------------------------------------------------------------------------- main
-
-# behaviour | AWS source | what kip does | the test
-MOTO_GAPS = [
-    ("EventBridge silently drops events to an SSE-KMS queue whose key policy lacks "
-     "events.amazonaws.com (moto does not model service principals in key policies: it delivers "
-     "anyway, and applies a key policy's Deny statements to every caller)",
-     "SQS Developer Guide, *Key management* / \"Enable compatibility between event sources from AWS "
-     "services and encrypted queues\"; EventBridge User Guide, *Authorizing EventBridge to use a "
-     "customer managed key* (kms:GenerateDataKey, kms:Decrypt; symmetric key); KMS API "
-     "*GetKeyPolicy* (key id or ARN only, PolicyName `default`)",
-     "reads DescribeKey and GetKeyPolicy in the first wave; refuses (400 on `kms_key_id`, before "
-     "any write) a disabled, pending-deletion, non-symmetric or non-ENCRYPT_DECRYPT key and a key "
-     "policy that does not allow events.amazonaws.com both actions or explicitly denies them, "
-     "naming the key, what is missing and the statement to add; an AccessDenied GetKeyPolicy is a "
-     "400 naming kms:GetKeyPolicy (never assumed right); never edits the key policy",
-     "tests/aws/test_kms_keys.py, tests/unit/test_kms.py, tests/reliability/test_faults.py "
-     "(hard kms:GetKeyPolicy)"),
-    ("IAM tag keys are case-insensitive: `Team` and `team` pass SQS and EventBridge, then "
-     "iam:CreatePolicy refuses them after the queues and rules exist",
-     "IAM User Guide, *Tagging IAM resources* (tag key uniqueness is case-insensitive); AWS "
-     "tagging rules: 50 tags per resource, keys 1-128, values 0-256",
-     "refuses keys that differ only in case, from each other or from KIP_DEFAULT_TAGS keys, and "
-     "more than 50 tags per resource with kip's own: 400 on `tags` before any AWS call",
-     "tests/unit/test_spec.py (test_tag_keys_*), tests/aws/test_tags_validation.py"),
-]
-
 
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -65,6 +65,13 @@ def test_transient_fault_is_retried_by_botocore_and_the_run_succeeds(sc, transie
             "succeeded; state = clean run; teardown clean", f"retried x{times}, ok")
 
 
+# A refused call that is the customer's to fix, not kip's: a 400 instead of a 502.
+REFUSED_AS_400 = {
+    "kms:GetKeyPolicy": "400 ValidationError on kms_key_id naming kms:GetKeyPolicy before any "
+                        "write; record unchanged",
+}
+
+
 def test_hard_failure_names_the_step_and_the_next_run_converges(sc, hard_case, record_property):
     phase, label, _ = hard_case
     sc.setup(phase)
@@ -77,12 +84,28 @@ def test_hard_failure_names_the_step_and_the_next_run_converges(sc, hard_case, r
     sc.tap.disarm()
     err = info.value
     call = label.split("(")[0]
+    rec = sc.record()
+    if label in REFUSED_AS_400:
+        # kip cannot check the customer's key policy: a 400 on kms_key_id that names the missing
+        # permission (never assumed right), made before any write
+        assert isinstance(err, errors.ValidationError) and err.field == "kms_key_id", \
+            f"{type(err).__name__} ({err.status}): {err.message}"
+        assert call in err.message and "could not read the key policy" in err.message
+        assert not sc.lease_live(rec), "a lease was left behind by a run that changed nothing"
+        assert (rec or {}).get("status") == status_before
+        where, cell = REFUSED_AS_400[label], "400, no write"
+        _matrix(record_property, phase, label, "hard", where + "; not converged")
+        how = sc.run_again(phase, may_wait_for_lease=False)
+        assert not _converged(sc, phase)
+        assert not sc.teardown_leaves_nothing()
+        _matrix(record_property, phase, label, "hard", f"{where}; {how}; teardown clean",
+                cell + ", converged")
+        return
     # then a clear error that names the call
     assert isinstance(err, errors.AwsCallFailed) and err.status == 502, \
         f"{type(err).__name__} ({err.status}): {err.message}"
     assert call in (err.extra.get("step") or ""), err.extra
     assert err.extra.get("aws_code") in ("AccessDenied", "AccessDeniedException"), err.extra
-    rec = sc.record()
     if "record" in err.extra:
         # failed while executing the plan: the record names the step and lists what exists;
         # an unfinished teardown stays "deleting" so a retry, a reconcile or the schedule ends it
