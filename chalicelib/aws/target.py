@@ -17,7 +17,9 @@ from chalicelib.state import ClusterState, KeyState, PolicyHolders, RoleInfo, Ro
 UNSETTLED_DLQ = "dead letter target does not exist"
 
 
-class Target:
+class _Reads:
+    """The reads of one (account, region); ``Target`` adds the writes."""
+
     def __init__(self, account: str, region: str, settings: Optional[Settings] = None) -> None:
         self.account, self.region = account, region
         self.settings = settings or get_settings()
@@ -186,7 +188,10 @@ class Target:
         doc = r.get("Policy") or "null"
         return json.loads(doc) if isinstance(doc, str) else doc
 
-    # -- writes (named by planner actions) ---------------------------------------------------
+
+class Target(_Reads):
+    """The adapter: the reads, and the writes that planner actions name."""
+
     def create_queue(self, name: str, attributes: dict, tags: dict) -> dict:
         # A redrive policy naming a DLQ created a moment ago can fail until SQS sees the DLQ.
         r = self._settled(f"sqs:CreateQueue {name}", self._c("sqs").create_queue,
