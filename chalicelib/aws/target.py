@@ -205,10 +205,6 @@ class Target(_Reads):
                       Attributes=attributes)
         return {}
 
-    def untag_queue(self, url: str, keys: list) -> dict:
-        call(f"sqs:UntagQueue {url}", self._c("sqs").untag_queue, QueueUrl=url, TagKeys=keys)
-        return {}
-
     def tag_queue(self, url: str, tags: dict) -> dict:
         call(f"sqs:TagQueue {url}", self._c("sqs").tag_queue, QueueUrl=url, Tags=tags)
         return {}
@@ -226,11 +222,6 @@ class Target(_Reads):
     def tag_rule(self, arn: str, tags: dict) -> dict:
         call(f"events:TagResource {arn}", self._c("events").tag_resource, ResourceARN=arn,
              Tags=tags_list(tags))
-        return {}
-
-    def untag_rule(self, arn: str, keys: list) -> dict:
-        call(f"events:UntagResource {arn}", self._c("events").untag_resource, ResourceARN=arn,
-             TagKeys=keys)
         return {}
 
     def put_targets(self, rule: str, targets: list) -> dict:
@@ -288,10 +279,6 @@ class Target(_Reads):
     def tag_policy(self, arn: str, tags: dict) -> dict:
         call(f"iam:TagPolicy {arn}", self._c("iam").tag_policy, PolicyArn=arn,
              Tags=tags_list(tags))
-        return {}
-
-    def untag_policy(self, arn: str, keys: list) -> dict:
-        call(f"iam:UntagPolicy {arn}", self._c("iam").untag_policy, PolicyArn=arn, TagKeys=keys)
         return {}
 
     def attach_role_policy(self, role: str, policy_arn: str) -> dict:

@@ -220,6 +220,9 @@ IMPLICIT = {
     "sts:AssumeRole": "clusters in other accounts (KIP_CROSS_ACCOUNT_ROLE)",
     "events:PutEvents": "status events to the portal bus (KIP_STATUS_BUS)",
     "eks:ListClusters": "the schedule's adoption of existing clusters (KIP_ADOPT_EXISTING)",
+    "iam:DetachUserPolicy": "teardown of a kip policy someone attached to a user "
+                            "(test_teardown_detaches_the_policy_from_users_and_groups_too)",
+    "iam:DetachGroupPolicy": "teardown of a kip policy someone attached to a group (same test)",
     "logs:CreateLogGroup": "Lambda logs", "logs:CreateLogStream": "Lambda logs",
     "logs:PutLogEvents": "Lambda logs",
     "xray:PutTraceSegments": "tracing", "xray:PutTelemetryRecords": "tracing",

@@ -149,11 +149,8 @@ def test_role_grants_stay_scoped_to_the_role_pattern_and_our_policies(stage):
 @pytest.mark.parametrize("action,arn", [
     ("kms:GetKeyPolicy", "arn:aws:kms:eu-west-1:1:key/1234abcd-12ab-34cd-56ef-1234567890ab"),
     ("kms:DescribeKey", "arn:aws:kms:eu-west-1:1:key/1234abcd-12ab-34cd-56ef-1234567890ab"),
-    ("events:UntagResource", "arn:aws:events:eu-west-1:1:rule/kip-payments-spot"),
-    ("iam:UntagPolicy", "arn:aws:iam::1:policy/kip/kip-payments-controller"),
-    ("iam:ListPolicyTags", "arn:aws:iam::1:policy/kip/kip-payments-controller"),
     ("iam:ListEntitiesForPolicy", "arn:aws:iam::1:policy/kip/kip-payments-controller"),
-    ("sqs:UntagQueue", "arn:aws:sqs:eu-west-1:1:kip-payments"),
+    ("iam:GetRole", "arn:aws:iam::1:role/teams/platform/KarpenterController-x"),
 ])
 def test_untag_and_read_actions_the_engine_needs_are_granted(stage, action, arn):
     assert allowed(stage, action, arn)
