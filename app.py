@@ -148,6 +148,15 @@ def _cluster_id(name: str, query: Any) -> Any:
     return cid
 
 
+def _caller() -> Optional[str]:
+    """Who is asking: the JWT ``sub`` the authorizer put in its context, else the SigV4 caller's
+    IAM ARN (API Gateway's ``identity.userArn``), else None (``KIP_API_AUTH=none``)."""
+    context = app.current_request.context or {}
+    authorizer = context.get("authorizer") or {}
+    caller = authorizer.get("sub") or (context.get("identity") or {}).get("userArn")
+    return str(caller)[:512] if caller else None
+
+
 def _view(record: Any) -> dict:
     return record.public() if record is not None else {}
 
@@ -164,7 +173,7 @@ def create_cluster() -> Response:
     started = time.perf_counter()
     cid = engine().identity(req.cluster_name, req.account_id, req.region)
     logger.append_keys(cluster=cid.key)
-    out = engine().provision(req, source="api")
+    out = engine().provision(req, source="api", requested_by=_caller())
     if out.dry_run:
         return Response(body={"dry_run": True, "cluster": cid.key, "plan": out.actions,
                               "record": _view(out.record) or None}, status_code=200)
@@ -182,22 +191,25 @@ def create_cluster() -> Response:
 @api
 def list_clusters() -> dict:
     query = _query("ListQuery")
-    items, token = engine().list(int(query.limit), query.next_token, query.status)
+    from chalicelib import consumer
+    items, token = consumer.list_clusters(engine(), int(query.limit), query.next_token,
+                                          query.status, query.consumer)
     return {"items": [_view(i) for i in items], "next_token": token}
 
 
 @app.route("/clusters/{cluster_name}", methods=["GET"], authorizer=AUTH, cors=CORS)
 @api
 def get_cluster(cluster_name: str) -> dict:
+    from chalicelib import consumer
     cid = _cluster_id(cluster_name, _query("IdentityQuery"))
-    return _view(engine().describe(cid))
+    return consumer.describe(engine(), cid)
 
 
 @app.route("/clusters/{cluster_name}", methods=["DELETE"], authorizer=AUTH, cors=CORS)
 @api
 def delete_cluster(cluster_name: str) -> dict:
     cid = _cluster_id(cluster_name, _query("IdentityQuery"))
-    out = engine().teardown(cid, source="api")
+    out = engine().teardown(cid, source="api", requested_by=_caller())
     metrics.add_metric(name="TornDown", unit=MetricUnit.Count, value=1)
     logger.info("torn down", extra={"removed": len(out.actions)})
     return {"cluster": cid.key, "deleted": True, "removed": out.actions, "skipped": out.skipped}
@@ -212,7 +224,7 @@ def reconcile_cluster(cluster_name: str) -> dict:
     body = spec.parse(spec.ReconcileBody, _json_body(required=False))
     dry_run = body.dry_run if "dry_run" in body.model_fields_set else query.dry_run in ("true", "1")
     cid = _cluster_id(cluster_name, query)
-    out = engine().reconcile(cid, dry_run=dry_run)
+    out = engine().reconcile(cid, dry_run=dry_run, requested_by=_caller())
     if out.actions and not dry_run:
         metrics.add_metric(name="DriftRepaired", unit=MetricUnit.Count, value=1)
     return {"cluster": cid.key, "dry_run": dry_run, "in_sync": not out.actions,
@@ -266,6 +278,8 @@ def on_eks_event(event: Any) -> dict:
 @app.schedule(Rate(settings.schedule_minutes, unit=Rate.MINUTES), name="reconcile_all")
 def reconcile_all(event: Any) -> dict:
     summary = engine().sweep()
+    from chalicelib import consumer
+    summary["health"] = consumer.sweep(engine())    # after the repairs: the fresh records
     for key in ("repaired", "adopted", "errors"):
         metrics.add_metric(name=f"Sweep{key.title()}", unit=MetricUnit.Count,
                            value=len(summary[key]))

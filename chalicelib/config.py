@@ -60,6 +60,8 @@ class Settings:
     cors_origin: str | None = None
     default_tags: dict = field(default_factory=dict)
     token_secret: str | None = None     # signs list tokens; default: derived from the table name
+    stale_seconds: int = 600        # consumer health: older waiting messages mean nobody reads
+    alarms: bool = False            # KIP_ALARMS: per-cluster CloudWatch alarms (stale, DLQ)
     settle_seconds: float = 6.0     # waiting, within a run, for IAM/SQS eventual consistency
 
     @property
@@ -112,6 +114,8 @@ class Settings:
             cors_origin=env.get("KIP_CORS_ORIGIN") or None,
             default_tags=tags,
             token_secret=env.get("KIP_TOKEN_SECRET") or None,
+            stale_seconds=_int(env, "KIP_STALE_SECONDS", 600),
+            alarms=_bool(env.get("KIP_ALARMS"), False),
             settle_seconds=float(env.get("KIP_SETTLE_SECONDS") or 6.0),
         )
 

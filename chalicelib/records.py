@@ -90,6 +90,16 @@ class EksCluster(_Entry):
     version: Optional[str] = None
 
 
+class Health(_Entry):
+    """The consumer's health as the last sweep found it (``GET /clusters?consumer=``)."""
+    consumer: Literal["stale", "active", "idle", "unknown"]
+    backlog: Optional[int] = None
+    in_flight: Optional[int] = None
+    dlq_depth: Optional[int] = None
+    oldest_message_age_seconds: Optional[float] = None
+    checked_at: Optional[str] = None
+
+
 class ClusterRecord(BaseModel):
     """One cluster's record: the inventory a portal reads, and the state a retry resumes from."""
     model_config = ConfigDict(extra="allow", populate_by_name=True)
@@ -114,6 +124,8 @@ class ClusterRecord(BaseModel):
     karpenter: Optional[Karpenter] = None
     cluster: Optional[EksCluster] = None
     last_error: Optional[LastError] = None
+    requested_by: Optional[str] = None     # the API caller of the last change (JWT sub, IAM ARN)
+    health: Optional[Health] = None        # written by the sweep when the consumer state changes
     created_at: Optional[str] = None
     updated_at: Optional[str] = None
 

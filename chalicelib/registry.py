@@ -150,12 +150,21 @@ class Registry:
                           f"took it over (version {item.get('version') if item else None}, "
                           f"status {item.get('status') if item else None!r})")
 
-    def page(self, limit: int, next_token: Optional[str], status: Optional[str]
-             ) -> tuple[list[ClusterRecord], Optional[str]]:
-        start = _open_token(next_token, status, self._key()) if next_token else None
-        items, last = self.store.page(limit, start, status)
-        token = _seal_token(last, status, self._key()) if last else None
+    def page(self, limit: int, next_token: Optional[str], status: Optional[str],
+             consumer: Optional[str] = None) -> tuple[list[ClusterRecord], Optional[str]]:
+        start = _open_token(next_token, status, self._key(), consumer) if next_token else None
+        items, last = self.store.page(limit, start, status, consumer)
+        token = _seal_token(last, status, self._key(), consumer) if last else None
         return [ClusterRecord.model_validate(i) for i in items], token
+
+    def note_health(self, record: ClusterRecord, health: dict) -> bool:
+        """Record the consumer's health on ``record`` as read (see ``Store.set_health``); False
+        when the record moved on meanwhile (the next sweep looks again)."""
+        try:
+            self.store.set_health(record.id, health, record.version)
+        except ConditionFailed:
+            return False
+        return True
 
     def _key(self) -> bytes:
         return (self.settings.token_secret or self.settings.table_name).encode()
@@ -169,12 +178,15 @@ def _mac(body: bytes, key: bytes) -> str:
     return hmac.new(key, body, hashlib.sha256).hexdigest()[:32]
 
 
-def _seal_token(start: dict, status: Optional[str], key: bytes) -> str:
-    body = json.dumps({"k": start, "s": status}, sort_keys=True, separators=(",", ":")).encode()
+def _seal_token(start: dict, status: Optional[str], key: bytes,
+                consumer: Optional[str] = None) -> str:
+    bound = {"k": start, "s": status, **({"c": consumer} if consumer else {})}
+    body = json.dumps(bound, sort_keys=True, separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(body).decode().rstrip("=") + "." + _mac(body, key)
 
 
-def _open_token(token: str, status: Optional[str], key: bytes) -> dict:
+def _open_token(token: str, status: Optional[str], key: bytes,
+                consumer: Optional[str] = None) -> dict:
     bad = ValidationError("next_token: not a token this API returned for this query",
                           field="next_token",
                           allowed="the next_token of the previous page of the same query")
@@ -185,7 +197,8 @@ def _open_token(token: str, status: Optional[str], key: bytes) -> dict:
             raise ValueError
         data = json.loads(body)
         start = data["k"]
-        if data.get("s") != status or not isinstance(start, dict) or \
+        if data.get("s") != status or data.get("c") != consumer or \
+                not isinstance(start, dict) or \
                 not all(isinstance(v, str) for v in start.values()):
             raise ValueError
     except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError, RecursionError):

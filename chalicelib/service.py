@@ -81,8 +81,9 @@ class Engine:
         return target
 
     # ------------------------------------------------------------------ use cases
-    def provision(self, req: ClusterRequest, source: str = "api") -> Outcome:
-        return self._converge(req, source, _refuse_unusable_cluster)
+    def provision(self, req: ClusterRequest, source: str = "api",
+                  requested_by: Optional[str] = None) -> Outcome:
+        return self._converge(req, source, _refuse_unusable_cluster, requested_by)
 
     def adopt(self, cid: naming.ClusterId, source: str) -> Outcome:
         """Provision a cluster found without kip being asked (EKS event, sweep): its opt-out tag
@@ -91,17 +92,18 @@ class Engine:
                              region=cid.region)
         return self._converge(req, source, self._opted_out_or_unusable)
 
-    def reconcile(self, cid: naming.ClusterId, dry_run: bool = False) -> Outcome:
+    def reconcile(self, cid: naming.ClusterId, dry_run: bool = False,
+                  requested_by: Optional[str] = None) -> Outcome:
         rec = self.describe(cid)
         if rec.status == "deleting":     # an unfinished teardown: finish it, never undo it
-            return self.teardown(cid, source="reconcile", dry_run=dry_run)
+            return self.teardown(cid, "reconcile", dry_run, requested_by)
         params = {**rec.request, "cluster_name": cid.cluster_name,
                   "account_id": cid.account_id, "region": cid.region, "dry_run": dry_run}
         return self._converge(ClusterRequest.model_validate(params), "reconcile",
-                              _refuse_unusable_cluster)
+                              _refuse_unusable_cluster, requested_by)
 
     def teardown(self, cid: naming.ClusterId, source: str = "api",
-                 dry_run: bool = False) -> Outcome:
+                 dry_run: bool = False, requested_by: Optional[str] = None) -> Outcome:
         """Remove everything the record names; without a record, this cluster's tagged
         resources under the computed names (a run whose record write failed)."""
         ctx = self._first_wave(cid, None, [])
@@ -118,7 +120,7 @@ class Engine:
                 raise errors.RecordNotFound(f"no record and no resources for cluster {cid.key}",
                                             field="cluster_name", skipped=skipped or None)
         fields = {"status": "deleting", "source": source, "names": ctx.names.to_dict(),
-                  **self.recorder.stamps(ctx.record)}
+                  **self.recorder.stamps(ctx.record), **_by(requested_by)}
         with self.registry.lease(cid, ctx.record, fields, self.workers.submit) as held:
             obs = obs or self._detail(ctx, "teardown")
             actions, skipped = planner.plan_teardown(ctx.names, cid, obs)
@@ -169,7 +171,8 @@ class Engine:
                 return
 
     # ------------------------------------------------------------------ the skeleton
-    def _converge(self, req: ClusterRequest, source: str, guard: Guard) -> Outcome:
+    def _converge(self, req: ClusterRequest, source: str, guard: Guard,
+                  requested_by: Optional[str] = None) -> Outcome:
         cid = self.identity(req.cluster_name, req.account_id, req.region)
         role = resolve_role(req, cid, self.settings)       # 400/403 before any AWS call
         ctx = self._first_wave(cid, role, [role.name], req.kms_key_id)
@@ -189,8 +192,8 @@ class Engine:
             actions = planner.plan_provision(spec, obs)
             if not actions and rec.status == _status_for(obs):
                 return Outcome(rec)
-        with self.registry.lease(cid, rec, self.recorder.provision_fields(spec, source, ctx),
-                                 self.workers.submit) as held:
+        with self.registry.lease(cid, rec, self.recorder.provision_fields(
+                spec, source, ctx, requested_by), self.workers.submit) as held:
             if obs is None:
                 obs = self._detail(ctx, "provision", previous)
                 actions = planner.plan_provision(spec, obs)
@@ -285,7 +288,7 @@ class Engine:
             raise run.failure[1]
         self.registry.delete(leased, held.owner)
         if ctx.record is not None:
-            self.recorder.publish(ctx.cid, "deleted", ctx.record.status, None, None)
+            self.recorder.deleted(leased, ctx.record.status)
         return Outcome(None, changed=bool(actions), actions=removed, skipped=skipped)
 
     def _opted_out_or_unusable(self, ctx: Context) -> Optional[Outcome]:
@@ -318,30 +321,36 @@ class Recorder:
         return {"updated_at": now} if record else {"updated_at": now, "created_at": now,
                                                     "resources": {}}
 
-    def provision_fields(self, spec: DesiredSpec, source: str, ctx: Context) -> dict:
+    def provision_fields(self, spec: DesiredSpec, source: str, ctx: Context,
+                         requested_by: Optional[str] = None) -> dict:
         return {"status": "provisioning", "source": source, "spec_hash": spec.spec_hash,
                 "request": spec.parameters, "names": spec.names.to_dict(),
                 "event_kinds": list(spec.event_kinds),
                 "karpenter": Karpenter.for_queue(spec.names.queue).model_dump(by_alias=True),
                 "cluster": ctx.cluster.summary() if ctx.cluster else None,
-                **self.stamps(ctx.record)}
+                **self.stamps(ctx.record), **_by(requested_by)}
 
     def save(self, record: ClusterRecord, owner: str,
               previous_status: Optional[str]) -> ClusterRecord:
         saved = self.registry.save(record, owner)
         if saved.status != previous_status:
             self.publish(saved.cid, saved.status, previous_status,
-                          (saved.names or {}).get("queue"), saved.last_error)
+                          (saved.names or {}).get("queue"), saved.last_error, saved.requested_by)
         return saved
 
+    def deleted(self, record: ClusterRecord, previous: str) -> None:
+        self.publish(record.cid, "deleted", previous, None, None, record.requested_by)
+
     def publish(self, cid: naming.ClusterId, status: str, previous: Optional[str],
-                 queue: Optional[str], last_error: Optional[LastError]) -> None:
+                queue: Optional[str], last_error: Optional[LastError],
+                requested_by: Optional[str] = None, **more: object) -> None:
         try:
             aws.publish_status(self.settings, {
                 "cluster": cid.key, "cluster_name": cid.cluster_name,
                 "account_id": cid.account_id, "region": cid.region, "status": status,
                 "previous_status": previous, "queue_name": queue,
-                "last_error": last_error.model_dump() if last_error else None})
+                "last_error": last_error.model_dump() if last_error else None,
+                "requested_by": requested_by, **more})
         except errors.KipError as exc:  # a portal notification never fails provisioning
             log.warning("status event not published", extra={"detail": exc.message})
 
@@ -353,6 +362,11 @@ def _refuse_unusable_cluster(ctx: Context) -> Optional[Outcome]:
         raise errors.Conflict(f"EKS cluster {ctx.cid.cluster_name!r} is {status}; nothing was "
                               "created", field="cluster_name")
     return None
+
+
+def _by(requested_by: Optional[str]) -> dict:
+    """The caller is recorded when known; runs nobody asked for (sweep, EKS event) keep it."""
+    return {"requested_by": requested_by} if requested_by else {}
 
 
 def _status_for(obs: Observed) -> str:

@@ -171,6 +171,7 @@ class ListQuery(BaseModel):
     limit: StrictStr = Field(default="50", pattern=r"^[0-9]{1,3}$")
     next_token: Optional[StrictStr] = Field(default=None, max_length=4096)
     status: Optional[Literal[STATUSES]] = None  # type: ignore[valid-type]
+    consumer: Optional[Literal["stale", "active", "idle", "unknown"]] = None
 
     @field_validator("limit")
     @classmethod

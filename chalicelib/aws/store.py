@@ -93,20 +93,39 @@ class Store:
                    ExpressionAttributeValues=_to_ddb(values),
                    ReturnValuesOnConditionCheckFailure="ALL_OLD")
 
-    def page(self, limit: int, start: Optional[dict], status: Optional[str]) -> tuple:
+    def page(self, limit: int, start: Optional[dict], status: Optional[str],
+             consumer: Optional[str] = None) -> tuple:
+        """One page. ``consumer`` filters on ``health.consumer`` (a FilterExpression: applied
+        after ``Limit`` items are read, so a page may hold fewer items, even none, and still
+        carry a next key)."""
         kw: dict[str, Any] = {"TableName": self.table, "Limit": limit}
         if start:
             kw["ExclusiveStartKey"] = _to_ddb(start)
+        if consumer:
+            kw.update(FilterExpression="#h.#c = :c",
+                      ExpressionAttributeNames={"#h": "health", "#c": "consumer"},
+                      ExpressionAttributeValues={":c": {"S": consumer}})
         if status:
             kw.update(IndexName=self.STATUS_INDEX,
                       KeyConditionExpression="#s = :s",
-                      ExpressionAttributeNames={"#s": "status"},
-                      ExpressionAttributeValues={":s": {"S": status}})
+                      ExpressionAttributeNames={**kw.get("ExpressionAttributeNames", {}),
+                                                "#s": "status"},
+                      ExpressionAttributeValues={**kw.get("ExpressionAttributeValues", {}),
+                                                 ":s": {"S": status}})
             r = call("dynamodb:Query", self._c().query, **kw)
         else:
             r = call("dynamodb:Scan", self._c().scan, **kw)
         items = [_from_ddb(i) for i in r.get("Items", [])]
         return items, _from_ddb(r.get("LastEvaluatedKey"))
+
+    def set_health(self, key: str, health: dict, version: int) -> None:
+        """``health`` only (UpdateItem), if the record is still at ``version``: the record's
+        other fields, its version and its lease are left as they are."""
+        self._cond("dynamodb:UpdateItem", self._c().update_item, TableName=self.table,
+                   Key={"id": {"S": key}}, UpdateExpression="SET #h = :h",
+                   ConditionExpression="attribute_exists(id) AND version = :v",
+                   ExpressionAttributeNames={"#h": "health"},
+                   ExpressionAttributeValues=_to_ddb({":h": health, ":v": version}))
 
     def create_table(self) -> None:
         """For the local stack and tests; deployed stages get the table from CloudFormation."""

@@ -188,6 +188,24 @@ class _Reads:
         doc = r.get("Policy") or "null"
         return json.loads(doc) if isinstance(doc, str) else doc
 
+    def metric_series(self, queries: list, start: float, end: float) -> dict:
+        """``{query id: [(epoch seconds, value), ...]}`` for GetMetricData ``queries`` (all
+        pages, newest first). A ``PartialData`` status means more pages (NextToken)."""
+        step, cw = "cloudwatch:GetMetricData", self._c("cloudwatch")
+        series: dict = {q["Id"]: [] for q in queries}
+        kw: dict = {"MetricDataQueries": queries, "StartTime": start, "EndTime": end,
+                    "ScanBy": "TimestampDescending"}
+        for _ in range(10):
+            r = call(step, cw.get_metric_data, **kw)
+            for result in r.get("MetricDataResults", []):
+                series.setdefault(result["Id"], []).extend(
+                    (ts.timestamp(), value)
+                    for ts, value in zip(result.get("Timestamps", []), result.get("Values", [])))
+            if not r.get("NextToken"):
+                break
+            kw["NextToken"] = r["NextToken"]
+        return series
+
 
 class Target(_Reads):
     """The adapter: the reads, and the writes that planner actions name."""

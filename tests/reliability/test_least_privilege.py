@@ -226,11 +226,15 @@ IMPLICIT = {
     "logs:CreateLogGroup": "Lambda logs", "logs:CreateLogStream": "Lambda logs",
     "logs:PutLogEvents": "Lambda logs",
     "xray:PutTraceSegments": "tracing", "xray:PutTelemetryRecords": "tracing",
+    "cloudwatch:GetMetricData": "consumer health: GET /clusters/{name} and the schedule's health "
+                                "pass (tests/aws/test_consumer_health.py)",
+    "dynamodb:UpdateItem": "the health pass writes the health attribute alone (same tests)",
 }
 BROAD = {"iam:PassRole", "iam:CreateRole", "iam:PutRolePolicy", "iam:UpdateAssumeRolePolicy",
          "iam:AttachUserPolicy", "sqs:SendMessage", "sqs:ReceiveMessage",
          "sqs:DeleteMessage", "sqs:PurgeQueue", "kms:Decrypt", "events:PutPermission"}
-STAR_RESOURCE_OK = {"xray:PutTraceSegments", "xray:PutTelemetryRecords", "eks:ListClusters"}
+STAR_RESOURCE_OK = {"xray:PutTraceSegments", "xray:PutTelemetryRecords", "eks:ListClusters",
+                    "cloudwatch:GetMetricData"}     # no resource type: "*" only
 
 
 @pytest.mark.parametrize("stage", ["dev", "prod"])

@@ -76,7 +76,7 @@ def test_every_call_the_adapter_makes_is_granted():
     files = [ROOT / "chalicelib" / "aws.py", *sorted((ROOT / "chalicelib" / "aws").rglob("*.py"))]
     source = "\n".join(f.read_text() for f in files if f.is_file())
     assert source
-    steps = set(re.findall(r'f?"(sqs|events|iam|eks|kms|dynamodb|sts):([A-Z][A-Za-z]+)', source))
+    steps = set(re.findall(r'f?"(sqs|events|iam|eks|kms|dynamodb|sts|cloudwatch):([A-Z][A-Za-z]+)', source))
     granted = {a for st in statements("prod") for a in _list(st["Action"])}
     missing = {f"{svc}:{op}" for svc, op in steps
                if f"{svc}:{op}" not in granted and op not in ("CreateTable", "GetCallerIdentity")}

@@ -163,7 +163,7 @@ def test_only_list_actions_without_resource_types_use_star():
     Reference, so "*" is the only possible scope; nothing else may use it."""
     star = {a for st in provisioner_policy()["Statement"] if st["Effect"] == "Allow"
             and "*" in as_list(st["Resource"]) for a in as_list(st["Action"])}
-    assert star == {"events:ListRules", "eks:ListClusters"}
+    assert star == {"events:ListRules", "eks:ListClusters", "cloudwatch:GetMetricData"}
 
 
 CONTROLLER = f"arn:aws:iam::{MEMBER_ACCOUNT}:role/teams/platform/KarpenterController-x"

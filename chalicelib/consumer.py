@@ -1,0 +1,117 @@
+"""Use cases: the consumer health of a cluster's queue (``GET /clusters/{name}``, the sweep, the
+``?consumer=`` filter of ``GET /clusters``). Functions taking an ``Engine``; the rules are pure in
+``health``, the reads in the adapter.
+
+One wave after the record: the queue's and the DLQ's ``GetQueueAttributes`` and one
+``GetMetricData`` run in parallel. A read that fails never fails the GET: the metrics make the
+consumer ``unknown``, a queue read leaves its counts null.
+"""
+from __future__ import annotations
+
+from concurrent.futures import Future, wait
+from typing import Any, Optional
+
+from aws_lambda_powertools import Logger
+
+from chalicelib import aws, errors, health
+from chalicelib.records import ClusterRecord
+
+log = Logger(service="kip", child=True)
+
+
+def describe(engine: Any, cid: Any) -> dict:
+    """The record as the API shows it, with ``health`` read now."""
+    record = engine.describe(cid)
+    return {**record.public(), "health": read(engine, record)}
+
+
+def read(engine: Any, record: ClusterRecord) -> dict:
+    return _finish(engine, record, _start(engine, record))
+
+
+def _start(engine: Any, record: ClusterRecord) -> list[Optional[Future]]:
+    """Submit the three reads (none of them waits for another)."""
+    res = record.resources
+    target = aws.Target(record.account_id, record.region, engine.settings)
+    submit = engine.workers.submit
+    queue_url = res.queue.url if res.queue and res.queue.exists else None
+    dlq_url = res.dlq.url if res.dlq and res.dlq.exists else None
+    queue_name = res.queue.name if res.queue else (record.names or {}).get("queue")
+    start, end = health.window(engine.clock())
+    return [submit(target.queue_attributes, queue_url) if queue_url else None,
+            submit(target.queue_attributes, dlq_url) if dlq_url else None,
+            submit(target.metric_series, health.metric_queries(queue_name), start, end)
+            if queue_name else None]
+
+
+def _finish(engine: Any, record: ClusterRecord, reads: list[Optional[Future]]) -> dict:
+    wait([f for f in reads if f is not None])
+    queue, dlq, series = (_answer(f, record.id) for f in reads)
+    return health.assess(queue, dlq, series, engine.clock(), engine.settings.stale_seconds)
+
+
+def _answer(future: Optional[Future], cluster: str) -> Any:
+    if future is None:
+        return None
+    exc = future.exception()
+    if exc is None:
+        return future.result()
+    if not isinstance(exc, errors.KipError):
+        raise exc
+    log.warning("health read failed", extra={"cluster": cluster, "code": exc.code,
+                                             "aws_code": exc.extra.get("aws_code"),
+                                             "detail": exc.message})
+    return None
+
+
+def sweep(engine: Any, max_records: int = 1000) -> list[dict]:
+    """The schedule's health pass, after its repairs: every record's health, read a few records
+    at a time (each record's three reads in parallel), recorded only when it changed."""
+    changed: list[dict] = []
+    token, seen = None, 0
+    while seen < max_records:
+        items, token = engine.list(limit=100, next_token=token)
+        items = [r for r in items[:max_records - seen] if _readable(r)]
+        seen += len(items)
+        per_wave = max(1, engine.workers.size // 3)
+        for i in range(0, len(items), per_wave):
+            chunk = items[i:i + per_wave]
+            started = [(rec, _start(engine, rec)) for rec in chunk]
+            for rec, reads in started:
+                try:
+                    note(engine, rec, _finish(engine, rec, reads), changed)
+                except errors.KipError as exc:      # the record write; the next sweep retries
+                    changed.append({"cluster": rec.id, "error": exc.code})
+        if not token:
+            break
+    return changed
+
+
+def _readable(record: ClusterRecord) -> bool:
+    return record.status != "deleting" and bool(record.names)
+
+
+def note(engine: Any, record: ClusterRecord, current: dict, changed: list) -> None:
+    """Write ``current`` on the record only when the consumer state or DLQ emptiness changed
+    (``health.worth_recording``: no write amplification), with a conditional UpdateItem of the
+    ``health`` attribute alone; publish a status event when the consumer turns stale or the
+    DLQ fills."""
+    previous = record.health.model_dump() if record.health else None
+    if not health.worth_recording(previous, current):
+        return
+    from chalicelib.registry import iso
+    stored = {**current, "checked_at": iso(engine.clock())}
+    if not engine.registry.note_health(record, stored):
+        return                           # the record moved on: the next sweep looks again
+    events = health.changes(previous, current)
+    changed.append({"cluster": record.id, "consumer": current["consumer"], "events": events})
+    for change in events:
+        engine.recorder.publish(record.cid, record.status, record.status,
+                                (record.names or {}).get("queue"), None, record.requested_by,
+                                change=change, health=stored)
+
+
+def list_clusters(engine: Any, limit: int, next_token: Optional[str], status: Optional[str],
+                  consumer: Optional[str]) -> tuple[list[ClusterRecord], Optional[str]]:
+    """``GET /clusters``: with ``consumer``, only records whose last recorded health says so."""
+    return engine.registry.page(limit, next_token, status, consumer)

@@ -1,0 +1,287 @@
+"""Consumer health (GET /clusters/{name} ``health``, the sweep's record of it, ?consumer=) and
+``requested_by``. CloudWatch datapoints are put into moto (AWS/SQS, dimension QueueName), which
+returns them through GetMetricData; what moto cannot do (AccessDenied on GetMetricData) is
+answered in CloudWatch's wire protocol (Smithy RPC v2 CBOR) by a before-send hook."""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+
+import boto3
+import pytest
+
+from chalicelib import aws
+from tests.conftest import make_cluster, make_role
+from tests.reliability.harness import FAULT_URL, fake_error
+
+JSON = {"Content-Type": "application/json"}
+CLUSTER = "payments-prod"
+
+
+def post(api, path, body, headers=JSON):
+    return api.http.post(path, headers=headers, body=json.dumps(body))
+
+
+def provision(api, name=CLUSTER):
+    make_cluster(name)
+    make_role(f"KarpenterController-{name}")
+    resp = post(api, "/clusters", {"cluster_name": name})
+    assert resp.status_code == 201, resp.body
+    return resp.json_body
+
+
+def queue_url(name):
+    return boto3.client("sqs").get_queue_url(QueueName=name)["QueueUrl"]
+
+
+def put_metric(queue, metric, value, minutes_ago=2):
+    boto3.client("cloudwatch").put_metric_data(Namespace="AWS/SQS", MetricData=[{
+        "MetricName": metric, "Dimensions": [{"Name": "QueueName", "Value": queue}],
+        "Value": value, "Timestamp": datetime.datetime.now(datetime.timezone.utc)
+        - datetime.timedelta(minutes=minutes_ago)}])
+
+
+def health(api, name=CLUSTER):
+    resp = api.http.get(f"/clusters/{name}")
+    assert resp.status_code == 200, resp.body
+    return resp.json_body["health"]
+
+
+# -- CloudWatch refusing a call -------------------------------------------------------------
+# botocore 1.44 speaks CloudWatch's JSON protocol (awsJson1_0, the service also offers Smithy
+# RPC v2 CBOR and query); the error is answered in the protocol the client chose.
+
+class DenyMetrics:
+    """Every GetMetricData attempt is refused as AWS refuses a role without the permission."""
+
+    def __init__(self, code="AccessDenied", status=403):
+        self.code, self.status, self.seen = code, status, 0
+        aws.add_hook("before-send.cloudwatch.GetMetricData", self)
+
+    def __call__(self, request, **_):
+        self.seen += 1
+        url, request.url = request.url, FAULT_URL
+        return fake_error(request_protocol(request), url, self.status, self.code,
+                          "User is not authorized to perform: cloudwatch:GetMetricData")
+
+
+def request_protocol(request) -> str:
+    content_type = request.headers.get("Content-Type", b"")
+    content_type = content_type.decode() if isinstance(content_type, bytes) else content_type
+    return "json" if "json" in content_type else "query"
+
+
+# -- GET /clusters/{name}: health ------------------------------------------------------------
+
+def test_messages_waiting_longer_than_the_threshold_make_the_consumer_stale(api):
+    rec = provision(api)
+    queue = rec["names"]["queue"]
+    for i in range(3):
+        boto3.client("sqs").send_message(QueueUrl=queue_url(queue), MessageBody=f"m{i}")
+    put_metric(queue, "ApproximateAgeOfOldestMessage", 900)
+    h = health(api)
+    assert h["consumer"] == "stale"
+    assert (h["backlog"], h["in_flight"], h["dlq_depth"]) == (3, 0, 0)
+    assert h["oldest_message_age_seconds"] == 900
+
+
+def test_messages_deleted_in_the_last_hour_make_the_consumer_active(api):
+    rec = provision(api)
+    put_metric(rec["names"]["queue"], "NumberOfMessagesDeleted", 4, minutes_ago=40)
+    h = health(api)
+    assert h["consumer"] == "active" and h["oldest_message_age_seconds"] is None
+
+
+def test_a_message_in_flight_makes_the_consumer_active(api):
+    rec = provision(api)
+    url = queue_url(rec["names"]["queue"])
+    boto3.client("sqs").send_message(QueueUrl=url, MessageBody="m")
+    boto3.client("sqs").receive_message(QueueUrl=url, VisibilityTimeout=300)
+    h = health(api)
+    assert (h["consumer"], h["backlog"], h["in_flight"]) == ("active", 0, 1)
+
+
+def test_an_empty_queue_without_traffic_is_idle_and_old_datapoints_do_not_count(api):
+    rec = provision(api)
+    put_metric(rec["names"]["queue"], "ApproximateAgeOfOldestMessage", 5000, minutes_ago=50)
+    h = health(api)
+    assert h["consumer"] == "idle" and h["backlog"] == 0
+    assert h["oldest_message_age_seconds"] is None      # older than the last 15 minutes
+
+
+def test_unreadable_metrics_make_the_consumer_unknown_never_a_5xx(api):
+    provision(api)
+    deny = DenyMetrics()
+    h = health(api)
+    assert deny.seen >= 1
+    assert h["consumer"] == "unknown" and h["backlog"] == 0 and h["dlq_depth"] == 0
+
+
+def test_throttled_metrics_after_the_retries_are_unknown_too(api):
+    provision(api)
+    DenyMetrics(code="ThrottlingException", status=400)
+    assert health(api)["consumer"] == "unknown"
+
+
+def test_the_dlq_depth_is_reported(api):
+    rec = provision(api)
+    boto3.client("sqs").send_message(QueueUrl=queue_url(rec["names"]["dlq"]), MessageBody="x")
+    assert health(api)["dlq_depth"] == 1
+
+
+# -- the sweep records health; ?consumer= filters on it ----------------------------------------
+
+def _sweep():
+    import app as service_app
+    from chalicelib import consumer
+    return consumer.sweep(service_app.engine())
+
+
+def test_sweep_records_stale_clusters_and_the_list_filters_on_them(api):
+    stale = provision(api, "stale-one")
+    provision(api, "fine-one")
+    put_metric(stale["names"]["queue"], "ApproximateAgeOfOldestMessage", 1200)
+    changed = _sweep()
+    assert {c["cluster"]: c["consumer"] for c in changed} == {
+        stale["id"]: "stale", stale["id"].replace("stale-one", "fine-one"): "idle"}
+    resp = api.http.get("/clusters?consumer=stale")
+    assert [i["cluster_name"] for i in resp.json_body["items"]] == ["stale-one"]
+    assert resp.json_body["items"][0]["health"]["consumer"] == "stale"
+    idle = api.http.get("/clusters?consumer=idle").json_body["items"]
+    assert [i["cluster_name"] for i in idle] == ["fine-one"]
+    assert api.http.get("/clusters?consumer=sleepy").status_code == 400
+
+
+def test_a_page_token_stays_bound_to_the_consumer_filter(api):
+    for name in ("a-one", "b-two", "c-three"):
+        provision(api, name)
+    _sweep()
+    first = api.http.get("/clusters?consumer=idle&limit=1").json_body
+    assert first["next_token"]
+    other = api.http.get(f"/clusters?limit=1&next_token={first['next_token']}")
+    assert other.status_code == 400
+    assert other.json_body["error"]["field"] == "next_token"
+    seen, token = [i["cluster_name"] for i in first["items"]], first["next_token"]
+    while token:
+        page = api.http.get(f"/clusters?consumer=idle&limit=1&next_token={token}").json_body
+        seen += [i["cluster_name"] for i in page["items"]]
+        token = page["next_token"]
+    assert sorted(seen) == ["a-one", "b-two", "c-three"]
+
+
+def test_the_sweep_writes_health_only_when_it_changes(api):
+    from chalicelib.aws.store import Store
+    rec = provision(api)
+    _sweep()
+    first = Store().get(rec["id"])
+    assert first["health"]["consumer"] == "idle"
+    assert _sweep() == []                              # nothing changed: nothing written
+    assert Store().get(rec["id"]) == first
+    put_metric(rec["names"]["queue"], "ApproximateAgeOfOldestMessage", 700)
+    assert [c["consumer"] for c in _sweep()] == ["stale"]
+    after = Store().get(rec["id"])
+    assert after["health"]["consumer"] == "stale"
+    assert after["version"] == first["version"]        # health alone: no version, no lease
+
+
+def test_status_events_when_a_consumer_turns_stale_and_when_the_dlq_fills(moto_env):
+    from chalice.test import Client
+
+    import app as service_app
+    from chalicelib.service import Engine
+    events, sqs = boto3.client("events"), boto3.client("sqs")
+    events.create_event_bus(Name="kip-portal")
+    inbox = sqs.create_queue(QueueName="portal-inbox")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=inbox, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"]
+    events.put_rule(Name="portal", EventBusName="kip-portal",
+                    EventPattern=json.dumps({"source": ["kip.provisioner"]}))
+    events.put_targets(Rule="portal", EventBusName="kip-portal", Targets=[{"Id": "q", "Arn": arn}])
+    service_app._engine = Engine(dataclasses.replace(moto_env, status_bus="kip-portal"))
+    try:
+        with Client(service_app.app, stage_name="local") as client:
+            rec = provision(client)
+            _sweep()                                            # idle: no event
+            put_metric(rec["names"]["queue"], "ApproximateAgeOfOldestMessage", 3600)
+            sqs.send_message(QueueUrl=queue_url(rec["names"]["dlq"]), MessageBody="poison")
+            _sweep()
+            _sweep()                                            # unchanged: no second event
+    finally:
+        service_app._engine = None
+    msgs = sqs.receive_message(QueueUrl=inbox, MaxNumberOfMessages=10)["Messages"]
+    details = [json.loads(m["Body"])["detail"] for m in msgs]
+    changes = sorted(d["change"] for d in details if "change" in d)
+    assert changes == ["consumer_stale", "dlq_filled"]
+    stale = next(d for d in details if d.get("change") == "consumer_stale")
+    assert stale["health"]["oldest_message_age_seconds"] == 3600
+    assert stale["queue_name"] == rec["names"]["queue"] and stale["status"] == "ready"
+
+
+@pytest.mark.parametrize("consumer", ["stale", "active", "idle", "unknown"])
+def test_the_list_query_accepts_each_consumer_state(api, consumer):
+    assert api.http.get(f"/clusters?consumer={consumer}").status_code == 200
+
+
+# -- requested_by ---------------------------------------------------------------------------
+
+@pytest.fixture
+def caller_context(monkeypatch):
+    """API Gateway's request context as a deployed stage delivers it: ``authorizer`` (the JWT
+    authorizer's context: ``sub``) or ``identity.userArn`` (SigV4 / IAM auth)."""
+    from chalice.local import LocalGateway
+    context: dict = {}
+    original = LocalGateway._generate_lambda_event
+
+    def with_context(self, *args, **kw):
+        event = original(self, *args, **kw)
+        for key, value in context.items():
+            event["requestContext"].setdefault(key, {}).update(value)
+        return event
+    monkeypatch.setattr(LocalGateway, "_generate_lambda_event", with_context)
+    return context
+
+
+def test_the_jwt_subject_is_recorded_and_sent_with_status_events(api, caller_context, moto_env):
+    caller_context["authorizer"] = {"sub": "user:alice", "principalId": "user:alice"}
+    rec = provision(api)
+    assert rec["requested_by"] == "user:alice"
+    assert api.http.get(f"/clusters/{CLUSTER}").json_body["requested_by"] == "user:alice"
+    # a sweep (nobody asked) keeps the last caller
+    _sweep()
+    import app as service_app
+    service_app.engine().sweep()
+    assert api.http.get(f"/clusters/{CLUSTER}").json_body["requested_by"] == "user:alice"
+
+
+def test_the_iam_caller_arn_is_recorded_on_teardown_events(moto_env, caller_context):
+    from chalice.test import Client
+
+    import app as service_app
+    from chalicelib.service import Engine
+    sqs, events = boto3.client("sqs"), boto3.client("events")
+    events.create_event_bus(Name="kip-portal")
+    inbox = sqs.create_queue(QueueName="portal-inbox")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=inbox, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"]
+    events.put_rule(Name="portal", EventBusName="kip-portal",
+                    EventPattern=json.dumps({"source": ["kip.provisioner"]}))
+    events.put_targets(Rule="portal", EventBusName="kip-portal", Targets=[{"Id": "q", "Arn": arn}])
+    service_app._engine = Engine(dataclasses.replace(moto_env, status_bus="kip-portal"))
+    bob = "arn:aws:iam::123456789012:user/bob"
+    caller_context["identity"] = {"userArn": bob}
+    try:
+        with Client(service_app.app, stage_name="local") as client:
+            assert provision(client)["requested_by"] == bob
+            caller_context["identity"] = {"userArn": "arn:aws:sts::123456789012:assumed-role/ops/carol"}
+            assert client.http.delete(f"/clusters/{CLUSTER}").status_code == 200
+    finally:
+        service_app._engine = None
+    details = [json.loads(m["Body"])["detail"] for m in
+               sqs.receive_message(QueueUrl=inbox, MaxNumberOfMessages=10)["Messages"]]
+    assert [(d["status"], d["requested_by"]) for d in details] == [
+        ("ready", bob), ("deleted", "arn:aws:sts::123456789012:assumed-role/ops/carol")]
+
+
+def test_without_a_known_caller_requested_by_is_null(api):
+    assert provision(api).get("requested_by") is None
