@@ -124,6 +124,19 @@ def main() -> int:
             print(f"   expected 2 messages, got {len(got)}")
             return 1
 
+        say("Consumer health: nobody reads the queue (e.g. a wrong settings.interruptionQueue)")
+        import datetime
+        sent_at = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=1)
+        boto3.client("cloudwatch").put_metric_data(Namespace="AWS/SQS", MetricData=[{
+            "MetricName": "ApproximateAgeOfOldestMessage", "Value": 1800, "Timestamp": sent_at,
+            "Dimensions": [{"Name": "QueueName", "Value": res["queue"]["name"]}]}])
+        row("CloudWatch (as AWS would report it): oldest message waited 1800 s")
+        health = requests.get(f"{stack.api_url}/clusters/{CLUSTER}", timeout=30).json()["health"]
+        row("GET /clusters/{name} health ->", json.dumps(health))
+        if health.get("consumer") != "stale":
+            print("   expected the consumer to be reported stale")
+            return 1
+
         say("Simulating EKS DeleteCluster (CloudTrail event -> the on_eks_event handler)")
         eks.delete_cluster(name=CLUSTER)
         event = sample_delete_event(CLUSTER)
