@@ -268,20 +268,17 @@ def test_the_iam_caller_arn_is_recorded_on_teardown_events(moto_env, caller_cont
                     EventPattern=json.dumps({"source": ["kip.provisioner"]}))
     events.put_targets(Rule="portal", EventBusName="kip-portal", Targets=[{"Id": "q", "Arn": arn}])
     service_app._engine = Engine(dataclasses.replace(moto_env, status_bus="kip-portal"))
-    bob = "arn:aws:iam::123456789012:user/bob"
+    bob, carol = ("arn:aws:iam::123456789012:user/bob",
+                  "arn:aws:sts::123456789012:assumed-role/ops/carol")
     caller_context["identity"] = {"userArn": bob}
     try:
         with Client(service_app.app, stage_name="local") as client:
             assert provision(client)["requested_by"] == bob
-            caller_context["identity"] = {"userArn": "arn:aws:sts::123456789012:assumed-role/ops/carol"}
+            caller_context["identity"] = {"userArn": carol}
             assert client.http.delete(f"/clusters/{CLUSTER}").status_code == 200
     finally:
         service_app._engine = None
     details = [json.loads(m["Body"])["detail"] for m in
                sqs.receive_message(QueueUrl=inbox, MaxNumberOfMessages=10)["Messages"]]
     assert [(d["status"], d["requested_by"]) for d in details] == [
-        ("ready", bob), ("deleted", "arn:aws:sts::123456789012:assumed-role/ops/carol")]
-
-
-def test_without_a_known_caller_requested_by_is_null(api):
-    assert provision(api).get("requested_by") is None
+        ("ready", bob), ("deleted", carol)]
