@@ -55,6 +55,7 @@ def roles(target: Any, names: Iterable[str], workers: Workers) -> dict[str, Role
 def detail(target: Any, names: Names, found: Located, workers: Workers,
            purpose: Purpose) -> Observed:
     submit = workers.submit
+    alarm_reads = alarms(target, names, workers)
     queues = {key: (url, submit(target.queue_attributes, url), submit(target.queue_tags, url))
               for key, url in (("queue", found.queue_url), ("dlq", found.dlq_url)) if url}
     rules = {kind: (found.rules[kind], submit(target.rule_targets, names.rules[kind]),
@@ -84,7 +85,26 @@ def detail(target: Any, names: Names, found: Located, workers: Workers,
             obs.policy.attached_roles = holders.roles
             obs.policy.attached_users = holders.users
             obs.policy.attached_groups = holders.groups
+    obs.alarms = alarm_reads()
     return obs
+
+
+def alarms(target: Any, names: Names, workers: Workers) -> Callable[[], Optional[dict]]:
+    """The cluster's CloudWatch alarms when kip manages them (``KIP_ALARMS``): DescribeAlarms
+    by name and each alarm's tags (its ARN is known), all at once; None otherwise."""
+    settings = getattr(target, "settings", None)
+    if not getattr(settings, "alarms", False):
+        return lambda: None
+    from chalicelib import alarms as kinds
+    wanted = list(kinds.names(names).values())
+    described = workers.submit(target.describe_alarms, wanted)
+    tags = {n: workers.submit(target.alarm_tags,
+                              kinds.alarm_arn(target.account, target.region, n)) for n in wanted}
+
+    def result() -> dict:
+        gather([described, *tags.values()])
+        return {n: {**a, "tags": tags[n].result()} for n, a in described.result().items()}
+    return result
 
 
 def observe(target: Any, names: Names, role_names: Iterable[str], workers: Workers,

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from chalicelib import naming
+from chalicelib import alarms, naming
 from chalicelib.errors import ResourceNotOwned
 from chalicelib.records import Effect, Result
 from chalicelib.spec import DesiredSpec
@@ -106,6 +106,7 @@ def plan_provision(spec: DesiredSpec, obs: Observed) -> list[Action]:
     _plan_queues(plan, spec, obs)
     _plan_rules(plan, spec, obs)
     _plan_policy(plan, spec, obs)
+    plan.extend(alarms.plan_provision(spec, obs))     # KIP_ALARMS (chalicelib/alarms.py)
     return list(plan)
 
 
@@ -261,4 +262,5 @@ def plan_teardown(names: naming.Names, cid: naming.ClusterId, obs: Observed
     if ours(obs.dlq.exists, obs.dlq.tags, "dlq", names.dlq):
         plan.add("dlq.delete", "delete_queue", "delete", "dlq", names.dlq, {"url": obs.dlq.url},
                  queue_after, _gone("dlq", url=None))
+    plan.extend(alarms.plan_teardown(cid, obs, skipped))
     return list(plan), skipped

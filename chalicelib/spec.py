@@ -337,6 +337,7 @@ class DesiredSpec:
     tags: dict                   # ownership + discovery + user tags
     kms_key_arn: Optional[str]
     parameters: dict = field(default_factory=dict)
+    alarm_threshold: Optional[int] = None   # KIP_ALARMS: the stale alarm's age (s); None: off
 
     @property
     def spec_hash(self) -> str:
@@ -391,5 +392,6 @@ def build_spec(req: ClusterRequest, cid: naming.ClusterId, names: naming.Names,
         dlq_attributes=dlq_attrs, queue_policy=qpolicy,
         controller_policy=policies.controller_policy(names.queue_arn, kms_key_arn),
         rule_patterns={k: policies.EVENT_PATTERNS[k] for k in kinds}, role=role, tags=tags,
+        alarm_threshold=settings.stale_seconds if settings.alarms else None,
         kms_key_arn=kms_key_arn, parameters=params,
     )

@@ -89,6 +89,7 @@ class Observed:
     policy: PolicyState = field(default_factory=PolicyState)
     role: RoleState = field(default_factory=RoleState)
     previous_role: Optional[RoleState] = None         # a recorded role we must detach from
+    alarms: Optional[dict] = None   # alarm name -> DescribeAlarms + "tags"; None: not managed
 
     def rule(self, name: str) -> RuleState:
         return self.rules.get(name) or RuleState()

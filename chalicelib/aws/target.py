@@ -206,6 +206,17 @@ class _Reads:
             kw["NextToken"] = r["NextToken"]
         return series
 
+    def describe_alarms(self, names: list) -> dict:
+        """name -> the metric alarm as DescribeAlarms reports it (absent names: left out)."""
+        r = call("cloudwatch:DescribeAlarms", self._c("cloudwatch").describe_alarms,
+                 AlarmNames=list(names), AlarmTypes=["MetricAlarm"], MaxRecords=100)
+        return {a["AlarmName"]: a for a in r.get("MetricAlarms", [])}
+
+    def alarm_tags(self, arn: str) -> dict:
+        r = call(f"cloudwatch:ListTagsForResource {arn}",
+                 self._c("cloudwatch").list_tags_for_resource, ResourceARN=arn, gone_ok=True)
+        return tags_dict((r or {}).get("Tags"))
+
 
 class Target(_Reads):
     """The adapter: the reads, and the writes that planner actions name."""
@@ -318,6 +329,28 @@ class Target(_Reads):
     def detach_group_policy(self, group: str, policy_arn: str) -> dict:
         call(f"iam:DetachGroupPolicy {group}", self._c("iam").detach_group_policy,
              GroupName=group, PolicyArn=policy_arn, gone_ok=True)
+        return {}
+
+    def put_metric_alarm(self, params: dict) -> dict:
+        """Create or update (an upsert; ``Tags`` count on creation only)."""
+        call(f"cloudwatch:PutMetricAlarm {params['AlarmName']}",
+             self._c("cloudwatch").put_metric_alarm, **params)
+        return {}
+
+    def tag_alarm(self, arn: str, tags: dict) -> dict:
+        call(f"cloudwatch:TagResource {arn}", self._c("cloudwatch").tag_resource,
+             ResourceARN=arn, Tags=tags_list(tags))
+        return {}
+
+    def delete_alarm(self, name: str) -> dict:
+        """One name per call: DeleteAlarms deletes none when one of them does not exist
+        (``ResourceNotFound``, which here means already gone)."""
+        try:
+            call(f"cloudwatch:DeleteAlarms {name}", self._c("cloudwatch").delete_alarms,
+                 AlarmNames=[name])
+        except errors.AwsCallFailed as exc:
+            if exc.extra.get("aws_code") != "ResourceNotFound":
+                raise
         return {}
 
 

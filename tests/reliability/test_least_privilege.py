@@ -229,6 +229,9 @@ IMPLICIT = {
     "cloudwatch:GetMetricData": "consumer health: GET /clusters/{name} and the schedule's health "
                                 "pass (tests/aws/test_consumer_health.py)",
     "dynamodb:UpdateItem": "the health pass writes the health attribute alone (same tests)",
+    **{f"cloudwatch:{op}": "per-cluster alarms, KIP_ALARMS=true (tests/aws/test_alarms.py)"
+       for op in ("DescribeAlarms", "ListTagsForResource", "PutMetricAlarm", "TagResource",
+                  "DeleteAlarms")},
 }
 BROAD = {"iam:PassRole", "iam:CreateRole", "iam:PutRolePolicy", "iam:UpdateAssumeRolePolicy",
          "iam:AttachUserPolicy", "sqs:SendMessage", "sqs:ReceiveMessage",

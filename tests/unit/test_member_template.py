@@ -134,6 +134,7 @@ def test_no_write_on_star_and_every_write_inside_kips_namespace(params):
     namespace = {  # service -> what every write resource of that service must look like
         "sqs": [f"arn:aws:sqs:*:{MEMBER_ACCOUNT}:{prefix}*"],
         "events": [f"arn:aws:events:*:{MEMBER_ACCOUNT}:rule/{prefix}*"],
+        "cloudwatch": [f"arn:aws:cloudwatch:*:{MEMBER_ACCOUNT}:alarm:{prefix}*"],
         "iam": [kip_policies, f"arn:aws:iam::{MEMBER_ACCOUNT}:role/{pattern}",
                 f"arn:aws:iam::{MEMBER_ACCOUNT}:role/*/{pattern}"],
     }

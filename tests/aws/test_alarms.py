@@ -1,0 +1,106 @@
+"""KIP_ALARMS=true: per-cluster CloudWatch alarms (consumer stale, DLQ not empty), created,
+repaired and removed with the cluster's other resources, ownership-tagged."""
+from __future__ import annotations
+
+import dataclasses
+
+import boto3
+import pytest
+
+from chalicelib import alarms, aws, errors, naming
+from chalicelib.spec import ClusterRequest
+from tests.conftest import ACCOUNT, REGION, make_cluster, make_role
+from tests.reliability.harness import FAULT_URL, fake_error
+
+CLUSTER = "payments-prod"
+STALE, DLQ = f"kip-{CLUSTER}-consumer-stale", f"kip-{CLUSTER}-dlq-not-empty"
+
+
+@pytest.fixture
+def engine(moto_env):
+    from chalicelib.service import Engine
+    make_cluster(CLUSTER)
+    make_role(f"KarpenterController-{CLUSTER}")
+    return Engine(dataclasses.replace(moto_env, alarms=True, stale_seconds=900))
+
+
+def described() -> dict:
+    cw = boto3.client("cloudwatch")
+    return {a["AlarmName"]: a for a in cw.describe_alarms(AlarmNamePrefix="kip-")["MetricAlarms"]}
+
+
+def tags_of(name: str) -> dict:
+    arn = f"arn:aws:cloudwatch:{REGION}:{ACCOUNT}:alarm:{name}"
+    return {t["Key"]: t["Value"] for t in
+            boto3.client("cloudwatch").list_tags_for_resource(ResourceARN=arn)["Tags"]}
+
+
+def test_provision_creates_both_alarms_on_the_queue_and_the_dlq(engine):
+    out = engine.provision(ClusterRequest(cluster_name=CLUSTER))
+    found = described()
+    assert set(found) == {STALE, DLQ}
+    stale, dlq = found[STALE], found[DLQ]
+    assert (stale["MetricName"], stale["Statistic"], stale["Threshold"]) == (
+        "ApproximateAgeOfOldestMessage", "Maximum", 900.0)
+    assert stale["Dimensions"] == [{"Name": "QueueName", "Value": f"kip-{CLUSTER}"}]
+    assert (dlq["MetricName"], dlq["Threshold"], dlq["ComparisonOperator"]) == (
+        "ApproximateNumberOfMessagesVisible", 0.0, "GreaterThanThreshold")
+    assert dlq["Dimensions"] == [{"Name": "QueueName", "Value": f"kip-_{CLUSTER}-dlq"}]
+    assert stale["TreatMissingData"] == "notBreaching"
+    key = f"{ACCOUNT}/{REGION}/{CLUSTER}"
+    assert naming.owned_by(tags_of(STALE), key) and naming.owned_by(tags_of(DLQ), key)
+    assert {a["op"] for a in out.actions} >= {"put_metric_alarm"}
+
+
+def test_a_second_provision_changes_nothing_and_drift_is_repaired(engine):
+    engine.provision(ClusterRequest(cluster_name=CLUSTER))
+    again = engine.provision(ClusterRequest(cluster_name=CLUSTER))
+    assert not [a for a in again.actions if a["resource"] == "alarm"]
+    boto3.client("cloudwatch").put_metric_alarm(
+        AlarmName=STALE, Namespace="AWS/SQS", MetricName="ApproximateAgeOfOldestMessage",
+        Dimensions=[{"Name": "QueueName", "Value": f"kip-{CLUSTER}"}], Statistic="Maximum",
+        Period=300, EvaluationPeriods=1, Threshold=99999, ComparisonOperator="GreaterThanThreshold")
+    cid = naming.ClusterId(ACCOUNT, REGION, CLUSTER)
+    out = engine.reconcile(cid)
+    assert [a["name"] for a in out.actions if a["resource"] == "alarm"] == [STALE]
+    assert described()[STALE]["Threshold"] == 900.0
+
+
+def test_teardown_removes_the_alarms(engine):
+    engine.provision(ClusterRequest(cluster_name=CLUSTER))
+    out = engine.teardown(naming.ClusterId(ACCOUNT, REGION, CLUSTER))
+    assert {a["name"] for a in out.actions if a["resource"] == "alarm"} == {STALE, DLQ}
+    assert described() == {}
+
+
+def test_a_same_named_alarm_that_is_not_ours_is_refused_before_any_write(engine):
+    boto3.client("cloudwatch").put_metric_alarm(
+        AlarmName=STALE, Namespace="AWS/SQS", MetricName="X", Statistic="Maximum", Period=300,
+        EvaluationPeriods=1, Threshold=1, ComparisonOperator="GreaterThanThreshold")
+    with pytest.raises(errors.ResourceNotOwned) as err:
+        engine.provision(ClusterRequest(cluster_name=CLUSTER))
+    assert err.value.extra.get("resource") == STALE or STALE in err.value.message
+    assert boto3.client("sqs").list_queues().get("QueueUrls", []) == []
+
+
+def test_an_alarm_already_gone_at_delete_is_success(engine):
+    engine.provision(ClusterRequest(cluster_name=CLUSTER))
+    answered = []
+
+    def gone(request, **_):
+        answered.append(1)
+        url, request.url = request.url, FAULT_URL
+        content_type = request.headers.get("Content-Type", b"")
+        content_type = content_type.decode() if isinstance(content_type, bytes) else content_type
+        return fake_error("json" if "json" in content_type else "query", url, 404,
+                          "ResourceNotFound", "Alarm not found")
+    aws.add_hook("before-send.cloudwatch.DeleteAlarms", gone)
+    out = engine.teardown(naming.ClusterId(ACCOUNT, REGION, CLUSTER))
+    assert len(answered) == 2 and out.record is None
+
+
+def test_alarm_names_fit_cloudwatch_for_the_longest_names():
+    cid = naming.ClusterId(ACCOUNT, REGION, "c" * 100)
+    names = naming.names_for(cid, "a-much-longer-prefix", "/kip/")
+    for name in alarms.names(names).values():
+        assert len(name) <= alarms.ALARM_MAX and name.startswith(names.queue)
