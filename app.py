@@ -232,6 +232,24 @@ def reconcile_cluster(cluster_name: str) -> dict:
             "record": _view(out.record) or None}
 
 
+@app.route("/backfill", methods=["POST"], authorizer=AUTH, cors=CORS,
+           content_types=CONTENT_TYPES)
+@api
+def backfill() -> dict:
+    """Adopt the EKS clusters without a record in these account-regions (chalicelib/backfill)."""
+    from chalicelib import backfill as use_case
+    from chalicelib import spec
+    _query("NoQuery")
+    req = spec.parse(spec.BackfillRequest, _json_body())
+    out = use_case.run(engine(), req.accounts, req.regions, dry_run=req.dry_run,
+                       budget=use_case.API_BUDGET)
+    if not req.dry_run:
+        metrics.add_metric(name="Provisioned", unit=MetricUnit.Count,
+                           value=out["counts"].get("provisioned", 0))
+    logger.info("backfill done", extra={"dry_run": req.dry_run, **out["counts"]})
+    return out
+
+
 @app.route("/openapi.json", methods=["GET"], authorizer=AUTH, cors=CORS)
 @api
 def openapi() -> dict:

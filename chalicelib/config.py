@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -63,6 +64,11 @@ class Settings:
     stale_seconds: int = 600        # consumer health: older waiting messages mean nobody reads
     alarms: bool = False            # KIP_ALARMS: per-cluster CloudWatch alarms (stale, DLQ)
     settle_seconds: float = 6.0     # waiting, within a run, for IAM/SQS eventual consistency
+    # Organization reach (chalicelib/tenancy.py): accounts kip may act in besides its own; empty
+    # with no org id = any account (the local stage only: deployed stages require one of them).
+    allowed_accounts: frozenset = frozenset()
+    org_id: str | None = None       # o-...: members verified with organizations:DescribeAccount
+    adopt_regions: tuple = ()       # the sweep's adoption (KIP_ADOPT_EXISTING); empty = own region
 
     @property
     def allowed_role_pattern(self) -> str:
@@ -89,6 +95,7 @@ class Settings:
         for pair in filter(None, (env.get("KIP_DEFAULT_TAGS") or "").split(",")):
             key, _, value = pair.partition("=")
             tags[key.strip()] = value.strip()
+        allowed, org_id, adopt_regions = _organization_reach(env)
         return cls(
             prefix=env.get("KIP_PREFIX", "kip-"),
             table_name=env.get("KIP_TABLE_NAME", "kip-clusters"),
@@ -117,7 +124,54 @@ class Settings:
             stale_seconds=_int(env, "KIP_STALE_SECONDS", 600),
             alarms=_bool(env.get("KIP_ALARMS"), False),
             settle_seconds=float(env.get("KIP_SETTLE_SECONDS") or 6.0),
+            allowed_accounts=allowed, org_id=org_id, adopt_regions=adopt_regions,
         )
+
+
+def _csv(env: dict, name: str, pattern: str, example: str) -> tuple:
+    items = tuple(x.strip() for x in (env.get(name) or "").split(",") if x.strip())
+    bad = [x for x in items if not re.fullmatch(pattern, x)]
+    if bad:
+        raise ValueError(f"{name}: {bad[0][:40]!r} is not valid; a comma-separated list of "
+                         f"values such as {example}")
+    return tuple(dict.fromkeys(items))
+
+
+def _organization_reach(env: dict) -> tuple:
+    """KIP_ALLOWED_ACCOUNTS, KIP_ORG_ID and KIP_ADOPT_REGIONS; a stage with
+    KIP_REQUIRE_ACCOUNT_LIST=true (dev, prod) refuses to start without an account list or org id."""
+    allowed = frozenset(_csv(env, "KIP_ALLOWED_ACCOUNTS", r"[0-9]{12}", "111122223333"))
+    org_id = (env.get("KIP_ORG_ID") or "").strip() or None
+    if org_id is not None and not re.fullmatch(r"o-[a-z0-9]{10,32}", org_id):
+        raise ValueError(f"KIP_ORG_ID: {org_id[:40]!r} is not an organization id (o- and 10-32 "
+                         "lowercase letters or digits, as organizations:DescribeOrganization "
+                         "reports it)")
+    if _bool(env.get("KIP_REQUIRE_ACCOUNT_LIST"), False) and not (allowed or org_id):
+        raise ValueError("KIP_REQUIRE_ACCOUNT_LIST=true: set KIP_ALLOWED_ACCOUNTS (comma-separated "
+                         "12-digit account ids) and/or KIP_ORG_ID (o-...) for this stage; kip "
+                         "refuses to act in any account without one of them")
+    regions = _csv(env, "KIP_ADOPT_REGIONS", r"[a-z]{2}(-[a-z]+)+-[0-9]{1,2}", "eu-west-1")
+    return allowed, org_id, regions
+
+
+def _sweep_settings(env: dict) -> dict:
+    """KIP_SWEEP_MODE (default: fanout when KIP_SWEEP_QUEUE_URL is set, else inline),
+    KIP_SWEEP_RATE, KIP_SWEEP_ACCOUNT_RATE and KIP_SERVICE_ROLE_ARN (comma-separated)."""
+    url = (env.get("KIP_SWEEP_QUEUE_URL") or "").strip() or None
+    mode = (env.get("KIP_SWEEP_MODE") or "").strip() or ("fanout" if url else "inline")
+    if mode not in ("fanout", "inline"):
+        raise ValueError(f"KIP_SWEEP_MODE must be fanout or inline (got {mode!r})")
+    if mode == "fanout" and not url:
+        raise ValueError("KIP_SWEEP_MODE=fanout needs KIP_SWEEP_QUEUE_URL (the sweep work queue)")
+    rates = {}
+    for name in ("KIP_SWEEP_RATE", "KIP_SWEEP_ACCOUNT_RATE"):
+        rates[name] = float(env.get(name) or 2.0)
+        if not 0 < rates[name] <= 100:
+            raise ValueError(f"{name} must be a number of reconciles per second in (0, 100]")
+    roles = tuple(r.strip() for r in (env.get("KIP_SERVICE_ROLE_ARN") or "").split(",")
+                  if r.strip())
+    return {"sweep_mode": mode, "sweep_queue_url": url, "sweep_rate": rates["KIP_SWEEP_RATE"],
+            "sweep_account_rate": rates["KIP_SWEEP_ACCOUNT_RATE"], "service_role_arns": roles}
 
 
 @lru_cache(maxsize=1)

@@ -77,6 +77,12 @@ class ResourceNotOwned(Conflict):
     code = "ResourceNotOwned"
 
 
+class AutoModeCluster(Conflict):
+    """An EKS Auto Mode cluster (computeConfig.enabled): it handles Spot interruptions itself."""
+    code = "AutoModeCluster"
+    retryable = False
+
+
 class InProgress(Conflict):
     """Another run holds the cluster's lease."""
     code = "ProvisioningInProgress"

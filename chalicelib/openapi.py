@@ -14,7 +14,8 @@ from pydantic import BaseModel, ConfigDict
 from pydantic.json_schema import models_json_schema
 
 from chalicelib.records import ClusterRecord
-from chalicelib.spec import ClusterRequest, IdentityQuery, ListQuery, ReconcileBody, ReconcileQuery
+from chalicelib.spec import (BackfillRequest, ClusterRequest, IdentityQuery, ListQuery, ReconcileBody,
+                             ReconcileQuery)
 
 
 class Action(BaseModel):
@@ -81,11 +82,42 @@ class ReconcileResult(BaseModel):
     record: Optional[ClusterRecord] = None
 
 
+class BackfillCluster(BaseModel):
+    """One cluster's outcome (chalicelib/backfill.py OUTCOMES)."""
+    cluster: str
+    account_id: str
+    region: str
+    cluster_name: str
+    outcome: Literal["provisioned", "would_provision", "already_managed", "opted_out",
+                     "auto_mode", "skipped", "failed"]
+    status: Optional[str] = None        # the record's status (provisioned, already_managed)
+    changed: Optional[bool] = None      # provisioned: whether anything was created or changed
+    reason: Optional[str] = None        # opted_out, auto_mode, skipped
+    code: Optional[str] = None          # failed (and skipped): the error code
+    message: Optional[str] = None       # failed: what went wrong
+    plan: Optional[list[str]] = None    # would_provision (dry run): "op name" per action
+
+
+class BackfillListingError(BaseModel):
+    """An account-region whose clusters could not be listed (e.g. no member role there)."""
+    account_id: str
+    region: str
+    code: str
+    message: str
+
+
+class BackfillResult(BaseModel):
+    dry_run: bool
+    clusters: list[BackfillCluster]
+    errors: list[BackfillListingError]
+    counts: dict[str, int]
+
+
 RESPONSES = {400: "Invalid input", 403: "Forbidden", 404: "Not found", 409: "Conflict",
              413: "Payload too large", 500: "Internal error", 502: "AWS call failed",
              503: "Throttled or unavailable; retry after Retry-After"}
 OUTPUT_MODELS = (Error, ProvisionResult, DryRunResult, ClusterList, TeardownResult,
-                 ReconcileResult, ClusterRecord)
+                 ReconcileResult, ClusterRecord, BackfillResult)
 
 
 def _ref(name: str) -> dict:
@@ -151,6 +183,14 @@ def _paths() -> dict:
                      "responses": _responses({"200": _json(_ref("ReconcileResult"),
                                                            "Differences found")},
                                              400, 403, 404, 409, 502, 503)}},
+        "/backfill": {
+            "post": {"operationId": "backfill",
+                     "summary": "Adopt the EKS clusters without a record in account-regions "
+                                "(opt-out tag honoured, Auto Mode skipped; dry_run: plan only)",
+                     "requestBody": body("BackfillRequest", True),
+                     "responses": _responses({"200": _json(_ref("BackfillResult"),
+                                                           "One outcome per cluster")},
+                                             400, 403, 413, 503)}},
         "/openapi.json": {
             "get": {"operationId": "openapi", "summary": "This document",
                     "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1 document")}}},
@@ -158,7 +198,8 @@ def _paths() -> dict:
 
 
 def _schemas() -> dict:
-    models: list[Any] = [(ClusterRequest, "validation"), (ReconcileBody, "validation")]
+    models: list[Any] = [(ClusterRequest, "validation"), (ReconcileBody, "validation"),
+                         (BackfillRequest, "validation")]
     models += [(m, "serialization") for m in OUTPUT_MODELS]
     _, defs = models_json_schema(models, ref_template="#/components/schemas/{model}")
     return defs["$defs"]

@@ -16,7 +16,7 @@ from chalicelib.config import STATUSES
 from chalicelib.state import Observed
 
 Status = Literal[STATUSES]  # type: ignore[valid-type]
-Source = Literal["api", "eks-event", "reconcile"]
+Source = Literal["api", "eks-event", "reconcile", "backfill"]
 INTERNAL = ("lease_owner", "write_id")
 
 

@@ -13,7 +13,7 @@ from typing import Callable, Iterator, Optional
 
 from aws_lambda_powertools import Logger
 
-from chalicelib import aws, errors, kms, naming, observe, planner, records, registry
+from chalicelib import aws, errors, kms, naming, observe, planner, records, registry, tenancy
 from chalicelib.config import Settings, get_settings
 from chalicelib.executor import Run, Workers, execute, gather, preview
 from chalicelib.records import ClusterRecord, Karpenter, LastError
@@ -60,6 +60,7 @@ class Engine:
         self.registry = registry.Registry(aws.Store(self.settings), self.settings, clock)
         self.recorder = Recorder(self.registry, self.settings, clock)
         self.workers = Workers(self.settings.max_workers)
+        self.org = aws.Organization(self.settings)      # KIP_ORG_ID membership, cached
 
     # ------------------------------------------------------------------ identity
     def identity(self, cluster_name: str, account_id: Optional[str] = None,
@@ -70,6 +71,8 @@ class Engine:
         region = region or self.settings.region
         validate_identity(cluster_name, account, region, self.settings,
                           aws.available_regions(naming.partition_for(region)))
+        tenancy.require_allowed(account, aws.own_account(self.settings), self.settings,
+                                self.org.organization_of)    # 403 outside the allow-list
         return naming.ClusterId(account, region, cluster_name)
 
     def names(self, cid: naming.ClusterId) -> naming.Names:
@@ -85,11 +88,11 @@ class Engine:
                   requested_by: Optional[str] = None) -> Outcome:
         return self._converge(req, source, _refuse_unusable_cluster, requested_by)
 
-    def adopt(self, cid: naming.ClusterId, source: str) -> Outcome:
-        """Provision a cluster found without kip being asked (EKS event, sweep): its opt-out tag
-        is honoured."""
+    def adopt(self, cid: naming.ClusterId, source: str, dry_run: bool = False) -> Outcome:
+        """Provision a cluster found without kip being asked (EKS event, sweep, backfill): its
+        opt-out tag is honoured."""
         req = ClusterRequest(cluster_name=cid.cluster_name, account_id=cid.account_id,
-                             region=cid.region)
+                             region=cid.region, dry_run=dry_run)
         return self._converge(req, source, self._opted_out_or_unusable)
 
     def reconcile(self, cid: naming.ClusterId, dry_run: bool = False,
@@ -151,14 +154,9 @@ class Engine:
             with _noted(summary, rec.id):
                 out = self.reconcile(rec.cid)       # an unfinished teardown is finished
                 summary["repaired" if out.actions else "up_to_date"].append(rec.id)
-        if self.settings.adopt_existing:
-            account, region = aws.own_account(self.settings), self.settings.region
-            for name in aws.Target(account, region, self.settings).list_clusters():
-                cid = naming.ClusterId(account, region, name)
-                if cid.key not in known:
-                    with _noted(summary, cid.key):
-                        if not self.adopt(cid, "reconcile").opted_out:
-                            summary["adopted"].append(cid.key)
+        if self.settings.adopt_existing:    # the configured account-regions, as a backfill
+            from chalicelib.backfill import adopt_configured
+            adopt_configured(self, summary, known)
         return summary
 
     def _records(self, limit: int) -> Iterator[ClusterRecord]:
@@ -357,6 +355,11 @@ class Recorder:
 
 
 def _refuse_unusable_cluster(ctx: Context) -> Optional[Outcome]:
+    if ctx.cluster is not None and ctx.cluster.auto_mode:
+        raise errors.AutoModeCluster(
+            f"EKS cluster {ctx.cid.cluster_name!r} runs EKS Auto Mode (computeConfig.enabled), "
+            "which handles Spot interruptions itself: it needs no interruption queue; nothing "
+            "was created", field="cluster_name")
     status = ctx.cluster.status if ctx.cluster else None
     if status in ("DELETING", "FAILED"):
         raise errors.Conflict(f"EKS cluster {ctx.cid.cluster_name!r} is {status}; nothing was "

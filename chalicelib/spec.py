@@ -5,7 +5,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 from pydantic import ValidationError as PydanticValidationError
@@ -58,6 +58,8 @@ ALLOWED = {
     "limit": "an integer from 1 to 100",
     "next_token": "the next_token of the previous page of the same query",
     "status": "one of " + ", ".join(STATUSES),
+    "accounts": "1-50 distinct 12-digit account ids",
+    "regions": "1-20 distinct AWS region codes such as eu-west-1",
 }
 
 
@@ -200,6 +202,26 @@ class ReconcileQuery(IdentityQuery):
 class ReconcileBody(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     dry_run: StrictBool = False
+
+
+AccountId = Annotated[StrictStr, Field(pattern=naming.ACCOUNT_RE.pattern)]
+RegionCode = Annotated[StrictStr, Field(pattern=naming.REGION_RE.pattern)]
+
+
+class BackfillRequest(BaseModel):
+    """The body of ``POST /backfill``: adopt every EKS cluster without a record in these
+    account-regions (its opt-out tag honoured); ``dry_run`` changes nothing."""
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    accounts: list[AccountId] = Field(min_length=1, max_length=50)
+    regions: list[RegionCode] = Field(min_length=1, max_length=20)
+    dry_run: StrictBool = False
+
+    @field_validator("accounts", "regions")
+    @classmethod
+    def _distinct(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("repeats a value")
+        return v
 
 
 def _field_of(loc: tuple) -> str:

@@ -65,6 +65,7 @@ class ClusterState:
     status: Optional[str] = None
     version: Optional[str] = None
     tags: dict = field(default_factory=dict)
+    auto_mode: bool = False         # computeConfig.enabled: EKS Auto Mode handles interruptions
 
     def summary(self) -> dict:
         return {"arn": self.arn, "status": self.status, "version": self.version}

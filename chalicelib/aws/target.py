@@ -53,7 +53,8 @@ class _Reads:
             return None
         c = r["cluster"]
         return ClusterState(name=c["name"], arn=c.get("arn"), status=c.get("status"),
-                            version=c.get("version"), tags=c.get("tags") or {})
+                            version=c.get("version"), tags=c.get("tags") or {},
+                            auto_mode=bool((c.get("computeConfig") or {}).get("enabled")))
 
     def list_clusters(self) -> list[str]:
         paginator = self._c("eks").get_paginator("list_clusters")

@@ -220,6 +220,8 @@ IMPLICIT = {
     "sts:AssumeRole": "clusters in other accounts (KIP_CROSS_ACCOUNT_ROLE)",
     "events:PutEvents": "status events to the portal bus (KIP_STATUS_BUS)",
     "eks:ListClusters": "the schedule's adoption of existing clusters (KIP_ADOPT_EXISTING)",
+    "organizations:DescribeAccount": "KIP_ORG_ID membership of an account outside "
+                                     "KIP_ALLOWED_ACCOUNTS (test_organization_reach.py)",
     "iam:DetachUserPolicy": "teardown of a kip policy someone attached to a user "
                             "(test_teardown_detaches_the_policy_from_users_and_groups_too)",
     "iam:DetachGroupPolicy": "teardown of a kip policy someone attached to a group (same test)",

@@ -76,7 +76,7 @@ def test_every_call_the_adapter_makes_is_granted():
     files = [ROOT / "chalicelib" / "aws.py", *sorted((ROOT / "chalicelib" / "aws").rglob("*.py"))]
     source = "\n".join(f.read_text() for f in files if f.is_file())
     assert source
-    steps = set(re.findall(r'f?"(sqs|events|iam|eks|kms|dynamodb|sts|cloudwatch):([A-Z][A-Za-z]+)', source))
+    steps = set(re.findall(r'f?"(sqs|events|iam|eks|kms|dynamodb|sts|cloudwatch|organizations):([A-Z][A-Za-z]+)', source))
     granted = {a for st in statements("prod") for a in _list(st["Action"])}
     missing = {f"{svc}:{op}" for svc, op in steps
                if f"{svc}:{op}" not in granted and op not in ("CreateTable", "GetCallerIdentity")}
@@ -182,6 +182,9 @@ def packaged(tmp_path_factory):
     out = tmp_path_factory.mktemp("package") / "out"
     env = {k: v for k, v in os.environ.items() if not k.startswith("KIP_")}
     env.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    # `chalice package` imports app.py with the stage's environment: prod requires an account
+    # list (KIP_REQUIRE_ACCOUNT_LIST), which an operator adds to .chalice/config.json
+    env["KIP_ALLOWED_ACCOUNTS"] = "111122223333"
     subprocess.run([str(pathlib.Path(sys.executable).parent / "chalice"), "package", "--stage",
                     "prod", "--merge-template", ".chalice/resources-prod.json", str(out)],
                    cwd=ROOT, env=env, check=True, capture_output=True, timeout=600)

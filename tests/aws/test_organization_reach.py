@@ -1,0 +1,332 @@
+"""Organization reach, hub side: the account allow-list (KIP_ALLOWED_ACCOUNTS / KIP_ORG_ID),
+POST /backfill across the account-regions of a member account reached through STS, the sweep's
+adoption of configured account-regions, and EKS Auto Mode clusters (refused, skipped)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import boto3
+import pytest
+
+from tests.aws.test_aws_fidelity import Strict
+from tests.aws.test_triggers import SAMPLE_ACCOUNT, sample
+from tests.conftest import ACCOUNT, REGION, make_cluster, make_role
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+MEMBER = "210987654321"
+OTHER_REGION = "us-west-2"
+JSON = {"Content-Type": "application/json"}
+TRUST = json.dumps({"Version": "2012-10-17", "Statement": [{
+    "Effect": "Allow", "Principal": {"Service": "eks.amazonaws.com"}, "Action": "sts:AssumeRole"}]})
+
+
+def member_session(account: str, region: str) -> boto3.session.Session:
+    """The member account, as kip reaches it: STS AssumeRole of kip-provisioner."""
+    creds = boto3.client("sts").assume_role(
+        RoleArn=f"arn:aws:iam::{account}:role/kip-provisioner",
+        RoleSessionName="test")["Credentials"]
+    return boto3.session.Session(aws_access_key_id=creds["AccessKeyId"],
+                                 aws_secret_access_key=creds["SecretAccessKey"],
+                                 aws_session_token=creds["SessionToken"], region_name=region)
+
+
+def make_member_cluster(account: str, region: str, name: str, tags: dict | None = None,
+                        role: bool = True) -> boto3.session.Session:
+    sess = member_session(account, region)
+    iam = sess.client("iam")
+    try:
+        iam.create_role(RoleName="eks-cluster", AssumeRolePolicyDocument=TRUST)
+    except iam.exceptions.EntityAlreadyExistsException:
+        pass
+    sess.client("eks").create_cluster(
+        name=name, roleArn=f"arn:aws:iam::{account}:role/eks-cluster", tags=tags or {},
+        resourcesVpcConfig={"subnetIds": ["subnet-0abc"]})
+    if role:
+        iam.create_role(RoleName=f"KarpenterController-{name}", AssumeRolePolicyDocument=TRUST)
+    return sess
+
+
+def queues(sess: boto3.session.Session) -> list[str]:
+    """The interruption queues (not their dead-letter queues) in that account-region."""
+    names = [u.rsplit("/", 1)[-1] for u in sess.client("sqs").list_queues(
+        QueueNamePrefix="kip-").get("QueueUrls", [])]
+    return sorted(n for n in names if not n.endswith("dlq"))
+
+
+def auto_mode(*names: str) -> None:
+    """moto drops computeConfig from DescribeCluster: put it back, as EKS answers for an Auto
+    Mode cluster (ComputeConfigResponse: enabled, nodePools, nodeRoleArn)."""
+    from chalicelib import aws
+
+    def hook(parsed, **_):
+        cluster = (parsed or {}).get("cluster") or {}
+        if cluster.get("name") in names:
+            cluster["computeConfig"] = {"enabled": True, "nodePools": ["general-purpose"],
+                                        "nodeRoleArn": f"arn:aws:iam::{ACCOUNT}:role/auto-node"}
+    aws.add_hook("after-call.eks.DescribeCluster", hook)
+
+
+@pytest.fixture
+def client_with(moto_env):
+    """chalice.test.Client on an engine with these settings overrides."""
+    from chalice.test import Client
+
+    import app as service_app
+    from chalicelib.service import Engine
+    clients = []
+
+    def make(**overrides):
+        service_app._engine = Engine(dataclasses.replace(moto_env, **overrides))
+        client = Client(service_app.app, stage_name="local")
+        clients.append(client)
+        return client.__enter__()
+    yield make
+    for c in clients:
+        c.__exit__(None, None, None)
+    service_app._engine = None
+
+
+def post(client, path, body):
+    return client.http.post(path, headers=JSON, body=json.dumps(body))
+
+
+# ----------------------------------------------------------------------------- backfill
+
+def test_backfill_dry_run_then_real_run_across_two_regions_of_a_member_account(client_with):
+    from chalicelib.openapi import BackfillResult
+    client = client_with(allowed_accounts=frozenset({MEMBER}))
+    # given a member account with clusters in two regions, one opted out, one already managed
+    west = make_member_cluster(MEMBER, REGION, "shop")
+    make_member_cluster(MEMBER, REGION, "private", tags={"kip.io/opt-out": "true"})
+    oregon = make_member_cluster(MEMBER, OTHER_REGION, "search")
+    make_member_cluster(MEMBER, OTHER_REGION, "known")
+    assert post(client, "/clusters", {"cluster_name": "known", "account_id": MEMBER,
+                                      "region": OTHER_REGION}).status_code == 201
+    body = {"accounts": [MEMBER], "regions": [REGION, OTHER_REGION]}
+    # when: a dry run
+    dry = post(client, "/backfill", {**body, "dry_run": True})
+    # then it shows what would be done and changes nothing
+    assert dry.status_code == 200, dry.body
+    BackfillResult.model_validate(dry.json_body)
+    got = {c["cluster_name"]: c for c in dry.json_body["clusters"]}
+    assert {n: c["outcome"] for n, c in got.items()} == {
+        "shop": "would_provision", "private": "opted_out", "search": "would_provision",
+        "known": "already_managed"}
+    assert any(step.startswith("create_queue kip-shop") for step in got["shop"]["plan"])
+    assert queues(west) == [] and queues(oregon) == ["kip-known"]
+    assert client.http.get(f"/clusters/shop?account_id={MEMBER}").status_code == 404
+    # when: the real run
+    real = post(client, "/backfill", body)
+    # then both regions' clusters are provisioned in the member account, nothing in ours
+    assert real.status_code == 200, real.body
+    BackfillResult.model_validate(real.json_body)
+    assert real.json_body["counts"] == {"provisioned": 2, "opted_out": 1, "already_managed": 1}
+    assert queues(west) == ["kip-shop"] and queues(oregon) == ["kip-known", "kip-search"]
+    assert boto3.client("sqs").list_queues().get("QueueUrls", []) == []
+    rec = client.http.get(f"/clusters/search?account_id={MEMBER}&region={OTHER_REGION}").json_body
+    assert rec["source"] == "backfill" and rec["status"] == "ready"
+    # and again: every cluster is already managed (or still opted out)
+    again = post(client, "/backfill", body).json_body
+    assert again["counts"] == {"already_managed": 3, "opted_out": 1}
+
+
+def test_backfill_reports_an_account_region_it_cannot_list_and_goes_on(client_with):
+    client = client_with()
+    make_member_cluster(MEMBER, REGION, "shop")
+    Strict("eks", "ListClusters", "rest-json", "AccessDeniedException", "no role", times=1)
+    out = post(client, "/backfill", {"accounts": [MEMBER], "regions": [REGION]}).json_body
+    assert out["clusters"] == []
+    assert out["errors"][0]["code"] == "AwsCallFailed" and out["errors"][0]["region"] == REGION
+
+
+@pytest.mark.parametrize("body,field", [
+    ({"accounts": [MEMBER], "regions": [REGION], "extra": 1}, "extra"),
+    ({"accounts": [], "regions": [REGION]}, "accounts"),
+    ({"accounts": [str(100000000000 + i) for i in range(51)], "regions": [REGION]}, "accounts"),
+    ({"accounts": [MEMBER, MEMBER], "regions": [REGION]}, "accounts"),
+    ({"accounts": ["12345"], "regions": [REGION]}, "accounts.0"),
+    ({"accounts": [MEMBER], "regions": ["cn-north-1"]}, "regions"),
+    ({"accounts": [MEMBER], "regions": ["eu-west-1"] * 2}, "regions"),
+    ({"accounts": [MEMBER]}, "regions"),
+    ({"accounts": [MEMBER], "regions": [REGION], "dry_run": "yes"}, "dry_run"),
+])
+def test_backfill_bad_input_is_400_naming_the_field_before_any_write(client_with, body, field):
+    client = client_with()
+    make_member_cluster(MEMBER, REGION, "shop")
+    resp = post(client, "/backfill", body)
+    assert resp.status_code == 400, resp.body
+    assert resp.json_body["error"]["field"] == field
+    assert queues(member_session(MEMBER, REGION)) == []
+
+
+def test_sweep_adopts_clusters_of_configured_account_regions(moto_env):
+    from chalicelib.service import Engine
+    make_cluster("legacy")
+    make_role("KarpenterController-legacy")
+    west = make_member_cluster(MEMBER, REGION, "shop")
+    oregon = make_member_cluster(MEMBER, OTHER_REGION, "search")
+    engine = Engine(dataclasses.replace(moto_env, adopt_existing=True,
+                                        allowed_accounts=frozenset({MEMBER}),
+                                        adopt_regions=(REGION, OTHER_REGION)))
+    summary = engine.sweep()
+    assert sorted(summary["adopted"]) == [f"{ACCOUNT}/{REGION}/legacy", f"{MEMBER}/{REGION}/shop",
+                                          f"{MEMBER}/{OTHER_REGION}/search"]
+    assert summary["errors"] == []
+    assert "kip-shop" in queues(west) and "kip-search" in queues(oregon)
+    again = engine.sweep()
+    assert again["adopted"] == [] and len(again["up_to_date"]) == 3
+
+
+# ----------------------------------------------------------------------------- EKS Auto Mode
+
+def test_auto_mode_cluster_is_409_and_skipped_by_trigger_and_backfill(client_with):
+    client = client_with()
+    make_cluster("auto")
+    make_role("KarpenterController-auto")
+    auto_mode("auto")
+    # POST /clusters: 409, nothing created
+    resp = post(client, "/clusters", {"cluster_name": "auto"})
+    assert resp.status_code == 409, resp.body
+    err = resp.json_body["error"]
+    assert err["code"] == "AutoModeCluster" and "handles Spot interruptions itself" in \
+        err["message"]
+    assert boto3.client("sqs").list_queues().get("QueueUrls", []) == []
+    assert client.http.get("/clusters/auto").status_code == 404
+    # the trigger skips it, with that reason, and does not ask Lambda to retry
+    event = sample("cloudtrail-eks-create-cluster.json")
+    event["account"] = event["detail"]["recipientAccountId"] = ACCOUNT
+    event["detail"]["requestParameters"]["name"] = "auto"
+    out = client.lambda_.invoke("on_eks_event", event).payload
+    assert out["ignored"] == "AutoModeCluster" and "Auto Mode" in out["message"]
+    # backfill skips it as auto_mode (a dry run and a real run)
+    for dry_run in (True, False):
+        got = post(client, "/backfill", {"accounts": [ACCOUNT], "regions": [REGION],
+                                         "dry_run": dry_run}).json_body
+        assert [(c["cluster_name"], c["outcome"]) for c in got["clusters"]] == [
+            ("auto", "auto_mode")]
+        assert "Auto Mode" in got["clusters"][0]["reason"]
+    assert boto3.client("sqs").list_queues().get("QueueUrls", []) == []
+
+
+def test_describe_cluster_reads_compute_config(moto_env):
+    from chalicelib import aws
+    make_cluster("auto")
+    make_cluster("classic")
+    auto_mode("auto")
+    target = aws.Target(ACCOUNT, REGION, moto_env)
+    assert target.describe_cluster("auto").auto_mode is True
+    assert target.describe_cluster("classic").auto_mode is False
+
+
+# ----------------------------------------------------------------------------- allow-list
+
+def test_event_from_a_non_allowed_account_is_refused_and_not_retried(client_with):
+    client = client_with(allowed_accounts=frozenset({MEMBER}))
+    sess = member_session(SAMPLE_ACCOUNT, REGION)
+    make_member_cluster(SAMPLE_ACCOUNT, REGION, "payments-prod")
+    # when the trigger gets CreateCluster from an account outside the list
+    out = client.lambda_.invoke("on_eks_event", sample("cloudtrail-eks-create-cluster.json"))
+    # then it returns (Lambda does not retry) saying why, and creates nothing
+    assert out.payload["ignored"] == "Forbidden", out.payload
+    assert SAMPLE_ACCOUNT in out.payload["message"]
+    assert queues(sess) == []
+    delete = client.lambda_.invoke("on_eks_event", sample("cloudtrail-eks-delete-cluster.json"))
+    assert delete.payload["ignored"] == "Forbidden"
+
+
+@pytest.mark.parametrize("method,path,body", [
+    ("post", "/clusters", {"cluster_name": "payments-prod", "account_id": SAMPLE_ACCOUNT}),
+    ("get", f"/clusters/payments-prod?account_id={SAMPLE_ACCOUNT}", None),
+    ("delete", f"/clusters/payments-prod?account_id={SAMPLE_ACCOUNT}", None),
+    ("post", f"/clusters/payments-prod/reconcile?account_id={SAMPLE_ACCOUNT}", None),
+    ("post", "/backfill", {"accounts": [MEMBER, SAMPLE_ACCOUNT], "regions": [REGION]}),
+])
+def test_api_request_naming_a_non_allowed_account_is_403(client_with, method, path, body):
+    client = client_with(allowed_accounts=frozenset({MEMBER}))
+    sess = member_session(SAMPLE_ACCOUNT, REGION)
+    make_member_cluster(SAMPLE_ACCOUNT, REGION, "payments-prod")
+    kw = {"headers": JSON, "body": json.dumps(body)} if body is not None else {}
+    resp = getattr(client.http, method)(path, **kw)
+    assert resp.status_code == 403, resp.body
+    err = resp.json_body["error"]
+    assert err["code"] == "Forbidden" and SAMPLE_ACCOUNT in err["message"]
+    assert err["field"] == ("accounts" if path == "/backfill" else "account_id")
+    assert queues(sess) == [] and queues(member_session(MEMBER, REGION)) == []
+
+
+def test_own_account_is_always_allowed(client_with, cluster):
+    client = client_with(allowed_accounts=frozenset({MEMBER}))
+    assert post(client, "/clusters", {"cluster_name": cluster}).status_code == 201
+    assert post(client, "/clusters", {"cluster_name": cluster,
+                                      "account_id": ACCOUNT}).status_code == 200
+
+
+def test_org_id_membership_is_checked_with_describe_account_and_cached(moto_env):
+    from chalicelib import aws, errors
+    from chalicelib.service import Engine
+    orgs = boto3.client("organizations")
+    org = orgs.create_organization(FeatureSet="ALL")["Organization"]["Id"]
+    member = orgs.create_account(Email="m@example.com",
+                                 AccountName="m")["CreateAccountStatus"]["AccountId"]
+    calls = []
+    aws.add_hook("before-parameter-build.organizations.DescribeAccount",
+                 lambda params, **_: calls.append(params["AccountId"]))
+    engine = Engine(dataclasses.replace(moto_env, org_id=org))
+    # a member of the organization is allowed; asked once per process
+    for _ in range(3):
+        assert engine.identity("shop", member).account_id == member
+    assert calls == [member]
+    # an account outside it is refused, naming the account and the field
+    with pytest.raises(errors.Forbidden) as exc:
+        engine.identity("shop", "999999999999")
+    assert exc.value.field == "account_id" and "999999999999" in exc.value.message
+    # the own account and listed accounts never need Organizations
+    listed = Engine(dataclasses.replace(moto_env, org_id=org,
+                                        allowed_accounts=frozenset({MEMBER})))
+    listed.identity("shop")
+    listed.identity("shop", MEMBER)
+    assert calls == [member, "999999999999"]
+
+
+def test_org_check_that_organizations_refuses_is_403_never_allowed(moto_env):
+    from chalicelib import errors
+    from chalicelib.service import Engine
+    Strict("organizations", "DescribeAccount", "json", "AccessDeniedException",
+           "not the management account", times=99)
+    engine = Engine(dataclasses.replace(moto_env, org_id="o-abcdefghij"))
+    with pytest.raises(errors.Forbidden) as exc:
+        engine.identity("shop", MEMBER)
+    assert "delegated administrator" in exc.value.message
+    assert exc.value.extra["aws_code"] == "AccessDeniedException"
+
+
+# ----------------------------------------------------------------------------- deployed stages
+
+def _import_app(**env) -> subprocess.CompletedProcess:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("KIP_")}
+    base.update(KIP_API_AUTH="none", **env)
+    return subprocess.run([sys.executable, "-c", "import app"], cwd=ROOT, env=base,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_a_stage_requiring_the_account_list_refuses_to_start_without_one():
+    refused = _import_app(KIP_REQUIRE_ACCOUNT_LIST="true")
+    assert refused.returncode != 0
+    assert "ValueError" in refused.stderr and "KIP_ALLOWED_ACCOUNTS" in refused.stderr \
+        and "KIP_ORG_ID" in refused.stderr
+    assert _import_app(KIP_REQUIRE_ACCOUNT_LIST="true",
+                       KIP_ALLOWED_ACCOUNTS=MEMBER).returncode == 0
+    assert _import_app(KIP_REQUIRE_ACCOUNT_LIST="true",
+                       KIP_ORG_ID="o-abcdefghij").returncode == 0
+
+
+def test_deployed_stages_require_the_list_and_local_does_not():
+    stages = json.loads((ROOT / ".chalice" / "config.json").read_text())["stages"]
+    for stage in ("dev", "prod"):
+        assert stages[stage]["environment_variables"]["KIP_REQUIRE_ACCOUNT_LIST"] == "true"
+    assert "KIP_REQUIRE_ACCOUNT_LIST" not in stages["local"]["environment_variables"]
