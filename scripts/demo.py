@@ -156,9 +156,58 @@ def main() -> int:
             "| attachments", len(attached), "| GET record ->", record.status_code)
         if queues or rules or policies or attached or record.status_code != 404:
             return 1
+        if backfill_member_account(stack.api_url, trust) != 0:
+            return 1
         say("Stopping the local stack")
     print("\nDemo finished: provisioned, delivered events, tore down. Exit 0.")
     return 0
+
+
+MEMBER = "210987654321"
+MEMBER_CLUSTERS = {"eu-west-1": "shop-eu", "us-west-2": "shop-us"}
+
+
+def backfill_member_account(api_url: str, trust: dict) -> int:
+    """Organization reach: clusters that already exist in a member account (reached through STS,
+    role kip-provisioner) in two regions, adopted with POST /backfill (dry run first)."""
+    import boto3
+    import requests
+    say(f"Member account {MEMBER}: existing clusters in two regions (through STS)")
+    creds = boto3.client("sts").assume_role(
+        RoleArn=f"arn:aws:iam::{MEMBER}:role/kip-provisioner",
+        RoleSessionName="demo")["Credentials"]
+    member = boto3.session.Session(aws_access_key_id=creds["AccessKeyId"],
+                                   aws_secret_access_key=creds["SecretAccessKey"],
+                                   aws_session_token=creds["SessionToken"])
+    iam = member.client("iam")
+    node = iam.create_role(RoleName="demo-eks-cluster-role",
+                           AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
+    for region, name in MEMBER_CLUSTERS.items():
+        member.client("eks", region_name=region).create_cluster(
+            name=name, roleArn=node, resourcesVpcConfig={"subnetIds": ["subnet-0abc"]})
+        iam.create_role(RoleName=f"KarpenterController-{name}",
+                        AssumeRolePolicyDocument=json.dumps(trust))
+        row("cluster", f"{MEMBER}/{region}/{name}")
+    body = {"accounts": [MEMBER], "regions": list(MEMBER_CLUSTERS)}
+    for dry_run in (True, False):
+        say(f"POST /backfill{'  (dry run: changes nothing)' if dry_run else ''}")
+        resp = requests.post(f"{api_url}/backfill", json={**body, "dry_run": dry_run},
+                             timeout=60)
+        out = resp.json()
+        row(f"HTTP {resp.status_code}, counts={out.get('counts')}")
+        for c in out.get("clusters", []):
+            row(f"{c['cluster']:<36}", c["outcome"], c.get("status") or
+                f"{len(c.get('plan') or [])} planned changes")
+        if resp.status_code != 200:
+            print(json.dumps(out, indent=2))
+            return 1
+    made = {region: member.client("sqs", region_name=region).list_queues(
+        QueueNamePrefix=f"kip-{name}").get("QueueUrls", [])
+        for region, name in MEMBER_CLUSTERS.items()}
+    say("Queues now in the member account")
+    for region, urls in made.items():
+        row(region, ", ".join(u.rsplit("/", 1)[-1] for u in urls))
+    return 0 if all(made.values()) else 1
 
 
 def sample_delete_event(cluster: str) -> dict:
