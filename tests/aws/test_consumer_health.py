@@ -282,3 +282,52 @@ def test_the_iam_caller_arn_is_recorded_on_teardown_events(moto_env, caller_cont
                sqs.receive_message(QueueUrl=inbox, MaxNumberOfMessages=10)["Messages"]]
     assert [(d["status"], d["requested_by"]) for d in details] == [
         ("ready", bob), ("deleted", carol)]
+
+
+JWT_RUN = """
+import json, os, sys
+from moto import mock_aws
+from chalice.test import Client
+with mock_aws():
+    from chalicelib import aws
+    from chalicelib.config import get_settings
+    aws.Store(get_settings()).create_table()
+    from tests.conftest import make_cluster, make_role
+    make_cluster("payments-prod")
+    make_role("KarpenterController-payments-prod")
+    import app
+    with Client(app.app, stage_name="local") as client:
+        body = json.dumps({"cluster_name": "payments-prod"})
+        headers = {"Content-Type": "application/json"}
+        anonymous = client.http.post("/clusters", headers=headers, body=body)
+        headers["Authorization"] = "Bearer " + os.environ["TOKEN"]
+        signed = client.http.post("/clusters", headers=headers, body=body)
+        print(json.dumps({"anonymous": anonymous.status_code, "status": signed.status_code,
+                          "requested_by": json.loads(signed.body).get("requested_by")}))
+"""
+
+
+def test_jwt_end_to_end_the_token_subject_becomes_requested_by():
+    """A KIP_API_AUTH=jwt app (its own process: the authorizer is wired at import) verifies a
+    token against a JWKS on 127.0.0.1 and records the token's sub as requested_by."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    from tests.unit.test_auth import AUDIENCE, EC_KEY, ISSUER, RSA_KEY, Jwks, jwk, mint
+    server = Jwks()
+    server.keys = [jwk(RSA_KEY, "rsa-1"), jwk(EC_KEY, "ec-1")]
+    root = pathlib.Path(__file__).resolve().parents[2]
+    env = {**os.environ, "KIP_API_AUTH": "jwt", "KIP_JWKS_URL": server.url,
+           "KIP_JWT_ISSUER": ISSUER, "KIP_JWT_AUDIENCE": AUDIENCE,
+           "TOKEN": mint(sub="portal:team-payments"), "PYTHONPATH": str(root)}
+    try:
+        done = subprocess.run([sys.executable, "-c", JWT_RUN], cwd=root, env=env, timeout=120,
+                              capture_output=True, text=True)
+    finally:
+        server.stop()
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["anonymous"] in (401, 403)
+    assert (result["status"], result["requested_by"]) == (201, "portal:team-payments")
