@@ -17,7 +17,7 @@ from chalice import Chalice, ConvertToMiddleware, CORSConfig, IAMAuthorizer, Rat
 
 from chalicelib import errors
 from chalicelib.config import get_settings
-from chalicelib.policies import EKS_EVENT_PATTERN
+from chalicelib.policies import EKS_EVENT_PATTERN, drift_event_pattern
 
 settings = get_settings()
 app = Chalice(app_name="kip")
@@ -293,9 +293,76 @@ def on_eks_event(event: Any) -> dict:
         return {"ignored": exc.code, "message": exc.message}
 
 
+def _remaining(event: Any) -> Callable[[], float]:
+    """Seconds left in this invocation (Lambda's context), or unbounded when there is none."""
+    context = getattr(event, "context", None)
+    left = getattr(context, "get_remaining_time_in_millis", None)
+    return (lambda: left() / 1000.0) if callable(left) else (lambda: float("inf"))
+
+
+@app.on_cw_event(drift_event_pattern(settings.prefix, settings.iam_path), name="on_drift_event")
+def on_drift_event(event: Any) -> dict:
+    """CloudTrail reports a change to a kip-named rule, queue or policy: reconcile its cluster
+    now (chalicelib/repair). Ignored: malformed events, kip's own changes, names kip does not
+    record. Retryable failures raise, so Lambda retries the event; the sweep is the backstop."""
+    from chalicelib import drift, repair
+    started = time.perf_counter()
+    parsed = drift.parse(event.to_dict(), settings.prefix, settings.iam_path,
+                         settings.service_role_arns, settings.cross_account_role)
+    if parsed.change is None:
+        logger.info("drift event ignored", extra={"reason": parsed.ignored})
+        return {"ignored": parsed.ignored}
+    change = parsed.change
+    logger.append_keys(trigger=change.event, resource=change.name)
+    try:
+        out = repair.repair(engine(), change)
+    except errors.KipError as exc:
+        if exc.retryable:
+            metrics.add_metric(name="Failed", unit=MetricUnit.Count, value=1)
+            logger.error("drift repair failed; Lambda will retry", extra={
+                "code": exc.code, "detail": exc.message})
+            raise
+        logger.warning("drift not repaired", extra={"code": exc.code, "detail": exc.message})
+        return {"ignored": exc.code, "message": exc.message}
+    if out.get("repaired"):
+        metrics.add_metric(name="DriftRepaired", unit=MetricUnit.Count, value=1)
+        metrics.add_metric(name="DriftRepairDuration", unit=MetricUnit.Milliseconds,
+                           value=(time.perf_counter() - started) * 1000)
+    logger.info("drift event handled", extra={**out, "actor": change.actor})
+    return out
+
+
+# Chalice takes the queue at import: the packaged template replaces this ARN with the work
+# queue it creates (.chalice/resources-<stage>.json) and adds ReportBatchItemFailures.
+@app.on_sqs_message(queue_arn="arn:aws:sqs:us-east-1:000000000000:kip_sweep", batch_size=10,
+                    name="sweep_worker", maximum_concurrency=5)
+def sweep_worker(event: Any) -> dict:
+    """One batch of the fan-out sweep: reconcile each cluster; the ids of items to retry go
+    back to Lambda as batchItemFailures (the others are deleted from the queue)."""
+    from chalicelib import fanout
+    out = fanout.work(engine(), [(r.to_dict().get("messageId", ""), r.body) for r in event],
+                      _remaining(event))
+    for key in ("repaired", "adopted", "failed"):
+        metrics.add_metric(name=f"Sweep{key.title()}", unit=MetricUnit.Count,
+                           value=len(out[key]))
+    logger.info("sweep batch done", extra={k: len(v) for k, v in out.items()})
+    return {"batchItemFailures": [{"itemIdentifier": i} for i in out["failed"]]}
+
+
+def _sweep(event: Any) -> dict:
+    """inline: reconcile every record here; fanout: queue one work item per record."""
+    if settings.sweep_mode != "fanout":
+        return engine().sweep()
+    from chalicelib import fanout
+    out = fanout.schedule(engine(), _remaining(event))
+    return {"repaired": [], "adopted": [], "up_to_date": [], "queued": out["queued"],
+            "skipped": out["skipped"], "continued": out["continued"],
+            "errors": [{"cluster": key, "code": "NotQueued"} for key in out["unsent"]]}
+
+
 @app.schedule(Rate(settings.schedule_minutes, unit=Rate.MINUTES), name="reconcile_all")
 def reconcile_all(event: Any) -> dict:
-    summary = engine().sweep()
+    summary = _sweep(event)
     from chalicelib import consumer
     summary["health"] = consumer.sweep(engine())    # after the repairs: the fresh records
     for key in ("repaired", "adopted", "errors"):

@@ -69,6 +69,13 @@ class Settings:
     allowed_accounts: frozenset = frozenset()
     org_id: str | None = None       # o-...: members verified with organizations:DescribeAccount
     adopt_regions: tuple = ()       # the sweep's adoption (KIP_ADOPT_EXISTING); empty = own region
+    # The sweep (chalicelib/fanout.py): "fanout" sends one work item per record to the SQS queue
+    # KIP_SWEEP_QUEUE_URL, consumed by sweep_worker; "inline" sweeps in the schedule's process.
+    sweep_mode: str = "inline"
+    sweep_queue_url: str | None = None
+    sweep_rate: float = 1.0         # reconciles/s per (account, region), per worker process
+    sweep_account_rate: float = 1.0     # reconciles/s per account (IAM is global), per worker
+    service_role_arns: tuple = ()   # kip's Lambda role(s): drift events they cause are ignored
 
     @property
     def allowed_role_pattern(self) -> str:
@@ -125,6 +132,7 @@ class Settings:
             alarms=_bool(env.get("KIP_ALARMS"), False),
             settle_seconds=float(env.get("KIP_SETTLE_SECONDS") or 6.0),
             allowed_accounts=allowed, org_id=org_id, adopt_regions=adopt_regions,
+            **_sweep_settings(env),
         )
 
 
@@ -165,7 +173,7 @@ def _sweep_settings(env: dict) -> dict:
         raise ValueError("KIP_SWEEP_MODE=fanout needs KIP_SWEEP_QUEUE_URL (the sweep work queue)")
     rates = {}
     for name in ("KIP_SWEEP_RATE", "KIP_SWEEP_ACCOUNT_RATE"):
-        rates[name] = float(env.get(name) or 2.0)
+        rates[name] = float(env.get(name) or 1.0)
         if not 0 < rates[name] <= 100:
             raise ValueError(f"{name} must be a number of reconciles per second in (0, 100]")
     roles = tuple(r.strip() for r in (env.get("KIP_SERVICE_ROLE_ARN") or "").split(",")

@@ -25,6 +25,29 @@ EKS_EVENT_PATTERN = {
                "eventName": ["CreateCluster", "DeleteCluster"]},
 }
 
+
+def drift_event_pattern(prefix: str, iam_path: str) -> dict:
+    """The drift trigger's rule: CloudTrail management events that change kip-named rules, queues
+    and policies (the member template's forwarding rules use the same filters). IAM reports to
+    EventBridge in us-east-1 only: the hub needs this rule there, or forwarding from members."""
+    return {
+        "source": ["aws.events", "aws.sqs", "aws.iam"],
+        "detail-type": ["AWS API Call via CloudTrail"],
+        "detail": {
+            "eventSource": ["events.amazonaws.com", "sqs.amazonaws.com", "iam.amazonaws.com"],
+            "eventName": ["DeleteRule", "DisableRule", "PutRule", "RemoveTargets", "PutTargets",
+                          "DeleteQueue", "SetQueueAttributes", "RemovePermission", "UntagQueue",
+                          "DetachRolePolicy", "DeletePolicy", "CreatePolicyVersion",
+                          "SetDefaultPolicyVersion", "DeletePolicyVersion"],
+            "requestParameters": {"$or": [
+                {"name": [{"prefix": prefix}]},
+                {"rule": [{"prefix": prefix}]},
+                {"queueUrl": [{"wildcard": f"*/{prefix}*"}]},
+                {"policyArn": [{"wildcard": f"arn:*:iam::*:policy{iam_path}{prefix}*"}]},
+            ]},
+        },
+    }
+
 CONTROLLER_SQS_ACTIONS = ["sqs:DeleteMessage", "sqs:GetQueueUrl", "sqs:ReceiveMessage"]
 
 

@@ -24,6 +24,7 @@ from typing import Optional
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BIN = pathlib.Path(sys.executable).parent
 LOCAL_TABLE = "kip-clusters-local"
+LOCAL_SWEEP_QUEUE = "kip_sweep-local"
 FAKE_ENV = {
     "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
     "AWS_DEFAULT_REGION": "eu-west-1", "AWS_REGION": "eu-west-1",
@@ -152,6 +153,10 @@ class Stack:
             from chalicelib.config import Settings
             aws.reset()
             aws.Store(Settings.from_env()).create_table()
+            # the fan-out sweep's work queue; chalice local runs no SQS handlers, so the local
+            # stage sweeps inline (KIP_SWEEP_MODE=inline) and tests invoke sweep_worker directly
+            from chalicelib.aws import worklist
+            worklist.create_work_queue(Settings.from_env(), LOCAL_SWEEP_QUEUE)
             aws.reset()
 
     @contextlib.contextmanager

@@ -50,7 +50,10 @@ def test_attach_only_our_policy_path_and_scoped_names(stage):
             assert resources == ROLE_RESOURCES
         for action in actions:
             service = action.split(":")[0]
-            if service == "sqs":
+            if service == "sqs" and st.get("Sid") == "SweepWorkQueue":
+                # the sweep's own work queue (resources-<stage>.json), nothing else
+                assert resources == [f"arn:aws:sqs:*:*:kip_sweep-{stage}"]
+            elif service == "sqs":
                 assert resources == ["arn:aws:sqs:*:*:kip-*"]
             if service == "events" and action != "events:PutEvents":
                 assert resources == ["arn:aws:events:*:*:rule/kip-*"]
@@ -160,7 +163,8 @@ def test_untag_and_read_actions_the_engine_needs_are_granted(stage, action, arn)
 # fires per CreateCluster (throttled async events are retried by Lambda), the sweep must never
 # overlap itself. 16 in all: the account must keep 100 unreserved, so it needs a limit >= 116.
 RESERVED = {"api_handler": ("APIHandler", 10), "on_eks_event": ("OnEksEvent", 5),
-            "reconcile_all": ("ReconcileAll", 1)}
+            "reconcile_all": ("ReconcileAll", 1), "on_drift_event": ("OnDriftEvent", 5),
+            "sweep_worker": ("SweepWorker", 5)}
 
 
 def chalice_config():
@@ -304,7 +308,7 @@ def test_packaged_template_rewritten_for_aws_cn(packaged, tmp_path):
     t = json.loads(copy.read_text())
     assert "arn:aws:" not in copy.read_text()
     roles = [r for r in t["Resources"].values() if r["Type"] == "AWS::IAM::Role"]
-    assert len(roles) == 3
+    assert len(roles) == len(RESERVED)      # one role per function
     for role in roles:
         doc = role["Properties"]["Policies"][0]["PolicyDocument"]
         attach = next(st for st in doc["Statement"] if st["Sid"] == "AttachOnlyOurPolicies")

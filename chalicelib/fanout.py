@@ -1,0 +1,199 @@
+"""Use case: the scheduled sweep as fan-out (``KIP_SWEEP_MODE=fanout``).
+
+* ``schedule`` pages through the records and sends one work item per record to the sweep queue
+  (``SendMessageBatch``, 10 per call, per-entry failures resent). It watches the Lambda's time
+  budget: before it runs out, it sends a *continuation* item carrying the last page token, and the
+  worker that receives it carries on paging from there. Nothing is kept between schedules.
+* ``work`` handles one SQS batch in the ``sweep_worker`` Lambda: reconcile (or adopt) each
+  cluster, each (account, region) and each account paced by a token bucket in this process, and
+  returns the message ids to retry (Lambda's ``ReportBatchItemFailures``): only retryable
+  failures and items the time budget did not reach. Final errors are in the cluster's record.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any, Callable, Iterable, Optional
+
+from aws_lambda_powertools import Logger
+
+from chalicelib import errors
+from chalicelib.aws import worklist
+
+log = Logger(service="kip", child=True)
+PAGE = 100              # records per page while fanning out (10 SendMessageBatch calls)
+MARGIN_SECONDS = 20.0   # stop starting new work when less time than this is left
+SEND_TRIES = 3
+
+
+class TokenBucket:
+    """``rate`` tokens a second, at most ``burst`` saved up; ``take`` waits for a token."""
+
+    def __init__(self, rate: float, burst: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.rate, self.burst, self.clock, self.sleep = rate, max(burst, 1.0), clock, sleep
+        self.tokens, self.at = self.burst, clock()
+        self.lock = threading.Lock()
+
+    def take(self) -> float:
+        """Take one token; returns the seconds waited."""
+        with self.lock:
+            now = self.clock()
+            self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+            self.at = now
+            self.tokens -= 1
+            wait = -self.tokens / self.rate if self.tokens < 0 else 0.0
+        if wait > 0:
+            self.sleep(wait)
+        return wait
+
+
+class Pacer:
+    """One bucket per (account, region) -- EventBridge's and SQS's quotas are per account and
+    region -- and one per account, for IAM, which is global to the account."""
+
+    def __init__(self, region_rate: float, account_rate: float) -> None:
+        self.region_rate, self.account_rate = region_rate, account_rate
+        self.buckets: dict[tuple, TokenBucket] = {}
+        self.lock = threading.Lock()
+
+    def _bucket(self, key: tuple, rate: float) -> TokenBucket:
+        with self.lock:
+            if key not in self.buckets:
+                self.buckets[key] = TokenBucket(rate, burst=rate)
+            return self.buckets[key]
+
+    def wait(self, account: str, region: str) -> float:
+        return (self._bucket((account, region), self.region_rate).take() +
+                self._bucket((account,), self.account_rate).take())
+
+
+_pacer: Optional[Pacer] = None
+
+
+def pacer(settings: Any) -> Pacer:
+    global _pacer
+    if _pacer is None or (_pacer.region_rate, _pacer.account_rate) != \
+            (settings.sweep_rate, settings.sweep_account_rate):
+        _pacer = Pacer(settings.sweep_rate, settings.sweep_account_rate)
+    return _pacer
+
+
+# ----------------------------------------------------------------------------- the schedule
+
+def schedule(engine: Any, remaining: Callable[[], float], token: Optional[str] = None) -> dict:
+    """Fan the records out from ``token`` (None: the start, which also queues adoptions)."""
+    settings = engine.settings
+    summary: dict[str, list] = {"queued": [], "skipped": [], "unsent": [], "continued": []}
+    known: set[str] = set()
+    first = token is None
+    while True:
+        items, token = engine.registry.page(PAGE, token, None)
+        now = engine.clock()
+        bodies = []
+        for rec in items:
+            known.add(rec.id)
+            if rec.lease_live(now):         # a run is at work on it right now
+                summary["skipped"].append(rec.id)
+            else:
+                bodies.append({"kind": "reconcile", "id": rec.id})
+        _send_all(engine, bodies, summary)
+        if not token:
+            break
+        if remaining() < MARGIN_SECONDS:
+            _send_all(engine, [{"kind": "continue", "token": token}], summary)
+            summary["continued"].append(token)
+            break
+    if settings.adopt_existing and first and not summary["continued"]:
+        _send_all(engine, [{"kind": "adopt", "id": key} for key in _unknown(engine, known)],
+                  summary)
+    return summary
+
+
+def _unknown(engine: Any, known: set) -> list[str]:
+    from chalicelib import aws
+    account, region = aws.own_account(engine.settings), engine.settings.region
+    keys = [f"{account}/{region}/{name}"
+            for name in aws.Target(account, region, engine.settings).list_clusters()]
+    return [k for k in keys if k not in known]
+
+
+def _send_all(engine: Any, bodies: list[dict], summary: dict) -> None:
+    """Send in batches of 10, in parallel; entries SQS refused are resent, then reported."""
+    url = engine.settings.sweep_queue_url
+    batches = [bodies[i:i + worklist.BATCH] for i in range(0, len(bodies), worklist.BATCH)]
+    for attempt in range(SEND_TRIES):
+        futures = [engine.workers.submit(worklist.send, engine.settings, url, b) for b in batches]
+        failed = [body for f in futures for body in f.result()]
+        summary["queued"].extend(b.get("id") or "continuation" for batch in batches
+                                 for b in batch if b not in failed)
+        if not failed:
+            return
+        batches = [failed[i:i + worklist.BATCH] for i in range(0, len(failed), worklist.BATCH)]
+        time.sleep(0.2 * (attempt + 1))
+    summary["unsent"].extend(b.get("id") or "continuation" for b in failed)
+    log.error("work items not queued", extra={"count": len(failed)})
+
+
+# ----------------------------------------------------------------------------- the worker
+
+def work(engine: Any, messages: Iterable[tuple[str, str]],
+         remaining: Callable[[], float]) -> dict:
+    """``messages``: (message id, body). Returns a summary whose ``failed`` ids SQS redelivers."""
+    summary: dict[str, list] = {"repaired": [], "up_to_date": [], "adopted": [], "skipped": [],
+                                "errors": [], "failed": [], "continued": []}
+    for message_id, body in messages:
+        if remaining() < MARGIN_SECONDS:        # let SQS redeliver what this run cannot reach
+            summary["failed"].append(message_id)
+            continue
+        try:
+            _one(engine, _item(body), summary, remaining)
+        except errors.KipError as exc:
+            key = "failed" if exc.retryable else "errors"
+            summary["errors"].append({"message": message_id, "code": exc.code,
+                                      "detail": exc.message})
+            if exc.retryable:
+                summary[key].append(message_id)
+        except Exception:   # a bug: retried, then parked in the sweep DLQ with its body
+            log.exception("sweep item failed", extra={"message_id": message_id})
+            summary["failed"].append(message_id)
+    return summary
+
+
+def _item(body: str) -> dict:
+    try:
+        item = json.loads(body)
+    except (TypeError, ValueError):
+        raise errors.ValidationError("not a sweep work item (not JSON)", field="body") from None
+    if not isinstance(item, dict) or item.get("kind") not in ("reconcile", "adopt", "continue"):
+        raise errors.ValidationError("not a sweep work item", field="body")
+    return item
+
+
+def _one(engine: Any, item: dict, summary: dict, remaining: Callable[[], float]) -> None:
+    if item["kind"] == "continue":
+        token = item.get("token")
+        if not isinstance(token, str):
+            raise errors.ValidationError("a continuation without a token", field="token")
+        out = schedule(engine, remaining, token)
+        summary["continued"].append({"queued": len(out["queued"]),
+                                     "continued": bool(out["continued"])})
+        return
+    parts = str(item.get("id") or "").split("/", 2)
+    if len(parts) != 3:
+        raise errors.ValidationError("a work item without a cluster key", field="id")
+    account, region, name = parts
+    cid = engine.identity(name, account, region)
+    pacer(engine.settings).wait(cid.account_id, cid.region)
+    try:
+        if item["kind"] == "adopt":
+            if not engine.adopt(cid, "reconcile").opted_out:
+                summary["adopted"].append(cid.key)
+            return
+        out = engine.reconcile(cid)
+    except (errors.InProgress, errors.RecordNotFound):  # another run has it / it is gone
+        summary["skipped"].append(cid.key)
+        return
+    summary["repaired" if out.actions else "up_to_date"].append(cid.key)

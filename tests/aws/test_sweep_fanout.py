@@ -1,0 +1,143 @@
+"""The fan-out sweep: the schedule queues one work item per record (resumable), sweep_worker
+reconciles them and reports only retryable failures (ReportBatchItemFailures)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import boto3
+import pytest
+
+from tests.conftest import ACCOUNT, REGION, make_cluster, make_role
+
+SCHEDULED = {"version": "0", "id": "x", "detail-type": "Scheduled Event", "source": "aws.events",
+             "account": ACCOUNT, "time": "2026-11-20T10:00:00Z", "region": REGION,
+             "resources": [], "detail": {}}
+
+
+@pytest.fixture
+def fanout(api, moto_env, monkeypatch):
+    """app and engine in fanout mode, on a work queue in moto."""
+    import app as service_app
+    from chalicelib.aws import worklist
+    url = worklist.create_work_queue(moto_env, "kip_sweep-test")
+    settings = dataclasses.replace(moto_env, sweep_mode="fanout", sweep_queue_url=url)
+    monkeypatch.setattr(service_app, "settings", settings)
+    service_app._engine.settings = settings
+    # chalice.test's LambdaContext reports a 3 s budget; Lambda reports the function's timeout
+    monkeypatch.setattr(service_app, "_remaining", lambda event: (lambda: 900.0))
+    return url
+
+
+def seed(engine, n: int) -> list[str]:
+    keys = [f"{ACCOUNT}/{REGION}/c{i:04d}" for i in range(n)]
+    for key in keys:
+        account, region, name = key.split("/")
+        engine.registry.store.put({"id": key, "account_id": account, "region": region,
+                                   "cluster_name": name, "status": "ready", "version": 1},
+                                  "attribute_not_exists(id)", {})
+    return keys
+
+
+def drain(url: str) -> list[dict]:
+    sqs, out = boto3.client("sqs"), []
+    while True:
+        got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", [])
+        if not got:
+            return out
+        for m in got:
+            out.append({"id": m["MessageId"], "body": m["Body"]})
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
+
+
+def test_schedule_queues_one_item_per_record(api, fanout, monkeypatch):
+    import app as service_app
+    from chalicelib import fanout as fan
+    monkeypatch.setattr(fan, "PAGE", 10)             # several pages, several batches
+    keys = seed(service_app._engine, 25)
+    summary = api.lambda_.invoke("reconcile_all", SCHEDULED).payload
+    assert sorted(summary["queued"]) == keys
+    items = [json.loads(m["body"]) for m in drain(fanout)]
+    assert sorted(i["id"] for i in items) == keys and {i["kind"] for i in items} == {"reconcile"}
+
+
+def test_a_schedule_out_of_time_leaves_a_continuation_the_worker_resumes(api, fanout,
+                                                                        monkeypatch):
+    import app as service_app
+    from chalicelib import fanout as fan
+    monkeypatch.setattr(fan, "PAGE", 10)
+    engine = service_app._engine
+    keys = seed(engine, 25)
+    out = fan.schedule(engine, remaining=lambda: 5.0)        # under the margin after page 1
+    assert len(out["queued"]) == 10 + 1 and out["continued"]
+    first = drain(fanout)
+    cont = [m for m in first if json.loads(m["body"])["kind"] == "continue"]
+    assert len(cont) == 1
+    # the worker receiving the continuation carries on from the token
+    event = api.events.generate_sqs_event([cont[0]["body"]], queue_name="kip_sweep-test")
+    result = api.lambda_.invoke("sweep_worker", event).payload
+    assert result == {"batchItemFailures": []}
+    rest = drain(fanout)
+    ids = [json.loads(m["body"]).get("id") for m in first + rest]
+    assert sorted(i for i in ids if i) == keys
+
+
+def test_entries_sqs_refuses_with_http_200_are_resent(api, fanout):
+    import app as service_app
+    from chalicelib import aws, fanout as fan
+    engine = service_app._engine
+    keys = seed(engine, 12)
+    refused = []
+
+    def refuse_one(parsed=None, **_):
+        if not refused and parsed.get("Successful"):
+            entry = parsed["Successful"].pop()
+            refused.append(entry["Id"])
+            parsed.setdefault("Failed", []).append({"Id": entry["Id"], "SenderFault": False,
+                                                    "Code": "InternalError"})
+    aws.add_hook("after-call.sqs.SendMessageBatch", refuse_one)
+    out = fan.schedule(engine, remaining=lambda: 900.0)
+    assert refused and not out["unsent"]
+    bodies = [json.loads(m["body"])["id"] for m in drain(fanout)]
+    assert set(bodies) == set(keys)      # the refused entry was sent again (SQS kept the first
+    # copy too in moto, since the refusal is faked after the call: duplicates are harmless)
+
+
+def test_worker_repairs_and_reports_only_retryable_failures(api, fanout, monkeypatch):
+    import app as service_app
+    from chalicelib import errors
+    make_cluster("drifted")
+    make_role("KarpenterController-drifted")
+    assert api.http.post("/clusters", body=json.dumps({"cluster_name": "drifted"}),
+                         headers={"Content-Type": "application/json"}).status_code == 201
+    names = service_app._engine.describe(service_app._engine.identity("drifted")).names
+    rule = names.get("rule") or sorted(names["rules"].values())[0]
+    boto3.client("events").remove_targets(Rule=rule, Ids=["KarpenterInterruptionQueueTarget"])
+    real = service_app._engine.reconcile
+
+    def flaky(cid, **kw):
+        if cid.cluster_name == "throttled":
+            raise errors.Throttled("slow down")
+        return real(cid, **kw)
+    monkeypatch.setattr(service_app._engine, "reconcile", flaky)
+    event = api.events.generate_sqs_event([
+        json.dumps({"kind": "reconcile", "id": f"{ACCOUNT}/{REGION}/drifted"}),
+        "not json",
+        json.dumps({"kind": "reconcile", "id": f"{ACCOUNT}/{REGION}/throttled"}),
+        json.dumps({"kind": "reconcile", "id": f"{ACCOUNT}/{REGION}/gone"}),
+    ], queue_name="kip_sweep-test")
+    for i, record in enumerate(event["Records"]):
+        record["messageId"] = f"m{i}"
+    ids = [r["messageId"] for r in event["Records"]]
+    result = api.lambda_.invoke("sweep_worker", event).payload
+    assert result == {"batchItemFailures": [{"itemIdentifier": ids[2]}]}
+    assert boto3.client("events").list_targets_by_rule(Rule=rule)["Targets"]
+
+
+def test_worker_hands_back_what_its_time_budget_cannot_reach(api, fanout):
+    from chalicelib import fanout as fan
+    import app as service_app
+    out = fan.work(service_app._engine, [("m1", json.dumps({"kind": "reconcile",
+                                                             "id": f"{ACCOUNT}/{REGION}/x"}))],
+                   remaining=lambda: 1.0)
+    assert out["failed"] == ["m1"]
