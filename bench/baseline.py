@@ -122,16 +122,14 @@ class SequentialBaseline:
         # ... then aws_sqs_queue_policy.this
         self.sqs.set_queue_attributes(QueueUrl=queue_url,
                                       Attributes={"Policy": spec.queue_attributes["Policy"]})
-        # each aws_cloudwatch_event_rule followed by its aws_cloudwatch_event_target
-        for kind, pattern in spec.rule_patterns.items():
-            rule = n.rules[kind]
-            self.events.put_rule(Name=rule, EventPattern=json.dumps(pattern), State="ENABLED",
-                                 Description=f"Karpenter interruption handling ({kind}) for "
-                                             f"{spec.cid.key}", Tags=tag_list)
-            r = self.events.put_targets(Rule=rule, Targets=[
-                {"Id": naming.TARGET_ID, "Arn": n.queue_arn}])
-            if r.get("FailedEntryCount"):
-                raise RuntimeError(f"baseline PutTargets {rule} failed: {r['FailedEntries']}")
+        # aws_cloudwatch_event_rule followed by its aws_cloudwatch_event_target
+        self.events.put_rule(Name=n.rule, EventPattern=json.dumps(spec.rule_pattern),
+                             State="ENABLED", Description="Karpenter interruption handling for "
+                                                          f"{spec.cid.key}", Tags=tag_list)
+        r = self.events.put_targets(Rule=n.rule, Targets=[
+            {"Id": naming.TARGET_ID, "Arn": n.queue_arn}])
+        if r.get("FailedEntryCount"):
+            raise RuntimeError(f"baseline PutTargets {n.rule} failed: {r['FailedEntries']}")
         # aws_iam_policy.controller, then aws_iam_role_policy_attachment.controller
         policy_arn = self.iam.create_policy(
             PolicyName=n.policy, Path=n.policy_path,
@@ -159,8 +157,7 @@ class SequentialBaseline:
         for qname in (n.queue, n.dlq):
             read(self.sqs.get_queue_url, QueueName=qname)
         read(self.iam.get_policy, PolicyArn=n.policy_arn)
-        for rule in n.rules.values():
-            read(self.events.describe_rule, Name=rule)
+        read(self.events.describe_rule, Name=n.rule)
         read(self.iam.list_attached_role_policies, RoleName=role.name)
 
     def check(self, state: dict) -> bool:
@@ -175,12 +172,11 @@ class SequentialBaseline:
             url = self.sqs.get_queue_url(QueueName=qname)["QueueUrl"]
             self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])
             self.sqs.list_queue_tags(QueueUrl=url)
-        for kind in spec.rule_patterns:
-            d = self.events.describe_rule(Name=n.rules[kind])
-            in_sync &= json.loads(d["EventPattern"]) == spec.rule_patterns[kind]
-            self.events.list_tags_for_resource(ResourceARN=n.rule_arns[kind])
-            t = self.events.list_targets_by_rule(Rule=n.rules[kind])["Targets"]
-            in_sync &= any(x["Id"] == naming.TARGET_ID for x in t)
+        d = self.events.describe_rule(Name=n.rule)
+        in_sync &= json.loads(d["EventPattern"]) == spec.rule_pattern
+        self.events.list_tags_for_resource(ResourceARN=n.rule_arn)
+        t = self.events.list_targets_by_rule(Rule=n.rule)["Targets"]
+        in_sync &= any(x["Id"] == naming.TARGET_ID for x in t)
         p = self.iam.get_policy(PolicyArn=n.policy_arn)["Policy"]
         self.iam.get_policy_version(PolicyArn=n.policy_arn, VersionId=p["DefaultVersionId"])
         self.iam.list_policy_versions(PolicyArn=n.policy_arn)
@@ -198,9 +194,8 @@ class SequentialBaseline:
         self._put_record(spec, "deleting", version)
         self.iam.detach_role_policy(RoleName=state["role"], PolicyArn=state["policy_arn"])
         self.iam.delete_policy(PolicyArn=state["policy_arn"])
-        for kind in reversed(list(spec.rule_patterns)):
-            self.events.remove_targets(Rule=n.rules[kind], Ids=[naming.TARGET_ID])
-            self.events.delete_rule(Name=n.rules[kind])
+        self.events.remove_targets(Rule=n.rule, Ids=[naming.TARGET_ID])
+        self.events.delete_rule(Name=n.rule)
         self.sqs.set_queue_attributes(QueueUrl=state["queue_url"], Attributes={"Policy": ""})
         self.sqs.delete_queue(QueueUrl=state["queue_url"])
         self.sqs.delete_queue(QueueUrl=state["dlq_url"])
@@ -231,7 +226,7 @@ def footprint(session: Any, settings: Settings, account: str, cluster_name: str)
                     "policy_sids": sorted(s.get("Sid", "") for s in policy.get("Statement", [])),
                     "tags": sorted(sqs.list_queue_tags(QueueUrl=url).get("Tags", {}))}
     out["rules"] = {}
-    for kind, rule in n.rules.items():
+    for kind, rule in (("all", n.rule),):
         d = events.describe_rule(Name=rule)
         t = events.list_targets_by_rule(Rule=rule)["Targets"]
         out["rules"][kind] = {"pattern": json.loads(d["EventPattern"]), "state": d["State"],

@@ -63,6 +63,8 @@ class Settings:
     token_secret: str | None = None     # signs list tokens; default: derived from the table name
     stale_seconds: int = 600        # consumer health: older waiting messages mean nobody reads
     alarms: bool = False            # KIP_ALARMS: per-cluster CloudWatch alarms (stale, DLQ)
+    rule_quota: int | None = None   # EventBridge rules per bus, when Service Quotas cannot say
+    rule_reserve: int = 20          # rules kip leaves free for the account's other users
     settle_seconds: float = 6.0     # waiting, within a run, for IAM/SQS eventual consistency
     # Organization reach (chalicelib/tenancy.py): accounts kip may act in besides its own; empty
     # with no org id = any account (the local stage only: deployed stages require one of them).
@@ -131,6 +133,8 @@ class Settings:
             stale_seconds=_int(env, "KIP_STALE_SECONDS", 600),
             alarms=_bool(env.get("KIP_ALARMS"), False),
             settle_seconds=float(env.get("KIP_SETTLE_SECONDS") or 6.0),
+            rule_quota=_int(env, "KIP_RULE_QUOTA", 0) or None,
+            rule_reserve=_int(env, "KIP_RULE_RESERVE", 20),
             allowed_accounts=allowed, org_id=org_id, adopt_regions=adopt_regions,
             **_sweep_settings(env),
         )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 SQS_MAX = 80
 RULE_MAX = 64
@@ -30,6 +30,8 @@ DISCOVERY_TAG = "karpenter.sh/discovery"
 
 TARGET_ID = "KarpenterInterruptionQueueTarget"
 
+# The one rule's suffix; and, for migration, the per-kind suffixes of the earlier five-rule layout.
+RULE_SUFFIX_ONE = "-events"
 # event kind -> short suffix used in rule names (kept short so long cluster names keep more text)
 RULE_SUFFIX = {
     "spot_interruption": "spot",
@@ -91,16 +93,19 @@ class Names:
     dlq: str
     queue_arn: str
     dlq_arn: str
-    rules: dict          # event kind -> rule name (all five kinds, enabled or not)
-    rule_arns: dict      # event kind -> rule ARN
+    rules: dict          # legacy: event kind -> rule name of the five-rule layout (migration only)
+    rule_arns: dict      # legacy: event kind -> rule ARN
     policy: str
     policy_path: str
     policy_arn: str
+    rule: str = ""       # the cluster's one rule, matching every selected kind
+    rule_arn: str = ""
 
     def to_dict(self) -> dict:
         return {
             "queue": self.queue, "dlq": self.dlq, "queue_arn": self.queue_arn,
-            "dlq_arn": self.dlq_arn, "rules": dict(self.rules), "rule_arns": dict(self.rule_arns),
+            "dlq_arn": self.dlq_arn, "rule": self.rule, "rule_arn": self.rule_arn,
+            "rules": dict(self.rules), "rule_arns": dict(self.rule_arns),
             "policy": self.policy, "policy_path": self.policy_path, "policy_arn": self.policy_arn,
         }
 
@@ -108,29 +113,51 @@ class Names:
     def from_dict(cls, data: dict) -> "Names":
         return cls(**{k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()})
 
+    def upgraded(self, current: "Names") -> "Names":
+        """Recorded names of the five-rule layout gain the one rule of ``current``; the old rules
+        stay (as legacy) until a run has removed them."""
+        if self.rule:
+            return self
+        return replace(self, rule=current.rule, rule_arn=current.rule_arn)
 
-def names_for(cid: ClusterId, prefix: str, iam_path: str) -> Names:
+    def without_legacy(self, kinds: "set[str] | None" = None) -> "Names":
+        """These names, forgetting the legacy rules of ``kinds`` (all when None)."""
+        keep = {k: v for k, v in self.rules.items() if kinds is not None and k not in kinds}
+        return replace(self, rules=keep, rule_arns={k: self.rule_arns[k] for k in keep})
+
+
+def names_for(cid: ClusterId, prefix: str, iam_path: str, legacy: bool = False) -> Names:
+    """Every name of a cluster's resources. ``legacy``: also the five per-kind rules of the
+    earlier layout (a teardown without a record looks for them too)."""
     p, region, account = cid.partition, cid.region, cid.account_id
     queue = fit(prefix, cid.cluster_name, "", SQS_MAX)
     # The DLQ shares the queue namespace. After the prefix comes '_', which no EKS cluster name
     # can start with, so no cluster's queue can ever be named like another cluster's DLQ
     # (with plain "<prefix><name>-dlq", cluster "x-dlq"'s queue would be cluster "x"'s DLQ).
     dlq = fit(f"{prefix}_", cid.cluster_name, "-dlq", SQS_MAX)
-    rules = {kind: fit(prefix, cid.cluster_name, f"-{suffix}", RULE_MAX)
-             for kind, suffix in RULE_SUFFIX.items()}
+    # One rule per cluster. Its suffix is none of the legacy kind suffixes, so it can never be
+    # named like another cluster's legacy rule (cluster "x-spot" vs cluster "x"'s spot rule).
+    rule = fit(prefix, cid.cluster_name, RULE_SUFFIX_ONE, RULE_MAX)
+    legacy_rules = {kind: fit(prefix, cid.cluster_name, f"-{suffix}", RULE_MAX)
+                    for kind, suffix in RULE_SUFFIX.items()} if legacy else {}
     # IAM is global to the account: the region is part of the name so that two clusters with the
     # same name in two regions get two policies.
     policy = fit(prefix, f"{region}-{cid.cluster_name}", "", IAM_POLICY_MAX)
+
+    def rule_arn(name: str) -> str:
+        return f"arn:{p}:events:{region}:{account}:rule/{name}"
     return Names(
         queue=queue,
         dlq=dlq,
         queue_arn=f"arn:{p}:sqs:{region}:{account}:{queue}",
         dlq_arn=f"arn:{p}:sqs:{region}:{account}:{dlq}",
-        rules=rules,
-        rule_arns={k: f"arn:{p}:events:{region}:{account}:rule/{n}" for k, n in rules.items()},
+        rules=legacy_rules,
+        rule_arns={k: rule_arn(n) for k, n in legacy_rules.items()},
         policy=policy,
         policy_path=iam_path,
         policy_arn=f"arn:{p}:iam::{account}:policy{iam_path}{policy}",
+        rule=rule,
+        rule_arn=rule_arn(rule),
     )
 
 

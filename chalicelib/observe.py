@@ -25,7 +25,7 @@ class Located:
     queue_url: Optional[str] = None
     dlq_url: Optional[str] = None
     policy: Optional[dict] = None                   # {"default_version", "tags"}
-    rules: dict = field(default_factory=dict)       # kind -> {"pattern", "state"} or None
+    rules: dict = field(default_factory=dict)       # rule name -> {"pattern", "state"} or None
     roles: dict = field(default_factory=dict)       # role name -> RoleState
 
 
@@ -35,7 +35,7 @@ def locate(target: Any, names: Names, roles: Iterable[str], workers: Workers
     urls = [workers.submit(target.queue_url, names.queue),
             workers.submit(target.queue_url, names.dlq)]
     policy = workers.submit(target.get_policy, names.policy_arn)
-    rules = {kind: workers.submit(target.describe_rule, rule) for kind, rule in names.rules.items()}
+    rules = {rule: workers.submit(target.describe_rule, rule) for rule in rule_names(names)}
     role_reads = {role: workers.submit(target.role_attachments, role) for role in wanted}
 
     def result() -> Located:
@@ -45,6 +45,13 @@ def locate(target: Any, names: Names, roles: Iterable[str], workers: Workers
                        {k: f.result() for k, f in rules.items()},
                        {r: f.result() for r, f in role_reads.items()})
     return result
+
+
+def rule_names(names: Names) -> dict[str, str]:
+    """Every rule name to look at -> its ARN: the one rule, and any legacy rules."""
+    out = {names.rule: names.rule_arn} if names.rule else {}
+    out.update({name: names.rule_arns[kind] for kind, name in names.rules.items()})
+    return out
 
 
 def roles(target: Any, names: Iterable[str], workers: Workers) -> dict[str, RoleState]:
@@ -58,9 +65,9 @@ def detail(target: Any, names: Names, found: Located, workers: Workers,
     alarm_reads = alarms(target, names, workers)
     queues = {key: (url, submit(target.queue_attributes, url), submit(target.queue_tags, url))
               for key, url in (("queue", found.queue_url), ("dlq", found.dlq_url)) if url}
-    rules = {kind: (found.rules[kind], submit(target.rule_targets, names.rules[kind]),
-                    submit(target.rule_tags, names.rule_arns[kind]))
-             for kind in names.rules if found.rules.get(kind)}
+    rules = {rule: (found.rules[rule], submit(target.rule_targets, rule),
+                    submit(target.rule_tags, arn))
+             for rule, arn in rule_names(names).items() if found.rules.get(rule)}
     pol, policy_reads = found.policy, []
     if pol:
         policy_reads = [submit(target.policy_document, names.policy_arn, pol["default_version"]),
@@ -74,8 +81,8 @@ def detail(target: Any, names: Names, found: Located, workers: Workers,
     for key, (url, attrs, tags) in queues.items():
         if attrs.result() is not None:      # gone between the two waves: not there
             setattr(obs, key, QueueState(True, url, attrs.result(), tags.result()))
-    for kind, (described, targets, tags) in rules.items():
-        obs.rules[names.rules[kind]] = RuleState(True, described["pattern"], described["state"],
+    for rule, (described, targets, tags) in rules.items():
+        obs.rules[rule] = RuleState(True, described["pattern"], described["state"],
                                                  tags.result(), targets.result())
     if pol:
         obs.policy = PolicyState(True, pol["tags"], pol["default_version"],

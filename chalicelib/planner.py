@@ -81,9 +81,8 @@ def check_ownership(spec: DesiredSpec, obs: Observed) -> None:
     n, cid = spec.names, spec.cid
     _check_owned(obs.dlq.exists, obs.dlq.tags, cid, "SQS queue", n.dlq)
     _check_owned(obs.queue.exists, obs.queue.tags, cid, "SQS queue", n.queue)
-    for kind in spec.event_kinds:
-        st = obs.rule(n.rules[kind])
-        _check_owned(st.exists, st.tags, cid, "EventBridge rule", n.rules[kind])
+    st = obs.rule(n.rule)
+    _check_owned(st.exists, st.tags, cid, "EventBridge rule", n.rule)
     _check_owned(obs.policy.exists, obs.policy.tags, cid, "IAM policy", n.policy)
 
 
@@ -116,7 +115,9 @@ def _plan_queues(plan: _Plan, spec: DesiredSpec, obs: Observed) -> None:
     dlq_after: tuple = ()
     for key, attrs in (("dlq", spec.dlq_attributes), ("queue", spec.queue_attributes)):
         st, name = getattr(obs, key), getattr(n, key)
-        after = dlq_after if key == "queue" else ()
+        # Tightening the queue policy to the one rule waits until the old rules are gone.
+        after = dlq_after + tuple(f"legacy.{k}.delete" for k in _retiring(spec, obs)) \
+            if key == "queue" else ()
         if not st.exists:
             plan.add(f"{key}.create", "create_queue", "create", key, name,
                      {"name": name, "attributes": attrs, "tags": tags}, after,
@@ -134,38 +135,42 @@ def _plan_queues(plan: _Plan, spec: DesiredSpec, obs: Observed) -> None:
 
 
 def _plan_rules(plan: _Plan, spec: DesiredSpec, obs: Observed) -> None:
-    """Rules and their targets. PutTargets needs the rule, not the queue: EventBridge accepts a
-    target ARN before the queue exists, which keeps the queue off the rules' critical path."""
-    n, tags = spec.names, spec.tags
+    """The cluster's one rule and its target. PutTargets needs the rule, not the queue:
+    EventBridge accepts a target ARN before the queue exists, which keeps the queue off the rule's
+    critical path. Rules of the earlier five-rule layout go once the queue policy has allowed the
+    one rule long enough (``spec.keep_legacy`` false): events keep arriving throughout."""
+    n, tags, st = spec.names, spec.tags, obs.rule(spec.names.rule)
     target = {"Id": naming.TARGET_ID, "Arn": n.queue_arn}
-    for kind, rule in n.rules.items():
-        st = obs.rule(rule)
-        if kind not in spec.rule_patterns:
-            if st.exists and naming.is_owned(st.tags, spec.cid):
-                _delete_rule(plan, kind, rule, st)
-            continue
-        pattern = spec.rule_patterns[kind]
-        put_after: tuple = ()
-        if not st.exists or st.pattern != pattern or st.state != "ENABLED":
-            plan.add(f"rule.{kind}", "put_rule", "create" if not st.exists else "update", "rule",
-                     rule, {"name": rule, "pattern": pattern, "tags": tags,
-                            "description": f"Karpenter interruption handling ({kind}) for "
-                                           f"{spec.cid.key}"},
-                     effect=Effect.of("rule", kind, exists=True))
-            put_after = (f"rule.{kind}",)
-        # PutRule ignores Tags when it updates an existing rule: tag it on its own.
-        if st.exists and any(st.tags.get(k) != v for k, v in tags.items()):
-            plan.add(f"rule.{kind}.tag", "tag_rule", "update", "rule", rule,
-                     {"arn": n.rule_arns[kind], "tags": tags}, put_after)
-        # Someone else's target on our rule would receive every interruption event: drift.
-        foreign = [t["Id"] for t in st.targets if t.get("Id") != naming.TARGET_ID]
-        if foreign:
-            plan.add(f"targets.{kind}.foreign", "remove_targets", "delete", "targets", rule,
-                     {"rule": rule, "ids": foreign})
-        if target not in [{"Id": t.get("Id"), "Arn": t.get("Arn")} for t in st.targets]:
-            plan.add(f"targets.{kind}", "put_targets", "create", "targets", rule,
-                     {"rule": rule, "targets": [target]}, put_after,
-                     Effect.of("rule", kind, target=True))
+    after: tuple = ()
+    if not st.exists or st.pattern != spec.rule_pattern or st.state != "ENABLED":
+        after = (plan.add("rule", "put_rule", "create" if not st.exists else "update", "rule",
+                          n.rule, {"name": n.rule, "pattern": spec.rule_pattern, "tags": tags,
+                                   "description": "Karpenter interruption handling for "
+                                                  f"{spec.cid.key}"},
+                          effect=Effect.of("rule", exists=True)).id,)
+    # PutRule ignores Tags when it updates an existing rule: tag it on its own.
+    if st.exists and any(st.tags.get(k) != v for k, v in tags.items()):
+        plan.add("rule.tag", "tag_rule", "update", "rule", n.rule,
+                 {"arn": n.rule_arn, "tags": tags}, after)
+    # Someone else's target on our rule would receive every interruption event: drift.
+    foreign = [t["Id"] for t in st.targets if t.get("Id") != naming.TARGET_ID]
+    if foreign:
+        plan.add("targets.foreign", "remove_targets", "delete", "targets", n.rule,
+                 {"rule": n.rule, "ids": foreign})
+    if target not in [{"Id": t.get("Id"), "Arn": t.get("Arn")} for t in st.targets]:
+        after = (plan.add("targets", "put_targets", "create", "targets", n.rule,
+                          {"rule": n.rule, "targets": [target]}, after,
+                          Effect.of("rule", target=True)).id,)
+    for kind in _retiring(spec, obs):
+        _delete_rule(plan, kind, n.rules[kind], obs.rule(n.rules[kind]), after)
+
+
+def _retiring(spec: DesiredSpec, obs: Observed) -> list[str]:
+    """Legacy rules (ours) this run removes."""
+    if spec.keep_legacy:
+        return []
+    return [k for k, name in spec.names.rules.items()
+            if obs.rule(name).exists and naming.is_owned(obs.rule(name).tags, spec.cid)]
 
 
 def _plan_policy(plan: _Plan, spec: DesiredSpec, obs: Observed) -> None:
@@ -211,15 +216,16 @@ def _prune(plan: _Plan, names: naming.Names, version: dict) -> Action:
                     {"arn": names.policy_arn, "version": version["VersionId"]})
 
 
-def _delete_rule(plan: _Plan, kind: str, rule: str, st: RuleState) -> None:
-    after: tuple = ()
+def _delete_rule(plan: _Plan, kind: Optional[str], rule: str, st: RuleState,
+                 after: tuple = ()) -> None:
+    """Remove a rule (its targets first). ``kind``: a legacy rule's kind; None: the one rule."""
+    prefix, entry = (f"legacy.{kind}", "legacy_rule") if kind else ("rule", "rule")
     if st.targets:
-        plan.add(f"targets.{kind}.remove", "remove_targets", "delete", "targets", rule,
-                 {"rule": rule, "ids": [t["Id"] for t in st.targets]},
-                 effect=Effect.of("rule", kind, target=False))
-        after = (f"targets.{kind}.remove",)
-    plan.add(f"rule.{kind}.delete", "delete_rule", "delete", "rule", rule, {"name": rule}, after,
-             _gone("rule", kind, target=False))
+        after = after + (plan.add(f"{prefix}.untarget", "remove_targets", "delete", "targets",
+                                  rule, {"rule": rule, "ids": [t["Id"] for t in st.targets]},
+                                  after, Effect.of(entry, kind, target=False)).id,)
+    plan.add(f"{prefix}.delete", "delete_rule", "delete", "rule", rule, {"name": rule}, after,
+             _gone(entry, kind, target=False))
 
 
 def plan_teardown(names: naming.Names, cid: naming.ClusterId, obs: Observed
@@ -233,7 +239,8 @@ def plan_teardown(names: naming.Names, cid: naming.ClusterId, obs: Observed
                             "reason": "exists but is not tagged as this cluster's; left untouched"})
         return exists and naming.is_owned(tags, cid)
 
-    for kind, rule in names.rules.items():
+    rules = {None: names.rule, **names.rules} if names.rule else dict(names.rules)
+    for kind, rule in rules.items():
         st = obs.rule(rule)
         if ours(st.exists, st.tags, "rule", rule):
             _delete_rule(plan, kind, rule, st)

@@ -51,6 +51,16 @@ def drift_event_pattern(prefix: str, iam_path: str) -> dict:
 CONTROLLER_SQS_ACTIONS = ["sqs:DeleteMessage", "sqs:GetQueueUrl", "sqs:ReceiveMessage"]
 
 
+def interruption_pattern(kinds: "list[str] | tuple[str, ...]") -> dict:
+    """One EventBridge pattern matching every selected kind: the EC2 kinds as one array of
+    detail-types, the Health kind (narrowed to EC2 scheduled changes) as an ``$or`` branch."""
+    ec2 = [t for k in kinds if EVENT_PATTERNS[k]["source"] == ["aws.ec2"]
+           for t in EVENT_PATTERNS[k]["detail-type"]]
+    branches = [{"source": ["aws.ec2"], "detail-type": ec2}] if ec2 else []
+    branches += [EVENT_PATTERNS[k] for k in kinds if EVENT_PATTERNS[k]["source"] != ["aws.ec2"]]
+    return branches[0] if len(branches) == 1 else {"$or": branches}
+
+
 def queue_policy(queue_arn: str, rule_arns: list[str], partition: str = "aws") -> dict:
     """EventBridge may send, only from this cluster's own rules; nothing over plain HTTP."""
     dns_suffix = "amazonaws.com.cn" if partition == "aws-cn" else "amazonaws.com"

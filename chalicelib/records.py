@@ -58,7 +58,8 @@ class AttachmentEntry(_Entry):
 class Resources(_Entry):
     queue: Optional[QueueEntry] = None
     dlq: Optional[QueueEntry] = None
-    rules: dict[str, RuleEntry] = Field(default_factory=dict)
+    rule: Optional[RuleEntry] = None                # the cluster's one rule
+    rules: dict[str, RuleEntry] = Field(default_factory=dict)   # the five-rule layout (legacy)
     policy: Optional[PolicyEntry] = None
     attachment: Optional[AttachmentEntry] = None
 
@@ -126,6 +127,7 @@ class ClusterRecord(BaseModel):
     last_error: Optional[LastError] = None
     requested_by: Optional[str] = None     # the API caller of the last change (JWT sub, IAM ARN)
     health: Optional[Health] = None        # written by the sweep when the consumer state changes
+    rule_migration_since: Optional[str] = None  # when the queue policy first allowed the one rule
     created_at: Optional[str] = None
     updated_at: Optional[str] = None
 
@@ -184,8 +186,9 @@ class Result:
 class Effect:
     """What a finished action changes in the record: fields of one entry.
 
-    ``entry`` is ``queue``, ``dlq``, ``rule`` (``key`` = event kind), ``policy``, ``attachment``,
-    or ``holder`` (``key`` = a role the policy was detached from)."""
+    ``entry`` is ``queue``, ``dlq``, ``rule`` (the one rule), ``policy``, ``attachment``,
+    ``legacy_rule`` (``key`` = event kind, the five-rule layout), or ``holder`` (``key`` = a
+    role the policy was detached from)."""
     entry: str
     sets: tuple = ()
     key: Optional[str] = None
@@ -203,15 +206,17 @@ def observed(names: naming.Names, obs: Observed, kinds: Iterable[str], role_name
         return QueueEntry(name=getattr(names, key), arn=getattr(names, f"{key}_arn"),
                           url=st.url if st.exists else None, exists=st.exists)
 
-    rules = {}
-    for kind, rule in names.rules.items():
-        st = obs.rule(rule)
-        rules[kind] = RuleEntry(
-            name=rule, arn=names.rule_arns[kind], exists=st.exists, enabled=kind in kinds,
-            target=st.exists and any(t.get("Id") == naming.TARGET_ID for t in st.targets))
+    def rule(name: str, arn: str, enabled: bool) -> RuleEntry:
+        st = obs.rule(name)
+        return RuleEntry(name=name, arn=arn, exists=st.exists, enabled=enabled,
+                         target=st.exists and any(t.get("Id") == naming.TARGET_ID
+                                                  for t in st.targets))
+    legacy = {kind: rule(name, names.rule_arns[kind], kind in kinds)
+              for kind, name in names.rules.items()}
     pol = obs.policy
     return Resources(
-        queue=queue("queue"), dlq=queue("dlq"), rules=rules,
+        queue=queue("queue"), dlq=queue("dlq"),
+        rule=rule(names.rule, names.rule_arn, True) if names.rule else None, rules=legacy,
         policy=PolicyEntry(name=names.policy, arn=names.policy_arn, path=names.policy_path,
                            exists=pol.exists,
                            default_version=pol.default_version if pol.exists else None),
@@ -234,7 +239,7 @@ def apply(resources: Resources, actions: Iterable[Any], done: dict[str, dict]) -
 
 
 def _set(res: Resources, effect: Effect, values: dict) -> None:
-    if effect.entry == "rule":
+    if effect.entry == "legacy_rule":
         entry: Any = res.rules[effect.key]
     elif effect.entry == "holder":
         att = res.attachment or AttachmentEntry()

@@ -7,13 +7,15 @@ When a change is likely, the lease is taken while the second wave of reads runs.
 """
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional
 
 from aws_lambda_powertools import Logger
 
-from chalicelib import aws, errors, kms, naming, observe, planner, records, registry, tenancy
+from chalicelib import (aws, errors, kms, migration, naming, observe, planner, quota, records,
+                        registry, tenancy)
 from chalicelib.config import Settings, get_settings
 from chalicelib.executor import Run, Workers, execute, gather, preview
 from chalicelib.records import ClusterRecord, Karpenter, LastError
@@ -59,6 +61,7 @@ class Engine:
         self.clock = clock
         self.registry = registry.Registry(aws.Store(self.settings), self.settings, clock)
         self.recorder = Recorder(self.registry, self.settings, clock)
+        self.rule_room = RuleRoom(self.settings, clock)
         self.workers = Workers(self.settings.max_workers)
         self.org = aws.Organization(self.settings)      # KIP_ORG_ID membership, cached
 
@@ -75,8 +78,8 @@ class Engine:
                                 self.org.organization_of)    # 403 outside the allow-list
         return naming.ClusterId(account, region, cluster_name)
 
-    def names(self, cid: naming.ClusterId) -> naming.Names:
-        return naming.names_for(cid, self.settings.prefix, self.settings.iam_path)
+    def names(self, cid: naming.ClusterId, legacy: bool = False) -> naming.Names:
+        return naming.names_for(cid, self.settings.prefix, self.settings.iam_path, legacy)
 
     def _target(self, cid: naming.ClusterId) -> aws.Target:
         target = aws.Target(cid.account_id, cid.region, self.settings)
@@ -109,7 +112,7 @@ class Engine:
                  dry_run: bool = False, requested_by: Optional[str] = None) -> Outcome:
         """Remove everything the record names; without a record, this cluster's tagged
         resources under the computed names (a run whose record write failed)."""
-        ctx = self._first_wave(cid, None, [])
+        ctx = self._first_wave(cid, None, [], legacy=True)
         if dry_run:
             obs = self._detail(ctx, "teardown")
             actions, skipped = planner.plan_teardown(ctx.names, cid, obs)
@@ -177,7 +180,9 @@ class Engine:
         stop = guard(ctx)
         if stop is not None:
             return stop
-        spec = build_spec(req, cid, ctx.names, self.settings, ctx.kms_key_arn, ctx.role)
+        since = ctx.record.rule_migration_since if ctx.record else None
+        spec = build_spec(req, cid, ctx.names, self.settings, ctx.kms_key_arn, ctx.role,
+                          migration.keep_legacy(ctx.names, since, self.clock()))
         previous = self._previous_role(ctx)
         if req.dry_run:
             actions = planner.plan_provision(spec, self._detail(ctx, "provision", previous))
@@ -198,8 +203,8 @@ class Engine:
             return self._apply(ctx, spec, obs, actions, held)
 
     def _first_wave(self, cid: naming.ClusterId, role: Optional[RoleRef], roles: list,
-                    kms_key_id: Optional[str] = None) -> Context:
-        target, names = self._target(cid), self.names(cid)
+                    kms_key_id: Optional[str] = None, legacy: bool = False) -> Context:
+        target, names = self._target(cid), self.names(cid, legacy)
         submit = self.workers.submit
         record_f = submit(self.registry.get, cid)
         cluster_f = role_f = key_f = policy_f = None
@@ -214,7 +219,7 @@ class Engine:
         record, found = record_f.result(), locating()
         recorded = record.recorded_names() if record else None
         if recorded and recorded != names:          # names are recorded once: the record wins
-            names = recorded
+            names = recorded.upgraded(names)        # (a five-rule record gains the one rule)
             found = observe.locate(target, names, roles, self.workers)()
         ctx = Context(cid, target, names, record, found, role)
         if cluster_f is not None and role_f is not None:
@@ -250,6 +255,8 @@ class Engine:
     def _apply(self, ctx: Context, spec: DesiredSpec, obs: Observed,
                actions: list, held: registry.Lease) -> Outcome:
         leased = held.get()
+        if any(a.op == "put_rule" and a.kind == "create" for a in actions):
+            self.rule_room.claim(ctx.target, self.workers)    # refuses before any write
         held.writing = True
         run = execute(ctx.target, actions, self.workers)
         role = spec.role
@@ -258,6 +265,9 @@ class Engine:
             actions, run.done)
         update = {"resources": resources, "applied": [a.id for a in run.finished(actions)],
                   "status": _status_for(obs), "last_error": None}
+        update.update(migration.recorded_fields(spec, resources, run.failure is None,
+                                                registry.iso(self.clock()),
+                                                leased.rule_migration_since))
         if run.failure:
             update.update(status="failed", last_error=self.recorder.failure(run, "provisioning"))
         previous = ctx.record.status if ctx.record else None
@@ -352,6 +362,32 @@ class Recorder:
         except errors.KipError as exc:  # a portal notification never fails provisioning
             log.warning("status event not published", extra={"detail": exc.message})
 
+
+
+class RuleRoom:
+    """The rule quota check before a new rule, with the bus's rule count cached per
+    account-region for a minute (a sweep creating many rules counts once, then adds)."""
+
+    TTL = 60.0
+
+    def __init__(self, settings: Settings, clock: Callable[[], float]) -> None:
+        self.settings, self.clock = settings, clock
+        self._seen: dict[tuple, list] = {}       # (account, region) -> [used, quota, source, at]
+        self._lock = threading.Lock()
+
+    def claim(self, target: aws.Target, workers: Workers) -> None:
+        key = (target.account, target.region)
+        with self._lock:
+            seen = self._seen.get(key)
+            if seen is None or self.clock() - seen[3] > self.TTL:
+                used, from_sq = gather([workers.submit(target.count_rules),
+                                        workers.submit(target.rule_quota)])
+                limit, source = quota.effective_quota(target.region, from_sq,
+                                                      self.settings.rule_quota)
+                seen = self._seen[key] = [used, limit, source, self.clock()]
+            quota.check_rule_room(seen[0], seen[1], seen[2], self.settings.rule_reserve,
+                                  target.account, target.region)
+            seen[0] += 1
 
 
 def _refuse_unusable_cluster(ctx: Context) -> Optional[Outcome]:

@@ -354,19 +354,20 @@ class DesiredSpec:
     dlq_attributes: dict
     queue_policy: dict
     controller_policy: dict
-    rule_patterns: dict          # kind -> pattern dict (enabled kinds only)
+    rule_pattern: dict           # the cluster's one rule: every selected kind
     role: RoleRef
     tags: dict                   # ownership + discovery + user tags
     kms_key_arn: Optional[str]
     parameters: dict = field(default_factory=dict)
     alarm_threshold: Optional[int] = None   # KIP_ALARMS: the stale alarm's age (s); None: off
+    keep_legacy: bool = False    # the five-rule layout's rules stay allowed (migration, phase 1)
 
     @property
     def spec_hash(self) -> str:
         body = {
             "names": self.names.to_dict(), "kinds": list(self.event_kinds),
             "queue": self.queue_attributes, "dlq": self.dlq_attributes,
-            "controller_policy": self.controller_policy, "rules": self.rule_patterns,
+            "controller_policy": self.controller_policy, "rule": self.rule_pattern,
             "role": self.role.arn, "tags": self.tags,
         }
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
@@ -380,12 +381,13 @@ def _encryption(kms_key_arn: Optional[str]) -> dict:
 
 def build_spec(req: ClusterRequest, cid: naming.ClusterId, names: naming.Names,
                settings: Settings, kms_key_arn: Optional[str] = None,
-               role: Optional[RoleRef] = None) -> DesiredSpec:
+               role: Optional[RoleRef] = None, keep_legacy: bool = False) -> DesiredSpec:
     kinds = tuple(req.event_kinds or ALL_EVENT_KINDS)
     role = role or resolve_role(req, cid, settings)
-    # The queue policy names every kind's rule, enabled or not: the rule ARNs are fixed, so turning
-    # a kind on or off never rewrites the queue policy.
-    qpolicy = policies.queue_policy(names.queue_arn, list(names.rule_arns.values()), cid.partition)
+    # Only the cluster's rule may send; while a cluster moves from the five-rule layout, its old
+    # rules too (``keep_legacy``), so events keep arriving until the old rules are gone.
+    senders = [names.rule_arn] + (list(names.rule_arns.values()) if keep_legacy else [])
+    qpolicy = policies.queue_policy(names.queue_arn, senders, cid.partition)
     redrive = {"deadLetterTargetArn": names.dlq_arn,
                "maxReceiveCount": req.max_receive_count or DEFAULT_MAX_RECEIVE}
     queue_attrs = {
@@ -413,7 +415,7 @@ def build_spec(req: ClusterRequest, cid: naming.ClusterId, names: naming.Names,
         cid=cid, names=names, event_kinds=kinds, queue_attributes=queue_attrs,
         dlq_attributes=dlq_attrs, queue_policy=qpolicy,
         controller_policy=policies.controller_policy(names.queue_arn, kms_key_arn),
-        rule_patterns={k: policies.EVENT_PATTERNS[k] for k in kinds}, role=role, tags=tags,
+        rule_pattern=policies.interruption_pattern(kinds), role=role, tags=tags,
         alarm_threshold=settings.stale_seconds if settings.alarms else None,
-        kms_key_arn=kms_key_arn, parameters=params,
+        kms_key_arn=kms_key_arn, parameters=params, keep_legacy=keep_legacy,
     )

@@ -130,6 +130,23 @@ class _Reads:
             users=[x["UserName"] for p in pages for x in p.get("PolicyUsers", [])],
             groups=[x["GroupName"] for p in pages for x in p.get("PolicyGroups", [])])
 
+    def count_rules(self) -> int:
+        """Rules on the default event bus (all pages of ListRules)."""
+        paginator = self._c("events").get_paginator("list_rules")
+        pages = call("events:ListRules", lambda: list(paginator.paginate()))
+        return sum(len(p.get("Rules", [])) for p in pages)
+
+    def rule_quota(self) -> Optional[float]:
+        """The account's 'rules per event bus' quota from Service Quotas, or None when it cannot
+        be read (not permitted, not available in the region): the caller falls back."""
+        try:
+            r = call("servicequotas:GetServiceQuota",
+                     self._c("service-quotas").get_service_quota, ServiceCode="events",
+                     QuotaCode="L-244521F2")
+        except errors.KipError:
+            return None
+        return r.get("Quota", {}).get("Value")
+
     def get_role(self, name: str) -> Optional[RoleInfo]:
         r = call(f"iam:GetRole {name}", self._c("iam").get_role, RoleName=name, gone_ok=True)
         if r is None:

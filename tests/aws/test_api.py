@@ -194,19 +194,19 @@ def test_get_and_delete(api, cluster):
 def test_reconcile_reports_then_repairs_a_deleted_rule(api, cluster):
     post(api, "/clusters", {"cluster_name": cluster})
     events = boto3.client("events")
-    events.remove_targets(Rule="kip-payments-prod-spot", Ids=["KarpenterInterruptionQueueTarget"])
-    events.delete_rule(Name="kip-payments-prod-spot")
+    events.remove_targets(Rule="kip-payments-prod-events", Ids=["KarpenterInterruptionQueueTarget"])
+    events.delete_rule(Name="kip-payments-prod-events")
     # when
     report = post(api, f"/clusters/{cluster}/reconcile", {"dry_run": True}).json_body
     # then nothing changed yet
     assert report["in_sync"] is False and report["repaired"] is False
     assert {(a["op"], a["name"]) for a in report["differences"]} == {
-        ("put_rule", "kip-payments-prod-spot"), ("put_targets", "kip-payments-prod-spot")}
-    assert not [r for r in events.list_rules(NamePrefix="kip-payments-prod-spot")["Rules"]]
+        ("put_rule", "kip-payments-prod-events"), ("put_targets", "kip-payments-prod-events")}
+    assert not [r for r in events.list_rules(NamePrefix="kip-payments-prod-events")["Rules"]]
     # when repaired
     fixed = post(api, f"/clusters/{cluster}/reconcile", "").json_body
     assert fixed["repaired"] is True
-    assert events.list_targets_by_rule(Rule="kip-payments-prod-spot")["Targets"][0]["Id"] == \
+    assert events.list_targets_by_rule(Rule="kip-payments-prod-events")["Targets"][0]["Id"] == \
         "KarpenterInterruptionQueueTarget"
     again = post(api, f"/clusters/{cluster}/reconcile", "").json_body
     assert again["in_sync"] is True

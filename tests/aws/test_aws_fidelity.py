@@ -139,9 +139,9 @@ def test_changed_tags_reach_existing_rules_through_tag_resource(engine, cluster)
     out = engine.provision(ClusterRequest(cluster_name=cluster, tags={"team": "b"},
                                           event_kinds=["spot_interruption"]))
     ops = {(a["op"], a["name"]) for a in out.actions}
-    assert ("tag_rule", f"kip-{cluster}-spot") in ops
+    assert ("tag_rule", f"kip-{cluster}-events") in ops
     events = boto3.client("events")
-    arn = events.describe_rule(Name=f"kip-{cluster}-spot")["Arn"]
+    arn = events.describe_rule(Name=f"kip-{cluster}-events")["Arn"]
     tags = {t["Key"]: t["Value"] for t in events.list_tags_for_resource(ResourceARN=arn)["Tags"]}
     assert tags["team"] == "b"
 
@@ -222,7 +222,7 @@ def test_list_tokens_are_bound_to_their_filter_and_integrity_protected(api, moto
 def test_a_foreign_target_on_a_kip_rule_is_drift_and_is_removed(engine, cluster):
     engine.provision(ClusterRequest(cluster_name=cluster))
     events = boto3.client("events")
-    rule = f"kip-{cluster}-spot"
+    rule = f"kip-{cluster}-events"
     events.put_targets(Rule=rule, Targets=[{"Id": "eavesdropper", "Arn":
                                             f"arn:aws:sqs:{REGION}:{ACCOUNT}:elsewhere"}])
     report = engine.reconcile(engine.identity(cluster), dry_run=True)

@@ -14,7 +14,7 @@ from botocore import xform_name
 from botocore.exceptions import ClientError
 from moto import mock_aws
 
-from chalicelib import aws, errors, naming
+from chalicelib import aws, errors, naming, policies
 from chalicelib.config import ALL_EVENT_KINDS, get_settings
 from chalicelib.service import Engine
 from chalicelib.spec import ClusterRequest
@@ -28,7 +28,9 @@ DLQ = "kip-_payments-prod-dlq"
 POLICY = "kip-eu-west-1-payments-prod"
 POLICY_ARN = f"arn:aws:iam::{ACCOUNT}:policy/kip/{POLICY}"
 OTHER_ACCOUNT = "111122223333"
-RULES = {
+RULE = "kip-payments-prod-events"
+RULE_ARN = f"arn:aws:events:{REGION}:{ACCOUNT}:rule/{RULE}"
+LEGACY_RULES = {        # the five-rule layout of earlier versions (migration tests)
     "spot_interruption": "kip-payments-prod-spot",
     "rebalance_recommendation": "kip-payments-prod-rebalance",
     "instance_state_change": "kip-payments-prod-state",
@@ -276,8 +278,7 @@ def clean_run():
 EXPECTED_WRITES = sorted(
     [("sqs", "CreateQueue", DLQ), ("sqs", "CreateQueue", QUEUE),
      ("iam", "CreatePolicy", POLICY), ("iam", "AttachRolePolicy", ROLE)]
-    + [("events", "PutRule", r) for r in RULES.values()]
-    + [("events", "PutTargets", r) for r in RULES.values()])
+    + [("events", "PutRule", RULE), ("events", "PutTargets", RULE)])
 
 
 # ------------------------------------------------------------------------------ provision
@@ -298,8 +299,7 @@ def test_provision_creates_the_queue_and_its_dlq(engine, cluster):
     allow = [s for s in policy["Statement"] if s["Effect"] == "Allow"]
     assert allow[0]["Principal"] == {"Service": "events.amazonaws.com"}
     assert allow[0]["Action"] == "sqs:SendMessage"
-    assert allow[0]["Condition"]["ArnEquals"]["aws:SourceArn"] == sorted(
-        f"arn:aws:events:{REGION}:{ACCOUNT}:rule/{r}" for r in RULES.values())
+    assert allow[0]["Condition"]["ArnEquals"]["aws:SourceArn"] == [RULE_ARN]
     assert any(s.get("Sid") == "DenyHTTP" and s["Effect"] == "Deny"
                for s in policy["Statement"])
     dlq = queue_attributes(DLQ)
@@ -313,24 +313,20 @@ def test_provision_creates_the_queue_and_its_dlq(engine, cluster):
     assert out.changed is True
 
 
-def test_provision_creates_five_rules_targeting_the_queue(engine, cluster):
+def test_provision_creates_one_rule_for_every_kind_targeting_the_queue(engine, cluster):
     # when
     engine.provision(req())
 
     # then
     events = client("events")
-    assert sorted(list_rule_names()) == sorted(RULES.values())
-    for kind, name in RULES.items():
-        rule = events.describe_rule(Name=name)
-        assert json.loads(rule["EventPattern"]) == PATTERNS[kind]
-        assert rule["State"] == "ENABLED"
-        assert rule.get("EventBusName", "default") == "default"
-        targets = events.list_targets_by_rule(Rule=name)["Targets"]
-        assert [(t["Id"], t["Arn"]) for t in targets] == [
-            ("KarpenterInterruptionQueueTarget", f"arn:aws:sqs:{REGION}:{ACCOUNT}:{QUEUE}")]
-        tags = {t["Key"]: t["Value"] for t in events.list_tags_for_resource(
-            ResourceARN=rule["Arn"])["Tags"]}
-        assert tags[naming.CLUSTER_TAG] == f"{ACCOUNT}/{REGION}/{CLUSTER}"
+    assert list_rule_names() == [RULE]
+    rule = events.describe_rule(Name=RULE)
+    assert json.loads(rule["EventPattern"]) == policies.interruption_pattern(ALL_EVENT_KINDS)
+    assert rule["State"] == "ENABLED"
+    assert rule.get("EventBusName", "default") == "default"
+    targets = events.list_targets_by_rule(Rule=RULE)["Targets"]
+    assert [(t["Id"], t["Arn"]) for t in targets] == [
+        ("KarpenterInterruptionQueueTarget", f"arn:aws:sqs:{REGION}:{ACCOUNT}:{QUEUE}")]
 
 
 def test_provision_creates_the_controller_policy_and_attaches_it(engine, cluster):
@@ -394,7 +390,7 @@ def test_dry_run_plans_everything_and_writes_nothing(engine, cluster):
 
     # then
     assert out.dry_run is True
-    assert len(out.actions) == 14
+    assert len(out.actions) == 6
     assert calls.writes == []
     assert_nothing_managed()
     assert engine.registry.get(cid()) is None
@@ -422,7 +418,7 @@ def test_retention_change_updates_the_queue_in_place(engine, cluster):
     assert out.record["request"]["message_retention_seconds"] == 3600
 
 
-def test_event_kinds_subset_removes_the_other_rules(engine, cluster):
+def test_event_kinds_subset_narrows_the_one_rule(engine, cluster):
     # given
     engine.provision(req())
     queue_policy = queue_attributes(QUEUE)["Policy"]
@@ -431,16 +427,16 @@ def test_event_kinds_subset_removes_the_other_rules(engine, cluster):
     out = engine.provision(req(event_kinds=["spot_interruption", "scheduled_change"]))
 
     # then
-    assert sorted(list_rule_names()) == sorted(
-        [RULES["spot_interruption"], RULES["scheduled_change"]])
+    assert list_rule_names() == [RULE]
+    assert json.loads(client("events").describe_rule(Name=RULE)["EventPattern"]) == \
+        policies.interruption_pattern(["spot_interruption", "scheduled_change"])
     assert queue_attributes(QUEUE)["Policy"] == queue_policy
-    rules = out.record["resources"]["rules"]
-    assert {k for k, r in rules.items() if r["exists"]} == {"spot_interruption",
-                                                            "scheduled_change"}
+    assert out.record["resources"]["rule"]["exists"]
     assert out.record["event_kinds"] == ["spot_interruption", "scheduled_change"]
     # and back again
     engine.provision(req())
-    assert sorted(list_rule_names()) == sorted(RULES.values())
+    assert json.loads(client("events").describe_rule(Name=RULE)["EventPattern"]) == \
+        policies.interruption_pattern(ALL_EVENT_KINDS)
 
 
 def test_kms_key_adds_a_policy_version_with_decrypt(engine, cluster):
@@ -671,13 +667,13 @@ def test_cluster_named_like_another_clusters_dlq_gets_its_own_queues(engine):
 
 # ------------------------------------------------------------------------------ drift
 
-def drop_target(kind: str = "spot_interruption") -> None:
-    client("events").remove_targets(Rule=RULES[kind], Ids=["KarpenterInterruptionQueueTarget"])
+def drop_target() -> None:
+    client("events").remove_targets(Rule=RULE, Ids=["KarpenterInterruptionQueueTarget"])
 
 
-def drop_rule(kind: str = "instance_state_change") -> None:
-    drop_target(kind)
-    client("events").delete_rule(Name=RULES[kind])
+def drop_rule() -> None:
+    drop_target()
+    client("events").delete_rule(Name=RULE)
 
 
 def change_visibility() -> None:
@@ -690,8 +686,8 @@ def detach() -> None:
 
 
 DRIFTS = {
-    "target": ([drop_target], {"targets.spot_interruption"}),
-    "rule": ([drop_rule], {"rule.instance_state_change", "targets.instance_state_change"}),
+    "target": ([drop_target], {"targets"}),
+    "rule": ([drop_rule], {"rule", "targets"}),
     "visibility": ([change_visibility], {"queue.update"}),
     "detached": ([detach], {"attach"}),
 }
@@ -800,8 +796,7 @@ def test_teardown_after_a_resource_was_deleted_by_hand(engine, cluster, by_hand)
 
 @pytest.mark.parametrize("operation, remove", [
     ("DeleteQueue", lambda params: client("sqs").delete_queue(QueueUrl=params["QueueUrl"])),
-    ("RemoveTargets", lambda params: drop_rule(
-        next(k for k, r in RULES.items() if r == params["Rule"]))),
+    ("RemoveTargets", lambda params: drop_rule()),
     ("DeleteRule", lambda params: client("events").delete_rule(Name=params["Name"])),
     ("DetachRolePolicy", lambda params: detach()),
     ("DeletePolicy", lambda params: client("iam").delete_policy(PolicyArn=POLICY_ARN)),
@@ -909,9 +904,8 @@ def test_failure_at_each_write_call_is_recorded_and_the_next_run_converges(
     assert res["dlq"]["exists"] == (DLQ in state["queues"])
     assert res["queue"]["exists"] == (QUEUE in state["queues"])
     assert res["policy"]["exists"] == (POLICY in state["policies"])
-    for kind, name in RULES.items():
-        assert res["rules"][kind]["exists"] == (name in state["rules"])
-        assert res["rules"][kind]["target"] == bool(state["rules"].get(name, {}).get("targets"))
+    assert res["rule"]["exists"] == (RULE in state["rules"])
+    assert res["rule"]["target"] == bool(state["rules"].get(RULE, {}).get("targets"))
     assert res["attachment"]["attached"] == (ROLE in state["attachments"])
 
     # when
@@ -1038,7 +1032,7 @@ def test_cluster_names_of_any_length_provision_and_tear_down(engine, length):
     n = out.record["names"]
     assert len(n["queue"]) <= 80 and len(n["dlq"]) <= 80
     assert all(len(r) <= 64 for r in n["rules"].values())
-    assert len(list_queue_urls()) == 2 and len(list_rule_names()) == 5
+    assert len(list_queue_urls()) == 2 and len(list_rule_names()) == 1
     assert attached(role) == [n["policy_arn"]]
 
     # when
@@ -1060,7 +1054,7 @@ def test_long_names_differing_at_the_end_live_side_by_side(engine):
 
     # then
     assert len(list_queue_urls()) == 4
-    assert len(list_rule_names()) == 10
+    assert len(list_rule_names()) == 2
     assert len(list_kip_policies()) == 2
 
     # when
@@ -1217,7 +1211,7 @@ def test_cross_account_provision_goes_through_sts(engine):
     assert out.record["names"]["queue_arn"] == f"arn:aws:sqs:{REGION}:{OTHER_ACCOUNT}:{QUEUE}"
     theirs = snapshot(other)
     assert set(theirs["queues"]) == {QUEUE, DLQ}
-    assert len(theirs["rules"]) == 5
+    assert len(theirs["rules"]) == 1
     assert theirs["attachments"] == {
         ROLE: [f"arn:aws:iam::{OTHER_ACCOUNT}:policy/kip/{POLICY}"]}
     assert_nothing_managed()      # nothing in the service's own account
@@ -1240,4 +1234,4 @@ def test_cross_account_missing_cluster_is_not_found(engine, cluster):
 
 def test_all_event_kinds_are_covered_by_the_constants():
     # then
-    assert set(RULES) == set(PATTERNS) == set(ALL_EVENT_KINDS)
+    assert set(LEGACY_RULES) == set(PATTERNS) == set(ALL_EVENT_KINDS)

@@ -96,7 +96,7 @@ def test_sweep_attaches_once_the_role_exists_and_repairs_drift(client, moto_env)
                                 headers={"Content-Type": "application/json"}).status_code == 201
     assert client.http.get("/clusters/waiting").json_body["status"] == "waiting_for_role"
     make_role("KarpenterController-waiting")
-    boto3.client("events").remove_targets(Rule="kip-drifted-state",
+    boto3.client("events").remove_targets(Rule="kip-drifted-events",
                                           Ids=["KarpenterInterruptionQueueTarget"])
     # when the schedule fires
     summary = client.lambda_.invoke("reconcile_all", {
@@ -108,7 +108,7 @@ def test_sweep_attaches_once_the_role_exists_and_repairs_drift(client, moto_env)
     assert client.http.get("/clusters/waiting").json_body["status"] == "ready"
     assert boto3.client("iam").list_attached_role_policies(
         RoleName="KarpenterController-waiting")["AttachedPolicies"]
-    assert boto3.client("events").list_targets_by_rule(Rule="kip-drifted-state")["Targets"]
+    assert boto3.client("events").list_targets_by_rule(Rule="kip-drifted-events")["Targets"]
 
 
 def test_sweep_adopts_existing_clusters_when_enabled(moto_env):

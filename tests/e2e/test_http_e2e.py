@@ -41,15 +41,15 @@ def test_provision_list_get_reconcile_delete_over_http(stack):
         assert got.status_code == 200 and got.json()["status"] == "ready"
 
         # a rule deleted behind our back is reported, then repaired
-        events.remove_targets(Rule="kip-e2e-cluster-rebalance",
+        events.remove_targets(Rule="kip-e2e-cluster-events",
                               Ids=["KarpenterInterruptionQueueTarget"])
-        events.delete_rule(Name="kip-e2e-cluster-rebalance")
+        events.delete_rule(Name="kip-e2e-cluster-events")
         report = requests.post(f"{api}/clusters/e2e-cluster/reconcile", json={"dry_run": True},
                                timeout=60).json()
         assert not report["in_sync"] and not report["repaired"]
         fixed = requests.post(f"{api}/clusters/e2e-cluster/reconcile", timeout=60).json()
         assert fixed["repaired"] is True
-        assert events.describe_rule(Name="kip-e2e-cluster-rebalance")["State"] == "ENABLED"
+        assert events.describe_rule(Name="kip-e2e-cluster-events")["State"] == "ENABLED"
 
         # bad input over real HTTP: 4xx in the one error shape
         bad = requests.post(f"{api}/clusters", data="{oops", timeout=30,

@@ -630,9 +630,8 @@ class Scenario:
         a changed queue attribute, a removed tag, a widened controller policy, a detached role."""
         n = self.names
         events, sqs, iam = plain("events"), plain("sqs"), plain("iam")
-        spot = n.rules["spot_interruption"]
-        events.remove_targets(Rule=spot, Ids=[naming.TARGET_ID])
-        events.delete_rule(Name=spot)
+        events.remove_targets(Rule=n.rule, Ids=[naming.TARGET_ID])
+        events.delete_rule(Name=n.rule)
         sqs.set_queue_attributes(QueueUrl=sqs.get_queue_url(QueueName=n.queue)["QueueUrl"],
                                  Attributes={"VisibilityTimeout": "42"})
         sqs.untag_queue(QueueUrl=sqs.get_queue_url(QueueName=n.dlq)["QueueUrl"],

@@ -96,7 +96,7 @@ def cluster_state(stack: Stack, cid: naming.ClusterId) -> dict:
     attached = [a for a in snap["roles"].get(role, []) if ":policy/kip/" in a]
     record = snap["records"].get(cid.key)
     complete = (set(queues) == {n.queue, n.dlq}
-                and set(rules) == set(n.rules.values())
+                and set(rules) == {n.rule}
                 and all(r["targets"] == [[naming.TARGET_ID, n.queue_arn]]
                         for r in rules.values())
                 and set(policies) == {n.policy}

@@ -55,7 +55,9 @@ def test_attach_only_our_policy_path_and_scoped_names(stage):
                 assert resources == [f"arn:aws:sqs:*:*:kip_sweep-{stage}"]
             elif service == "sqs":
                 assert resources == ["arn:aws:sqs:*:*:kip-*"]
-            if service == "events" and action != "events:PutEvents":
+            if action == "events:ListRules":      # counts the bus's rules: no resource type
+                assert resources == ["*"]
+            elif service == "events" and action != "events:PutEvents":
                 assert resources == ["arn:aws:events:*:*:rule/kip-*"]
             if service == "iam" and action in ROLE_ACTIONS:
                 assert resources == ROLE_RESOURCES, action

@@ -21,20 +21,23 @@ EKS_NAME = r"^[0-9A-Za-z][A-Za-z0-9_-]{0,99}$"
 
 def names(cluster: str, prefix: str = PREFIX, region: str = REGION,
           account: str = ACCOUNT) -> naming.Names:
-    return naming.names_for(naming.ClusterId(account, region, cluster), prefix, IAM_PATH)
+    """Every name, the legacy five-rule layout's included (teardown still looks for those)."""
+    return naming.names_for(naming.ClusterId(account, region, cluster), prefix, IAM_PATH,
+                            legacy=True)
 
 
 def assert_within_limits(n: naming.Names) -> None:
     assert SQS_NAME.match(n.queue), n.queue
     assert SQS_NAME.match(n.dlq), n.dlq
     assert len(n.rules) == 5
+    assert RULE_NAME.match(n.rule) and n.rule.endswith(naming.RULE_SUFFIX_ONE), n.rule
     for rule in n.rules.values():
         assert RULE_NAME.match(rule), rule
     assert IAM_POLICY_NAME.match(n.policy), n.policy
 
 
 def all_names(n: naming.Names) -> list[str]:
-    return [n.queue, n.dlq, *n.rules.values(), n.policy]
+    return [n.queue, n.dlq, n.rule, *n.rules.values(), n.policy]
 
 
 @pytest.mark.parametrize("length", [1, 80, 100])
@@ -59,6 +62,9 @@ def test_short_name_is_kept_verbatim():
     # then
     assert n.queue == "kip-payments-prod"
     assert n.dlq == "kip-_payments-prod-dlq"
+    assert n.rule == "kip-payments-prod-events"
+    assert naming.names_for(naming.ClusterId(ACCOUNT, REGION, "payments-prod"), PREFIX,
+                            IAM_PATH).rules == {}      # new clusters have no legacy rules
     assert n.rules == {
         "spot_interruption": "kip-payments-prod-spot",
         "rebalance_recommendation": "kip-payments-prod-rebalance",
@@ -79,6 +85,7 @@ def test_arns_are_built_from_the_names():
     assert n.rule_arns["spot_interruption"] == \
         f"arn:aws:events:{REGION}:{ACCOUNT}:rule/kip-payments-prod-spot"
     assert set(n.rule_arns) == set(n.rules)
+    assert n.rule_arn == f"arn:aws:events:{REGION}:{ACCOUNT}:rule/kip-payments-prod-events"
     assert n.policy_path == IAM_PATH
     assert n.policy_arn == f"arn:aws:iam::{ACCOUNT}:policy/kip/kip-eu-west-1-payments-prod"
 
@@ -187,7 +194,7 @@ def test_property_every_valid_cluster_name_fits_every_limit(cluster):
 
     # then
     assert_within_limits(n)
-    assert len(set(all_names(n))) == 8
+    assert len(set(all_names(n))) == 9
 
 
 @settings(max_examples=60, deadline=None)
@@ -198,8 +205,8 @@ def test_property_distinct_cluster_names_never_collide(clusters):
     for cluster in clusters:
         n = names(cluster)
         # queues share one namespace, rules another, IAM policies a third
-        keyed = [("sqs", n.queue), ("sqs", n.dlq), *(("rule", r) for r in n.rules.values()),
-                 ("iam", n.policy)]
+        keyed = [("sqs", n.queue), ("sqs", n.dlq), ("rule", n.rule),
+                 *(("rule", r) for r in n.rules.values()), ("iam", n.policy)]
         for key in keyed:
             # then
             assert taken.setdefault(key, cluster) == cluster, (key, cluster, taken[key])

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from chalicelib import errors, naming, planner, spec
+from chalicelib import errors, naming, planner, policies, spec
 from chalicelib.config import ALL_EVENT_KINDS, Settings
 from chalicelib.planner import plan_provision, plan_teardown
 from chalicelib.state import Observed, PolicyState, QueueState, RoleState, RuleState
@@ -32,8 +32,8 @@ def converged(s: spec.DesiredSpec, role_exists: bool = True) -> Observed:
     return Observed(
         queue=QueueState(True, "https://sqs/q", dict(s.queue_attributes), tags()),
         dlq=QueueState(True, "https://sqs/dlq", dict(s.dlq_attributes), tags()),
-        rules={n.rules[k]: RuleState(True, copy.deepcopy(p), "ENABLED", tags(), [dict(target)])
-               for k, p in s.rule_patterns.items()},
+        rules={n.rule: RuleState(True, copy.deepcopy(s.rule_pattern), "ENABLED", tags(),
+                                 [dict(target)])},
         policy=PolicyState(True, tags(), "v1", copy.deepcopy(s.controller_policy),
                            [{"VersionId": "v1", "IsDefaultVersion": True}], [ROLE]),
         role=RoleState(ROLE, role_exists, [n.policy_arn] if role_exists else []),
@@ -71,18 +71,17 @@ def test_plan_for_nothing_observed_creates_everything():
     # then
     ids = by_id(actions)
     assert set(ids) == {
-        "dlq.create", "queue.create", "policy.create", "attach",
-        *(f"rule.{k}" for k in ALL_EVENT_KINDS), *(f"targets.{k}" for k in ALL_EVENT_KINDS)}
+        "dlq.create", "queue.create", "policy.create", "attach", "rule", "targets"}
     assert {a.kind for a in actions} == {"create"}
     assert ids["queue.create"].params["attributes"] == s.queue_attributes
     assert ids["dlq.create"].params["attributes"] == s.dlq_attributes
     assert ids["policy.create"].params["document"] == s.controller_policy
     assert ids["policy.create"].params["path"] == "/kip/"
     assert ids["attach"].params == {"role": ROLE, "policy_arn": NAMES.policy_arn}
-    for kind in ALL_EVENT_KINDS:
-        assert ids[f"rule.{kind}"].params["pattern"] == s.rule_patterns[kind]
-        assert ids[f"targets.{kind}"].params["targets"] == [
-            {"Id": "KarpenterInterruptionQueueTarget", "Arn": NAMES.queue_arn}]
+    assert ids["rule"].params["pattern"] == s.rule_pattern
+    assert ids["rule"].params["name"] == NAMES.rule
+    assert ids["targets"].params["targets"] == [
+        {"Id": "KarpenterInterruptionQueueTarget", "Arn": NAMES.queue_arn}]
     for a in actions:
         if a.op in ("create_queue", "put_rule", "create_policy"):
             assert a.params["tags"] == s.tags
@@ -100,9 +99,8 @@ def test_plan_for_nothing_observed_has_the_dependency_shape():
     ids = by_id(actions)
     assert ids["queue.create"].after == ("dlq.create",)
     assert ids["attach"].after == ("policy.create",)
-    for kind in ALL_EVENT_KINDS:
-        assert ids[f"targets.{kind}"].after == (f"rule.{kind}",)
-        assert ids[f"rule.{kind}"].after == ()
+    assert ids["targets"].after == ("rule",)
+    assert ids["rule"].after == ()
     assert ids["dlq.create"].after == () and ids["policy.create"].after == ()
     # three independent chains of two calls each (queue, rule->targets, policy->attach): the
     # targets deliberately do not wait for the queue (EventBridge accepts a target ARN before
@@ -234,7 +232,7 @@ def test_changed_document_prunes_old_versions_before_the_new_default():
     assert actions["policy.version"].params["document"] == s.controller_policy
 
 
-def test_removed_event_kinds_delete_their_rules_targets_first():
+def test_changed_event_kinds_update_the_one_rule_in_place():
     # given
     obs = converged(desired())
     s = desired(event_kinds=["spot_interruption", "scheduled_change"])
@@ -242,67 +240,119 @@ def test_removed_event_kinds_delete_their_rules_targets_first():
     # when
     actions = plan_provision(s, obs)
 
-    # then
-    ids = by_id(actions)
-    gone = [k for k in ALL_EVENT_KINDS if k not in ("spot_interruption", "scheduled_change")]
-    assert set(ids) == {f"rule.{k}.delete" for k in gone} | {
-        f"targets.{k}.remove" for k in gone}
-    for k in gone:
-        assert ids[f"rule.{k}.delete"].after == (f"targets.{k}.remove",)
-        assert ids[f"targets.{k}.remove"].params["ids"] == [naming.TARGET_ID]
-
-
-def test_disabled_rule_that_is_not_ours_is_left_alone():
-    # given
-    obs = converged(desired())
-    obs.rules[NAMES.rules["rebalance_recommendation"]].tags = {"team": "other"}
-    s = desired(event_kinds=["spot_interruption"])
-
-    # when
-    actions = by_id(plan_provision(s, obs))
-
-    # then
-    assert "rule.rebalance_recommendation.delete" not in actions
-    assert "targets.rebalance_recommendation.remove" not in actions
-    assert "rule.instance_state_change.delete" in actions
+    # then: one PutRule with the narrower pattern; the queue policy is unchanged
+    assert [(a.id, a.kind) for a in actions] == [("rule", "update")]
+    assert actions[0].params["pattern"] == policies.interruption_pattern(
+        ["spot_interruption", "scheduled_change"])
 
 
 def test_deleted_rule_is_recreated_with_its_target():
     # given
     s = desired()
     obs = converged(s)
-    del obs.rules[NAMES.rules["instance_state_change"]]
+    del obs.rules[NAMES.rule]
 
     # when
     actions = plan_provision(s, obs)
 
     # then
-    assert [a.id for a in actions] == ["rule.instance_state_change",
-                                       "targets.instance_state_change"]
-    assert actions[1].after == ("rule.instance_state_change",)
+    assert [a.id for a in actions] == ["rule", "targets"]
+    assert actions[1].after == ("rule",)
 
 
 def test_lost_target_is_put_back_without_touching_the_rule():
     # given
     s = desired()
     obs = converged(s)
-    obs.rules[NAMES.rules["spot_interruption"]].targets = []
+    obs.rules[NAMES.rule].targets = []
 
     # when
     actions = plan_provision(s, obs)
 
     # then
-    assert [(a.id, a.after) for a in actions] == [("targets.spot_interruption", ())]
+    assert [(a.id, a.after) for a in actions] == [("targets", ())]
 
 
 def test_disabled_rule_is_re_enabled():
     # given
     s = desired()
     obs = converged(s)
-    obs.rules[NAMES.rules["spot_interruption"]].state = "DISABLED"
+    obs.rules[NAMES.rule].state = "DISABLED"
 
     # then
-    assert [a.id for a in plan_provision(s, obs)] == ["rule.spot_interruption"]
+    assert [a.id for a in plan_provision(s, obs)] == ["rule"]
+
+
+# ------------------------------------------------------------------------------ migration
+
+LEGACY = naming.names_for(CID, SETTINGS.prefix, SETTINGS.iam_path, legacy=True)
+
+
+def legacy_world(keep_legacy: bool) -> tuple:
+    """A cluster provisioned with five rules, now planned with the one-rule layout."""
+    req = spec.parse_request({"cluster_name": "payments-prod"})
+    s = spec.build_spec(req, CID, LEGACY, SETTINGS, keep_legacy=keep_legacy)
+    obs = converged(s)
+    del obs.rules[LEGACY.rule]
+    old_policy = json.loads(s.queue_attributes["Policy"])
+    old_policy["Statement"][0]["Condition"]["ArnEquals"]["aws:SourceArn"] = sorted(
+        LEGACY.rule_arns.values())
+    obs.queue.attributes["Policy"] = json.dumps(old_policy)
+    target = {"Id": naming.TARGET_ID, "Arn": LEGACY.queue_arn}
+    for kind, rule in LEGACY.rules.items():
+        obs.rules[rule] = RuleState(True, policies.EVENT_PATTERNS[kind], "ENABLED",
+                                    dict(s.tags), [dict(target)])
+    return s, obs
+
+
+def test_migration_phase_one_adds_the_rule_and_allows_both_keeping_the_old_rules():
+    # given
+    s, obs = legacy_world(keep_legacy=True)
+
+    # when
+    ids = by_id(plan_provision(s, obs))
+
+    # then
+    assert set(ids) == {"queue.update", "rule", "targets"}
+    allowed = json.loads(ids["queue.update"].params["attributes"]["Policy"])[
+        "Statement"][0]["Condition"]["ArnEquals"]["aws:SourceArn"]
+    assert set(allowed) == {LEGACY.rule_arn, *LEGACY.rule_arns.values()}
+
+
+def test_migration_phase_two_removes_the_old_rules_then_tightens_the_policy():
+    # given: phase one is done (the policy allows both)
+    s1, obs = legacy_world(keep_legacy=True)
+    obs.queue.attributes["Policy"] = s1.queue_attributes["Policy"]
+    obs.rules[LEGACY.rule] = RuleState(True, s1.rule_pattern, "ENABLED", dict(s1.tags), [
+        {"Id": naming.TARGET_ID, "Arn": LEGACY.queue_arn}])
+    req = spec.parse_request({"cluster_name": "payments-prod"})
+    s2 = spec.build_spec(req, CID, LEGACY, SETTINGS, keep_legacy=False)
+
+    # when
+    actions = plan_provision(s2, obs)
+
+    # then
+    ids = by_id(actions)
+    deletes = {f"legacy.{k}.delete" for k in ALL_EVENT_KINDS}
+    assert deletes <= set(ids) and "rule" not in ids
+    assert set(ids["queue.update"].after) >= deletes      # tighten only once they are gone
+    assert json.loads(ids["queue.update"].params["attributes"]["Policy"])["Statement"][0][
+        "Condition"]["ArnEquals"]["aws:SourceArn"] == [LEGACY.rule_arn]
+    for kind in ALL_EVENT_KINDS:
+        assert ids[f"legacy.{kind}.delete"].after == (f"legacy.{kind}.untarget",)
+
+
+def test_legacy_rule_that_is_not_ours_is_left_alone():
+    # given
+    s, obs = legacy_world(keep_legacy=False)
+    obs.rules[LEGACY.rules["rebalance_recommendation"]].tags = {"team": "other"}
+
+    # when
+    ids = by_id(plan_provision(s, obs))
+
+    # then
+    assert "legacy.rebalance_recommendation.delete" not in ids
+    assert "legacy.instance_state_change.delete" in ids
 
 
 def test_detached_policy_is_attached_again():
@@ -337,7 +387,7 @@ def test_not_owned_resource_is_refused_before_any_action(what, tags):
     # given
     s = desired()
     obs = Observed(role=RoleState(ROLE, True, []))
-    name = {"queue": NAMES.queue, "dlq": NAMES.dlq, "rule": NAMES.rules["spot_interruption"],
+    name = {"queue": NAMES.queue, "dlq": NAMES.dlq, "rule": NAMES.rule,
             "policy": NAMES.policy}[what]
     if what in ("queue", "dlq"):
         setattr(obs, what, QueueState(True, "https://sqs/x", {}, tags))
@@ -377,8 +427,7 @@ def test_teardown_order():
     ids = by_id(actions)
     assert skipped == []
     assert {a.kind for a in actions} == {"delete"}
-    for kind in ALL_EVENT_KINDS:
-        assert ids[f"rule.{kind}.delete"].after == (f"targets.{kind}.remove",)
+    assert ids["rule.delete"].after == ("rule.untarget",)
     assert set(ids["policy.delete"].after) == {
         f"detach.{ROLE}", "detach.KarpenterController-old", "policy.prune.v1"}
     assert "policy.prune.v2" not in ids
@@ -399,7 +448,7 @@ def test_teardown_skips_what_is_not_ours():
     # given
     obs = full_observed_for_teardown()
     obs.queue.tags = {}
-    obs.rules[NAMES.rules["spot_interruption"]].tags = {"team": "x"}
+    obs.rules[NAMES.rule].tags = {"team": "x"}
 
     # when
     actions, skipped = plan_teardown(NAMES, CID, obs)
@@ -407,25 +456,24 @@ def test_teardown_skips_what_is_not_ours():
     # then
     ids = by_id(actions)
     assert "queue.delete" not in ids
-    assert "rule.spot_interruption.delete" not in ids
-    assert "targets.spot_interruption.remove" not in ids
+    assert "rule.delete" not in ids and "rule.untarget" not in ids
     assert ids["dlq.delete"].after == ()
     assert {(s["resource"], s["name"]) for s in skipped} == {
-        ("queue", NAMES.queue), ("rule", NAMES.rules["spot_interruption"])}
+        ("queue", NAMES.queue), ("rule", NAMES.rule)}
 
 
 def test_teardown_of_a_rule_without_targets_deletes_it_directly():
     # given
     obs = full_observed_for_teardown()
-    obs.rules[NAMES.rules["spot_interruption"]].targets = []
+    obs.rules[NAMES.rule].targets = []
 
     # when
     actions, _ = plan_teardown(NAMES, CID, obs)
 
     # then
     ids = by_id(actions)
-    assert "targets.spot_interruption.remove" not in ids
-    assert ids["rule.spot_interruption.delete"].after == ()
+    assert "rule.untarget" not in ids
+    assert ids["rule.delete"].after == ()
 
 
 def test_queue_diff_reports_only_differences():

@@ -16,7 +16,7 @@ KEY_ARN = f"arn:aws:kms:{REGION}:{ACCOUNT}:key/0b5a6c8e-1111-2222-3333-444455556
 
 def rule_arns() -> list[str]:
     cid = naming.ClusterId(ACCOUNT, REGION, "payments-prod")
-    return list(naming.names_for(cid, "kip-", "/kip/").rule_arns.values())
+    return list(naming.names_for(cid, "kip-", "/kip/", legacy=True).rule_arns.values())
 
 
 def allowed_actions(doc: dict) -> dict:
@@ -163,3 +163,16 @@ def test_scheduled_change_pattern_narrows_to_ec2_scheduled_changes_and_matches_t
     assert pattern["detail"] == {"service": ["EC2"], "eventTypeCategory": ["scheduledChange"]}
     assert sample["detail"]["service"] in pattern["detail"]["service"]
     assert sample["detail"]["eventTypeCategory"] in pattern["detail"]["eventTypeCategory"]
+
+
+def test_one_pattern_matches_every_selected_kind_and_narrows_health():
+    # when
+    ec2_only = policies.interruption_pattern(["spot_interruption", "rebalance_recommendation"])
+    every = policies.interruption_pattern(list(policies.EVENT_PATTERNS))
+
+    # then: EC2 kinds share one branch; Health stays narrowed to EC2 scheduled changes
+    assert ec2_only == {"source": ["aws.ec2"], "detail-type": [
+        "EC2 Spot Instance Interruption Warning", "EC2 Instance Rebalance Recommendation"]}
+    assert every["$or"][1] == policies.EVENT_PATTERNS["scheduled_change"]
+    assert len(every["$or"][0]["detail-type"]) == 4
+    assert len(json.dumps(every)) < 2048 // 2      # EventBridge's pattern limit, with room

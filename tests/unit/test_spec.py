@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from chalicelib import errors, naming, spec
+from chalicelib import errors, naming, policies, spec
 from chalicelib.config import ALL_EVENT_KINDS, Settings
 
 ACCOUNT = "123456789012"
@@ -337,8 +337,11 @@ def test_defaults_describe_the_reference_queue(settings):
                                               "maxReceiveCount": 5}
     assert json.loads(q["Policy"]) == s.queue_policy
     assert s.event_kinds == ALL_EVENT_KINDS
-    assert set(s.rule_patterns) == set(ALL_EVENT_KINDS)
+    assert s.rule_pattern == policies.interruption_pattern(ALL_EVENT_KINDS)
     assert s.kms_key_arn is None
+    # only the cluster's one rule may send
+    allow = [st for st in s.queue_policy["Statement"] if st["Effect"] == "Allow"][0]
+    assert allow["Condition"]["ArnEquals"]["aws:SourceArn"] == [s.names.rule_arn]
 
 
 def test_parameters_flow_into_the_attributes(settings):
@@ -373,7 +376,8 @@ def test_event_kinds_subset_keeps_the_queue_policy_for_all_rules(settings):
     full = build({}, settings)
 
     # then
-    assert set(s.rule_patterns) == {"spot_interruption"}
+    assert s.rule_pattern == {"source": ["aws.ec2"],
+                              "detail-type": ["EC2 Spot Instance Interruption Warning"]}
     assert s.queue_policy == full.queue_policy
 
 

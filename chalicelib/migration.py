@@ -1,0 +1,48 @@
+"""Pure: moving a cluster from the five-rule layout to one rule, without a gap in delivery.
+
+Phase 1 (the first run that sees legacy rules): the one rule and its target are created and the
+queue policy allows both the one rule and the legacy rules; the record notes when. Phase 2 (a
+later run, once SQS has had ``POLICY_SETTLE_SECONDS`` to apply the policy everywhere: attribute
+changes take up to 60 s): the legacy rules are removed, then the policy is tightened to the one
+rule. Events keep arriving throughout: until phase 2, the legacy rules still deliver.
+"""
+from __future__ import annotations
+
+import calendar
+import dataclasses
+import time
+from typing import Optional
+
+from chalicelib.naming import Names
+from chalicelib.records import Resources
+
+POLICY_SETTLE_SECONDS = 60
+
+
+def keep_legacy(names: Names, since: Optional[str], now: float,
+                settle_seconds: float = POLICY_SETTLE_SECONDS) -> bool:
+    """Whether this run keeps the legacy rules (and their place in the queue policy)."""
+    if not names.rules:
+        return False
+    if since is None:
+        return True
+    started = calendar.timegm(time.strptime(since, "%Y-%m-%dT%H:%M:%SZ"))
+    return now - started < settle_seconds
+
+
+def recorded_fields(spec: object, resources: Resources, ok: bool, now_iso: str,
+                    since: Optional[str]) -> dict:
+    """The record's names, resources, spec hash and migration mark after a run: legacy rules
+    that are gone (or, after a complete phase 2, all of them) are forgotten."""
+    names: Names = spec.names  # type: ignore[attr-defined]
+    if not names.rules:
+        return {"rule_migration_since": None}
+    if spec.keep_legacy:  # type: ignore[attr-defined]
+        return {"rule_migration_since": since or now_iso}
+    gone = {k for k, e in resources.rules.items() if not e.exists} if not ok else set(names.rules)
+    trimmed = names.without_legacy(gone)
+    res = resources.model_copy(update={"rules": {k: e for k, e in resources.rules.items()
+                                                 if k not in gone}})
+    return {"names": trimmed.to_dict(), "resources": res,
+            "spec_hash": dataclasses.replace(spec, names=trimmed).spec_hash,  # type: ignore
+            "rule_migration_since": since if trimmed.rules else None}
