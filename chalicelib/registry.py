@@ -27,6 +27,7 @@ from chalicelib.errors import InProgress, KipError, StaleWrite, ValidationError
 from chalicelib.naming import ClusterId
 from chalicelib.records import ClusterRecord
 
+RETRY_IN_PROGRESS = 10      # seconds: a provision's typical length, well above its median
 HOLDER = "attribute_not_exists(lease_owner) OR lease_expires < :now OR lease_owner = :me"
 log = Logger(service="kip", child=True)
 
@@ -111,7 +112,8 @@ class Registry:
                 f"cluster {cid.key} is being changed by another run (status "
                 f"{item.get('status')!r}); retry after its lease expires or it finishes",
                 lease_expires=int(item["lease_expires"]), status=item.get("status"),
-                retry_after=max(1, int(item["lease_expires"] - now)))
+                # a run takes seconds, not the lease's length: ask again soon (capped by it)
+                retry_after=max(1, min(RETRY_IN_PROGRESS, int(item["lease_expires"] - now))))
         return StaleWrite(f"the record of cluster {cid.key} changed while this run was working "
                           f"(now version {item.get('version') if item else None}); re-read "
                           "and retry")
@@ -162,6 +164,15 @@ class Registry:
         when the record moved on meanwhile (the next sweep looks again)."""
         try:
             self.store.set_health(record.id, health, record.version)
+        except ConditionFailed:
+            return False
+        return True
+
+    def note(self, record: ClusterRecord, fields: dict) -> bool:
+        """Set (or, with None, remove) top-level ``fields`` of ``record`` as read, without a
+        lease or a version bump; False when the record moved on meanwhile."""
+        try:
+            self.store.set_fields(record.id, fields, record.version)
         except ConditionFailed:
             return False
         return True

@@ -14,8 +14,8 @@ from typing import Callable, Iterator, Optional
 
 from aws_lambda_powertools import Logger
 
-from chalicelib import (aws, errors, kms, migration, naming, observe, planner, quota, records,
-                        registry, tenancy)
+from chalicelib import (aws, errors, kms, migration, naming, observe, orphans, planner, quota,
+                        records, registry, tenancy)
 from chalicelib.config import Settings, get_settings
 from chalicelib.executor import Run, Workers, execute, gather, preview
 from chalicelib.records import ClusterRecord, Karpenter, LastError
@@ -154,9 +154,8 @@ class Engine:
             if rec.lease_live(self.clock()):
                 summary["skipped"].append(rec.id)
                 continue
-            with _noted(summary, rec.id):
-                out = self.reconcile(rec.cid)       # an unfinished teardown is finished
-                summary["repaired" if out.actions else "up_to_date"].append(rec.id)
+            with _noted(summary, rec.id):       # an unfinished teardown is finished; a record
+                orphans.sweep_one(self, rec.cid, summary)   # whose cluster is gone retired
         if self.settings.adopt_existing:    # the configured account-regions, as a backfill
             from chalicelib.backfill import adopt_configured
             adopt_configured(self, summary, known)

@@ -239,6 +239,41 @@ MOTO_GAPS = [
      "50 tags per resource with kip's own are a 400 on tags before any AWS call",
      "tests/unit/test_spec.py (test_tag_keys_*, test_more_than_50_tags_*), "
      "tests/aws/test_tags_validation.py"),
+    ("EventBridge allows 300 rules per bus per region (100 in af-south-1, eu-south-1), shared "
+     "with the account", "EventBridge quotas; Service Quotas L-244521F2",
+     "one rule per cluster; before creating it, counts the bus's rules (ListRules) against "
+     "Service Quotas / KIP_RULE_QUOTA keeping KIP_RULE_RESERVE free: 409 RuleQuotaExceeded",
+     "tests/aws/test_rule_quota.py"),
+    ("SQS attribute changes (the queue policy) take up to 60 s to apply everywhere",
+     "SQS SetQueueAttributes API reference",
+     "a five-rule cluster's old rules are removed only 60 s after the policy allowed the new "
+     "one, then the policy is narrowed", "tests/aws/test_rule_migration.py"),
+    ("organizations:DescribeAccount answers only in the management or a delegated-admin account; "
+     "non-members are AccountNotFoundException", "Organizations DescribeAccount API reference",
+     "refusal is 403 saying where kip must run; never allowed by default; answers cached",
+     "tests/aws/test_organization_reach.py::test_org_check_that_organizations_refuses_is_403_"
+     "never_allowed, ::test_org_id_membership_is_checked_with_describe_account_and_cached"),
+    ("EKS Auto Mode clusters report computeConfig.enabled (moto drops it)",
+     "EKS DescribeCluster API reference (ComputeConfigResponse)",
+     "409 AutoModeCluster; skipped by the trigger and backfill",
+     "test_auto_mode_cluster_is_409_and_skipped_by_trigger_and_backfill"),
+    ("GetMetricData has no resource type; AccessDenied or throttling on it",
+     "Service Authorization Reference, CloudWatch; CloudWatch common errors",
+     "Resource '*' for that one read; the consumer is 'unknown', GET stays 200",
+     "tests/aws/test_consumer_health.py"),
+    ("PutMetricAlarm ignores Tags on update; DeleteAlarms fails whole on one bad name",
+     "PutMetricAlarm / DeleteAlarms API references",
+     "TagResource separately; one name per DeleteAlarms, ResourceNotFound is gone",
+     "tests/aws/test_alarms.py"),
+    ("IAM CloudTrail events reach EventBridge only in us-east-1; failed calls are recorded too",
+     "CloudTrail User Guide, global service events; record contents (errorCode)",
+     "the drift trigger reads the region from the policy name; failed calls are ignored",
+     "tests/aws/test_drift.py"),
+    ("SendMessageBatch reports per-entry failures with HTTP 200; an SQS event source without "
+     "ReportBatchItemFailures redelivers the whole batch",
+     "SQS SendMessageBatch API reference; Lambda with SQS, partial batch responses",
+     "refused entries resent (3x); the worker returns only retryable ids; "
+     "FunctionResponseTypes patched into the template", "tests/aws/test_sweep_fanout.py"),
 ]
 
 

@@ -7,19 +7,25 @@ client, including those made later.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import boto3
 from botocore.config import Config
 
 from chalicelib import naming
-from chalicelib.aws.calls import call, stop_on_quota
+from chalicelib import errors
+from chalicelib.aws.calls import THROTTLE_CODES, call, stop_on_quota
 from chalicelib.config import Settings, get_settings
 
 _lock = threading.RLock()
+# A request's time budget (API Gateway cuts every integration at 29 s): a deadline past which no
+# new attempt starts, and a cap on attempts per call. Off outside API requests (the trigger and
+# the schedule keep botocore's full retries). One request at a time per Lambda process.
+_budget: dict[str, Any] = {"deadline": None, "attempts": None}
 _state: dict[str, Any] = {"session": None, "clients": {}, "sessions": {}, "account": None,
                           "hooks": []}
 RENEW_BEFORE = 300      # seconds before assumed-role credentials expire
@@ -48,9 +54,45 @@ def _all_sessions() -> list:
     return out
 
 
+@contextlib.contextmanager
+def request_budget(seconds: float, max_attempts: int) -> Iterator[None]:
+    """Within the block, AWS calls stop retrying after ``max_attempts`` and no attempt starts
+    after ``seconds`` (the record's own writes excepted): the request answers 503 in time."""
+    _budget.update(deadline=time.monotonic() + seconds, attempts=max_attempts)
+    try:
+        yield
+    finally:
+        _budget.update(deadline=None, attempts=None)
+
+
+def _out_of_time(event_name: str = "", **_: Any) -> None:
+    deadline = _budget["deadline"]
+    if deadline is not None and time.monotonic() > deadline and ".dynamodb." not in event_name:
+        raise errors.Throttled("the request used up its time budget (API Gateway answers no "
+                               "later than 29 s); what was done is recorded, retry to finish",
+                               retry_after=10, aws_code="RequestBudgetExceeded")
+
+
+def _out_of_attempts(attempts: int = 0, response: Any = None, caught_exception: Any = None,
+                     operation: Any = None, **_: Any) -> None:
+    cap = _budget["attempts"]
+    if cap is None or attempts < cap:
+        return
+    err = (response[1] or {}).get("Error", {}) if response and isinstance(response[1], dict) \
+        else {}
+    status = (response[0].status_code if response and response[0] is not None else 0)
+    if caught_exception is not None or err.get("Code") in THROTTLE_CODES or status >= 500:
+        name = f"{operation.service_model.endpoint_prefix}:{operation.name}" if operation else ""
+        raise errors.Throttled(f"{name} was throttled or unavailable {attempts} times within "
+                               "the request's budget; retry later", retry_after=5,
+                               aws_code=err.get("Code") or type(caught_exception).__name__)
+
+
 def _new_session(**kw: Any) -> boto3.session.Session:
     sess = boto3.session.Session(**kw)
     sess.events.register_first("needs-retry.*.*", stop_on_quota)
+    sess.events.register_first("needs-retry.*.*", _out_of_attempts)
+    sess.events.register_first("before-send.*.*", _out_of_time)
     for event_name, handler in _state["hooks"]:
         sess.events.register(event_name, handler)
     return sess

@@ -127,6 +127,21 @@ class Store:
                    ExpressionAttributeNames={"#h": "health"},
                    ExpressionAttributeValues=_to_ddb({":h": health, ":v": version}))
 
+    def set_fields(self, key: str, fields: dict, version: int) -> None:
+        """Top-level ``fields`` only (UpdateItem; None removes one), if the record is still at
+        ``version``: its other fields, version and lease stay as they are."""
+        names = {f"#f{i}": k for i, k in enumerate(fields)}
+        sets = [f"#f{i} = :f{i}" for i, v in enumerate(fields.values()) if v is not None]
+        drops = [f"#f{i}" for i, v in enumerate(fields.values()) if v is None]
+        expr = (f"SET {', '.join(sets)} " if sets else "") + \
+            (f"REMOVE {', '.join(drops)}" if drops else "")
+        values = {f":f{i}": v for i, v in enumerate(fields.values()) if v is not None}
+        self._cond("dynamodb:UpdateItem", self._c().update_item, TableName=self.table,
+                   Key={"id": {"S": key}}, UpdateExpression=expr.strip(),
+                   ConditionExpression="attribute_exists(id) AND version = :v",
+                   ExpressionAttributeNames=names,
+                   ExpressionAttributeValues=_to_ddb({**values, ":v": version}))
+
     def create_table(self) -> None:
         """For the local stack and tests; deployed stages get the table from CloudFormation."""
         c = self._c()

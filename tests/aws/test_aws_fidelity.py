@@ -248,3 +248,35 @@ def test_malformed_eks_events_are_logged_and_ignored(api, mutate):
     mutate(event)
     out = api.lambda_.invoke("on_eks_event", event).payload
     assert "ignored" in out, out
+
+
+# -- 7. API Gateway cuts every integration at 29 s ---------------------------------------------
+
+def test_a_throttled_api_request_stops_retrying_early_and_releases_the_lease(api, cluster):
+    strict = Strict("eventbridge", "PutRule", "json", "ThrottlingException", "Rate exceeded",
+                    times=99)
+    resp = api.http.post("/clusters", body=json.dumps({"cluster_name": cluster}),
+                         headers={"Content-Type": "application/json"})
+    assert resp.status_code == 503 and int(resp.headers["Retry-After"]) > 0
+    import app as service_app
+    assert strict.seen == service_app.settings.api_max_attempts == 3   # not the deployed 8
+    rec = api.http.get(f"/clusters/{cluster}").json_body
+    assert rec["status"] == "failed" and "lease_owner" not in rec and "lease_expires" not in rec
+
+
+def test_no_aws_attempt_starts_after_the_request_budget_but_the_record_is_written(engine,
+                                                                                  cluster):
+    with aws.request_budget(0.0, 3):
+        with pytest.raises(errors.Throttled) as err:
+            engine.provision(ClusterRequest(cluster_name=cluster))
+    assert err.value.extra["aws_code"] == "RequestBudgetExceeded" and err.value.retry_after
+    # outside a request nothing is capped: the next run converges
+    assert engine.provision(ClusterRequest(cluster_name=cluster)).record["status"] == "ready"
+
+
+def test_in_progress_retry_after_reflects_a_run_not_the_lease(engine, cluster):
+    cid = engine.identity(cluster)
+    engine.registry.acquire(cid, "someone-else", None, {"status": "provisioning"})
+    with pytest.raises(errors.InProgress) as err:
+        engine.provision(ClusterRequest(cluster_name=cluster))
+    assert 1 <= err.value.retry_after <= 10 < engine.settings.lease_seconds
