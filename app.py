@@ -102,8 +102,10 @@ def api(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Every route answers errors in one shape: {"error": {"code", "message", "field", ...}}."""
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from chalicelib.aws import request_budget
         try:
-            return fn(*args, **kwargs)
+            with request_budget(settings.api_budget_seconds, settings.api_max_attempts):
+                return fn(*args, **kwargs)
         except errors.KipError as exc:
             level = logger.warning if exc.status < 500 else logger.error
             level("request failed", extra={"code": exc.code, "status": exc.status,

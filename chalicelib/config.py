@@ -51,7 +51,7 @@ class Settings:
     retry_mode: str = "standard"
     max_attempts: int = 5
     connect_timeout: int = 5
-    read_timeout: int = 20
+    read_timeout: int = 8     # a control-plane call; keeps an API request inside 29 s
     max_workers: int = 20           # wider than the widest read stage (18), so a stage is one wave
     status_bus: str | None = None   # EventBridge bus for status-change events; unset = off
     status_source: str = "kip.provisioner"
@@ -65,6 +65,9 @@ class Settings:
     alarms: bool = False            # KIP_ALARMS: per-cluster CloudWatch alarms (stale, DLQ)
     rule_quota: int | None = None   # EventBridge rules per bus, when Service Quotas cannot say
     rule_reserve: int = 20          # rules kip leaves free for the account's other users
+    api_budget_seconds: float = 12  # no AWS attempt starts later (+ connect 5 + read 8 < 29 s)
+    api_max_attempts: int = 3       # attempts per AWS call within an API request
+    orphan_grace_minutes: int = 30  # a record's EKS cluster missing this long: torn down
     settle_seconds: float = 6.0     # waiting, within a run, for IAM/SQS eventual consistency
     # Organization reach (chalicelib/tenancy.py): accounts kip may act in besides its own; empty
     # with no org id = any account (the local stage only: deployed stages require one of them).
@@ -120,7 +123,7 @@ class Settings:
             retry_mode=retry_mode,
             max_attempts=_int(env, "KIP_MAX_ATTEMPTS", 5),
             connect_timeout=_int(env, "KIP_CONNECT_TIMEOUT", 5),
-            read_timeout=_int(env, "KIP_READ_TIMEOUT", 20),
+            read_timeout=_int(env, "KIP_READ_TIMEOUT", 8),
             max_workers=_int(env, "KIP_MAX_WORKERS", 20),
             status_bus=env.get("KIP_STATUS_BUS") or None,
             status_source=env.get("KIP_STATUS_SOURCE", "kip.provisioner"),
@@ -133,6 +136,9 @@ class Settings:
             stale_seconds=_int(env, "KIP_STALE_SECONDS", 600),
             alarms=_bool(env.get("KIP_ALARMS"), False),
             settle_seconds=float(env.get("KIP_SETTLE_SECONDS") or 6.0),
+            orphan_grace_minutes=_int(env, "KIP_ORPHAN_GRACE_MINUTES", 30),
+            api_budget_seconds=float(env.get("KIP_API_BUDGET_SECONDS") or 12),
+            api_max_attempts=_int(env, "KIP_API_MAX_ATTEMPTS", 3),
             rule_quota=_int(env, "KIP_RULE_QUOTA", 0) or None,
             rule_reserve=_int(env, "KIP_RULE_RESERVE", 20),
             allowed_accounts=allowed, org_id=org_id, adopt_regions=adopt_regions,
