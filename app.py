@@ -264,10 +264,16 @@ def openapi() -> dict:
 @app.on_cw_event(EKS_EVENT_PATTERN, name="on_eks_event")
 def on_eks_event(event: Any) -> dict:
     """EKS CreateCluster / DeleteCluster, as CloudTrail reports them. Malformed or final cases are
-    logged and dropped; transient failures raise, so Lambda retries the event."""
+    logged and dropped; transient failures raise, so Lambda retries the event (twice; then its
+    on-failure destination keeps it for the schedule's replay, chalicelib/failed_events)."""
+    return handle_eks_event(event.to_dict())
+
+
+def handle_eks_event(raw: dict) -> dict:
+    """on_eks_event's body, also run on each replayed failed event."""
     from chalicelib.events import parse_eks_event
     from chalicelib.spec import is_opted_out
-    ev = parse_eks_event(event.to_dict())
+    ev = parse_eks_event(raw)
     if ev.ignored:
         logger.info("EKS event ignored", extra={"reason": ev.ignored})
         return {"ignored": ev.ignored}
@@ -367,6 +373,10 @@ def reconcile_all(event: Any) -> dict:
     summary = _sweep(event)
     from chalicelib import consumer
     summary["health"] = consumer.sweep(engine())    # after the repairs: the fresh records
+    if engine().settings.failed_events_queue_url:   # the EKS trigger's lost events, replayed
+        from chalicelib import failed_events
+        summary["failed_events"] = failed_events.replay(engine(), handle_eks_event,
+                                                        _remaining(event))
     for key in ("repaired", "adopted", "errors"):
         metrics.add_metric(name=f"Sweep{key.title()}", unit=MetricUnit.Count,
                            value=len(summary[key]))

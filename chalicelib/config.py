@@ -81,6 +81,9 @@ class Settings:
     sweep_rate: float = 1.0         # reconciles/s per (account, region), per worker process
     sweep_account_rate: float = 1.0     # reconciles/s per account (IAM is global), per worker
     service_role_arns: tuple = ()   # kip's Lambda role(s): drift events they cause are ignored
+    # The EKS trigger's on-failure destination / rule DLQ (chalicelib/failed_events.py): the
+    # schedule replays what it holds; unset (the local stage) = replay off.
+    failed_events_queue_url: str | None = None
 
     @property
     def allowed_role_pattern(self) -> str:
@@ -143,6 +146,8 @@ class Settings:
             rule_reserve=_int(env, "KIP_RULE_RESERVE", 20),
             allowed_accounts=allowed, org_id=org_id, adopt_regions=adopt_regions,
             **_sweep_settings(env),
+            failed_events_queue_url=(env.get("KIP_FAILED_EVENTS_QUEUE_URL") or "").strip()
+            or None,
         )
 
 

@@ -249,6 +249,9 @@ IMPLICIT = {
     "sqs:ReceiveMessage": "Lambda's event source mapping polls the sweep queue with the "
                           "function's role (sweep_worker)",
     "sqs:DeleteMessage": "the same event source mapping deletes what sweep_worker finished",
+    "sqs:ChangeMessageVisibility": "the schedule's replay of the EKS trigger's failed events "
+                                   "releases what it did not reach, on kip_failed-events-<stage> "
+                                   "only (tests/aws/test_failed_events.py)",
 }
 BROAD = {"iam:PassRole", "iam:CreateRole", "iam:PutRolePolicy", "iam:UpdateAssumeRolePolicy",
          "iam:AttachUserPolicy", "sqs:SendMessage", "sqs:ReceiveMessage",
@@ -289,10 +292,13 @@ def test_the_service_policy_allows_every_call_it_makes_and_nothing_broad(sc, sta
     star_resources = sorted(a for st in policy["Statement"] if "*" in _as_list(st["Resource"])
                             for a in _as_list(st["Action"]) if a not in STAR_RESOURCE_OK)
     # the sweep work queue's own statement is exempt: its one resource is kip_sweep-<stage>
-    broad = sorted(a for st in policy["Statement"] if st.get("Sid") != "SweepWorkQueue"
+    broad = sorted(a for st in policy["Statement"]
+                   if st.get("Sid") not in ("SweepWorkQueue", "FailedEventsQueue")
                    for a in _as_list(st["Action"]) if any(fnmatch.fnmatchcase(a, b) for b in BROAD))
     assert all(_as_list(st["Resource"]) == [f"arn:aws:sqs:*:*:kip_sweep-{stage}"]
                for st in policy["Statement"] if st.get("Sid") == "SweepWorkQueue")
+    assert all(_as_list(st["Resource"]) == [f"arn:aws:sqs:*:*:kip_failed-events-{stage}"]
+               for st in policy["Statement"] if st.get("Sid") == "FailedEventsQueue")
     unexplained = sorted(granted - used - set(IMPLICIT))
     record_property("least_privilege", {
         "check": f".chalice/policy-{stage}.json vs every call made",

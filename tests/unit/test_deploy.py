@@ -53,6 +53,9 @@ def test_attach_only_our_policy_path_and_scoped_names(stage):
             if service == "sqs" and st.get("Sid") == "SweepWorkQueue":
                 # the sweep's own work queue (resources-<stage>.json), nothing else
                 assert resources == [f"arn:aws:sqs:*:*:kip_sweep-{stage}"]
+            elif service == "sqs" and st.get("Sid") == "FailedEventsQueue":
+                # the EKS trigger's failed-events queue (resources-<stage>.json), nothing else
+                assert resources == [f"arn:aws:sqs:*:*:kip_failed-events-{stage}"]
             elif service == "sqs":
                 assert resources == ["arn:aws:sqs:*:*:kip-*"]
             if action == "events:ListRules":      # counts the bus's rules: no resource type
@@ -319,3 +322,57 @@ def test_packaged_template_rewritten_for_aws_cn(packaged, tmp_path):
                           "--partition", "cn", str(copy)], capture_output=True, text=True,
                          timeout=60, cwd=ROOT)
     assert bad.returncode == 2 and "PARTITION" in bad.stderr
+
+
+# --- the EKS trigger's failed events: Lambda drops an async event after two retries unless the
+# function has an on-failure destination; EventBridge drops one it could not deliver unless the
+# rule's target has a DLQ. Both go to kip_failed-events-<stage>, replayed by the schedule.
+def test_packaged_eks_trigger_keeps_failed_events(packaged):
+    from chalicelib import failed_events
+    res = json.loads((packaged / "sam.json").read_text())["Resources"]
+    arn = {"Fn::GetAtt": ["FailedEventsQueue", "Arn"]}
+    config = res["OnEksEventInvokeConfig"]
+    assert config["Type"] == "AWS::Lambda::EventInvokeConfig"
+    assert config["Properties"]["FunctionName"] == {"Ref": "OnEksEvent"}
+    assert config["Properties"]["Qualifier"] == "$LATEST"      # the rule invokes it unqualified
+    assert config["Properties"]["MaximumRetryAttempts"] == 2
+    assert 60 <= config["Properties"]["MaximumEventAgeInSeconds"] <= 21600
+    assert config["Properties"]["DestinationConfig"] == {"OnFailure": {"Destination": arn}}
+    queue = res["FailedEventsQueue"]["Properties"]
+    assert queue["QueueName"] == "kip_failed-events-prod"
+    assert queue["MessageRetentionPeriod"] == 14 * 24 * 3600
+    assert queue["SqsManagedSseEnabled"] is True
+    assert queue["RedrivePolicy"]["maxReceiveCount"] == failed_events.KEEP_AFTER
+    assert queue["VisibilityTimeout"] < 15 * 60      # back before the next schedule
+    assert res["FailedEventsDeadLetterQueue"]["Properties"]["MessageRetentionPeriod"] == 1209600
+    # the rule SAM generates from the function's event gets a DLQ and a retry policy
+    target = res["OnEksEvent"]["Properties"]["Events"]["OnEksEventEvent"]
+    assert target["Type"] == "CloudWatchEvent"
+    assert target["Properties"]["DeadLetterConfig"] == {"Arn": arn}
+    assert set(target["Properties"]["RetryPolicy"]) == {"MaximumRetryAttempts",
+                                                        "MaximumEventAgeInSeconds"}
+    env = res["ReconcileAll"]["Properties"]["Environment"]["Variables"]
+    assert env["KIP_FAILED_EVENTS_QUEUE_URL"] == {"Ref": "FailedEventsQueue"}
+
+
+def test_packaged_failed_events_queue_policy_admits_only_the_rule_and_the_trigger(packaged):
+    res = json.loads((packaged / "sam.json").read_text())["Resources"]
+    policy = res["FailedEventsQueuePolicy"]["Properties"]
+    assert policy["Queues"] == [{"Ref": "FailedEventsQueue"}]
+    by_sid = {st["Sid"]: st for st in policy["PolicyDocument"]["Statement"]}
+    rule = by_sid["EksTriggerRuleDeadLetters"]
+    assert rule["Principal"] == {"Service": "events.amazonaws.com"}
+    assert rule["Action"] == "sqs:SendMessage"
+    # SAM names the rule <function logical id><event logical id>
+    assert rule["Condition"] == {"ArnEquals": {"aws:SourceArn": {
+        "Fn::GetAtt": ["OnEksEventOnEksEventEvent", "Arn"]}}}
+    trigger = by_sid["EksTriggerOnFailureDestination"]
+    assert trigger["Principal"] == {"AWS": {"Fn::GetAtt": ["OnEksEventRole", "Arn"]}}
+    assert trigger["Action"] == "sqs:SendMessage"
+    assert by_sid["DenyHTTP"]["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    # and the Lambda roles may use that queue and no other beyond theirs
+    for stage in STAGES:
+        st = next(s for s in statements(stage) if s.get("Sid") == "FailedEventsQueue")
+        assert st["Resource"] == f"arn:aws:sqs:*:*:kip_failed-events-{stage}"
+        assert set(st["Action"]) == {"sqs:SendMessage", "sqs:ReceiveMessage",
+                                     "sqs:DeleteMessage", "sqs:ChangeMessageVisibility"}
