@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Optional
 
 from aws_lambda_powertools import Logger
 
-from chalicelib import errors, orphans
+from chalicelib import errors, sweeper
 from chalicelib.aws import worklist
 
 log = Logger(service="kip", child=True)
@@ -192,6 +192,6 @@ def _one(engine: Any, item: dict, summary: dict, remaining: Callable[[], float])
             if not engine.adopt(cid, "reconcile").opted_out:
                 summary["adopted"].append(cid.key)
             return
-        orphans.sweep_one(engine, cid, summary)     # a record whose cluster is gone: retired
+        sweeper.sweep_one(engine, cid, summary)     # a record whose cluster is gone: retired
     except (errors.InProgress, errors.RecordNotFound):  # another run has it / it is gone
         summary["skipped"].append(cid.key)

@@ -17,7 +17,9 @@ from chalicelib.executor import Workers, gather
 from chalicelib.naming import Names
 from chalicelib.state import Observed, PolicyState, QueueState, RoleState, RuleState
 
-Purpose = Literal["provision", "teardown"]
+# provision: everything a plan needs; check: a cheaper look at a cluster whose record says it is
+# in sync (no tags, no policy versions: ``None`` = not read); teardown: also the policy's holders.
+Purpose = Literal["provision", "check", "teardown"]
 
 
 @dataclass
@@ -29,11 +31,13 @@ class Located:
     roles: dict = field(default_factory=dict)       # role name -> RoleState
 
 
-def locate(target: Any, names: Names, roles: Iterable[str], workers: Workers
-           ) -> Callable[[], Located]:
+def locate(target: Any, names: Names, roles: Iterable[str], workers: Workers,
+           known_urls: Optional[dict] = None) -> Callable[[], Located]:
+    """``known_urls``: queue URLs the record holds (``queue``, ``dlq``): not looked up again
+    (a queue gone since is found missing by the second wave)."""
     wanted = list(dict.fromkeys(r for r in roles if r))
-    urls = [workers.submit(target.queue_url, names.queue),
-            workers.submit(target.queue_url, names.dlq)]
+    urls = [_known((known_urls or {}).get(key)) or workers.submit(target.queue_url, name)
+            for key, name in (("queue", names.queue), ("dlq", names.dlq))]
     policy = workers.submit(target.get_policy, names.policy_arn)
     rules = {rule: workers.submit(target.describe_rule, rule) for rule in rule_names(names)}
     role_reads = {role: workers.submit(target.role_attachments, role) for role in wanted}
@@ -45,6 +49,14 @@ def locate(target: Any, names: Names, roles: Iterable[str], workers: Workers
                        {k: f.result() for k, f in rules.items()},
                        {r: f.result() for r, f in role_reads.items()})
     return result
+
+
+def _known(value: Optional[str]) -> Optional[Future]:
+    if not value:
+        return None
+    done: Future = Future()
+    done.set_result(value)
+    return done
 
 
 def rule_names(names: Names) -> dict[str, str]:
@@ -61,17 +73,21 @@ def roles(target: Any, names: Iterable[str], workers: Workers) -> dict[str, Role
 
 def detail(target: Any, names: Names, found: Located, workers: Workers,
            purpose: Purpose) -> Observed:
-    submit = workers.submit
+    full = purpose != "check"
+
+    def submit(fn: Callable, *args: Any, wanted: bool = True) -> Future:
+        return workers.submit(fn, *args) if wanted else _known("not read")  # type: ignore
     alarm_reads = alarms(target, names, workers)
-    queues = {key: (url, submit(target.queue_attributes, url), submit(target.queue_tags, url))
+    queues = {key: (url, submit(target.queue_attributes, url),
+                    submit(target.queue_tags, url, wanted=full))
               for key, url in (("queue", found.queue_url), ("dlq", found.dlq_url)) if url}
     rules = {rule: (found.rules[rule], submit(target.rule_targets, rule),
-                    submit(target.rule_tags, arn))
+                    submit(target.rule_tags, arn, wanted=full))
              for rule, arn in rule_names(names).items() if found.rules.get(rule)}
     pol, policy_reads = found.policy, []
     if pol:
         policy_reads = [submit(target.policy_document, names.policy_arn, pol["default_version"]),
-                        submit(target.policy_versions, names.policy_arn)]
+                        submit(target.policy_versions, names.policy_arn, wanted=full)]
         if purpose == "teardown":
             policy_reads.append(submit(target.policy_holders, names.policy_arn))
     gather([f for _, *fs in queues.values() for f in fs]
@@ -80,13 +96,15 @@ def detail(target: Any, names: Names, found: Located, workers: Workers,
     obs = Observed()
     for key, (url, attrs, tags) in queues.items():
         if attrs.result() is not None:      # gone between the two waves: not there
-            setattr(obs, key, QueueState(True, url, attrs.result(), tags.result()))
+            setattr(obs, key, QueueState(True, url, attrs.result(),
+                                         tags.result() if full else None))
     for rule, (described, targets, tags) in rules.items():
         obs.rules[rule] = RuleState(True, described["pattern"], described["state"],
-                                                 tags.result(), targets.result())
+                                    tags.result() if full else None, targets.result())
     if pol:
         obs.policy = PolicyState(True, pol["tags"], pol["default_version"],
-                                 policy_reads[0].result(), policy_reads[1].result())
+                                 policy_reads[0].result(),
+                                 policy_reads[1].result() if full else None)
         if purpose == "teardown":
             holders = policy_reads[2].result()
             obs.policy.attached_roles = holders.roles

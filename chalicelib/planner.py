@@ -68,8 +68,11 @@ def depth(actions: list[Action]) -> int:
     return max((d(a.id) for a in actions), default=0)
 
 
-def _check_owned(exists: bool, tags: dict, cid: naming.ClusterId, what: str, name: str) -> None:
-    if exists and not naming.is_owned(tags, cid):
+def _check_owned(exists: bool, tags: Optional[dict], cid: naming.ClusterId, what: str,
+                 name: str) -> None:
+    # tags None: not read (a check of a cluster the record says is in sync); any plan made from
+    # such a look is made again from a full one before it runs
+    if exists and tags is not None and not naming.is_owned(tags, cid):
         raise ResourceNotOwned(
             f"{what} {name!r} already exists and is not managed by this service for cluster "
             f"{cid.key}; nothing was changed. Delete or rename it, or choose another prefix.",
@@ -128,7 +131,8 @@ def _plan_queues(plan: _Plan, spec: DesiredSpec, obs: Observed) -> None:
         if changed:
             plan.add(f"{key}.update", "set_queue_attributes", "update", key, name,
                      {"url": st.url, "attributes": changed}, after)
-        missing = {k: v for k, v in tags.items() if st.tags.get(k) != v}
+        missing = {k: v for k, v in tags.items()
+                   if st.tags is not None and st.tags.get(k) != v}
         if missing:
             plan.add(f"{key}.tag", "tag_queue", "update", key, name,
                      {"url": st.url, "tags": missing})
@@ -149,7 +153,7 @@ def _plan_rules(plan: _Plan, spec: DesiredSpec, obs: Observed) -> None:
                                                   f"{spec.cid.key}"},
                           effect=Effect.of("rule", exists=True)).id,)
     # PutRule ignores Tags when it updates an existing rule: tag it on its own.
-    if st.exists and any(st.tags.get(k) != v for k, v in tags.items()):
+    if st.exists and st.tags is not None and any(st.tags.get(k) != v for k, v in tags.items()):
         plan.add("rule.tag", "tag_rule", "update", "rule", n.rule,
                  {"arn": n.rule_arn, "tags": tags}, after)
     # Someone else's target on our rule would receive every interruption event: drift.
@@ -187,12 +191,13 @@ def _plan_policy(plan: _Plan, spec: DesiredSpec, obs: Observed) -> None:
                  owner=spec.cid.key)
         policy_after = ("policy.create",)
     elif pol.document != spec.controller_policy:
-        prune = [_prune(plan, n, v).id for v in pol.versions if not v.get("IsDefaultVersion")]
+        prune = [_prune(plan, n, v).id for v in pol.versions or []
+                 if not v.get("IsDefaultVersion")]
         plan.add("policy.version", "create_policy_version", "update", "policy_version", n.policy,
                  {"arn": n.policy_arn, "document": spec.controller_policy}, tuple(prune),
                  Effect.of("policy", default_version=Result("version")))
     else:   # IAM keeps 5 versions: beyond the previous one (a rollback), stray versions go
-        older = [v for v in pol.versions if not v.get("IsDefaultVersion")]
+        older = [v for v in pol.versions or [] if not v.get("IsDefaultVersion")]
         for v in sorted(older, key=_version_number)[:-1]:
             _prune(plan, n, v)
     if obs.role.exists and n.policy_arn not in obs.role.attached:

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from chalicelib import naming
 from chalicelib.config import STATUSES
-from chalicelib.state import Observed
+from chalicelib.state import Observed, RoleInfo
 
 Status = Literal[STATUSES]  # type: ignore[valid-type]
 Source = Literal["api", "eks-event", "reconcile", "backfill"]
@@ -253,6 +253,22 @@ def _set(res: Resources, effect: Effect, values: dict) -> None:
         entry = getattr(res, effect.entry)
     for key, value in values.items():
         setattr(entry, key, value)
+
+
+def known_urls(record: Optional["ClusterRecord"]) -> dict:
+    """The queue URLs a record holds for queues it says exist."""
+    res = record.resources if record else None
+    return {key: entry.url for key in ("queue", "dlq")
+            if res and (entry := getattr(res, key)) and entry.exists and entry.url}
+
+
+def known_role(record: Optional["ClusterRecord"], name: str) -> Optional[RoleInfo]:
+    """The role as the record resolved it, when it is ``name`` and existed."""
+    att = record.resources.attachment if record else None
+    if not att or att.role_name != name or not att.role_exists or not att.role_arn:
+        return None
+    path = att.role_arn.split(":role", 1)[1].rsplit("/", 1)[0] + "/"
+    return RoleInfo(name=name, arn=att.role_arn, path=path)
 
 
 def observed_teardown(names: naming.Names, obs: Observed, kinds: Iterable[str],

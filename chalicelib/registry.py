@@ -17,7 +17,7 @@ import json
 import time
 import uuid
 from concurrent.futures import Future
-from typing import Any, Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 from aws_lambda_powertools import Logger
 

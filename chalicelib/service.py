@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
 from aws_lambda_powertools import Logger
 
-from chalicelib import (aws, errors, kms, migration, naming, observe, orphans, planner, quota,
-                        records, registry, tenancy)
+from chalicelib import (aws, errors, kms, migration, naming, observe, planner, quota,
+                        records, registry, sweeper, tenancy)
 from chalicelib.config import Settings, get_settings
 from chalicelib.executor import Run, Workers, execute, gather, preview
 from chalicelib.records import ClusterRecord, Karpenter, LastError
@@ -99,14 +100,15 @@ class Engine:
         return self._converge(req, source, self._opted_out_or_unusable)
 
     def reconcile(self, cid: naming.ClusterId, dry_run: bool = False,
-                  requested_by: Optional[str] = None) -> Outcome:
-        rec = self.describe(cid)
+                  requested_by: Optional[str] = None,
+                  record: Optional[ClusterRecord] = None) -> Outcome:
+        rec = record or self.describe(cid)
         if rec.status == "deleting":     # an unfinished teardown: finish it, never undo it
             return self.teardown(cid, "reconcile", dry_run, requested_by)
         params = {**rec.request, "cluster_name": cid.cluster_name,
                   "account_id": cid.account_id, "region": cid.region, "dry_run": dry_run}
         return self._converge(ClusterRequest.model_validate(params), "reconcile",
-                              _refuse_unusable_cluster, requested_by)
+                              _refuse_unusable_cluster, requested_by, known=rec)
 
     def teardown(self, cid: naming.ClusterId, source: str = "api",
                  dry_run: bool = False, requested_by: Optional[str] = None) -> Outcome:
@@ -144,38 +146,16 @@ class Engine:
         return self.registry.page(limit, next_token, status)
 
     def sweep(self, max_records: int = 1000) -> dict:
-        """The scheduled job: finish waiting/failed/crashed runs, repair drift, and (when
-        enabled) adopt EKS clusters that have no record."""
-        summary: dict[str, list] = {"repaired": [], "up_to_date": [], "errors": [],
-                                    "skipped": [], "adopted": []}
-        known: set[str] = set()
-        for rec in self._records(max_records):
-            known.add(rec.id)
-            if rec.lease_live(self.clock()):
-                summary["skipped"].append(rec.id)
-                continue
-            with _noted(summary, rec.id):       # an unfinished teardown is finished; a record
-                orphans.sweep_one(self, rec.cid, summary)   # whose cluster is gone retired
-        if self.settings.adopt_existing:    # the configured account-regions, as a backfill
-            from chalicelib.backfill import adopt_configured
-            adopt_configured(self, summary, known)
-        return summary
-
-    def _records(self, limit: int) -> Iterator[ClusterRecord]:
-        token, seen = None, 0
-        while seen < limit:
-            items, token = self.list(limit=100, next_token=token)
-            yield from items[:limit - seen]
-            seen += len(items)
-            if not token:
-                return
+        """The scheduled job, in process (the local stage; deployed: chalicelib.fanout)."""
+        return sweeper.sweep(self, max_records)
 
     # ------------------------------------------------------------------ the skeleton
     def _converge(self, req: ClusterRequest, source: str, guard: Guard,
-                  requested_by: Optional[str] = None) -> Outcome:
+                  requested_by: Optional[str] = None,
+                  known: Optional[ClusterRecord] = None) -> Outcome:
         cid = self.identity(req.cluster_name, req.account_id, req.region)
         role = resolve_role(req, cid, self.settings)       # 400/403 before any AWS call
-        ctx = self._first_wave(cid, role, [role.name], req.kms_key_id)
+        ctx = self._first_wave(cid, role, [role.name], req.kms_key_id, known=known)
         stop = guard(ctx)
         if stop is not None:
             return stop
@@ -190,9 +170,10 @@ class Engine:
         obs = actions = None
         rec = ctx.record
         if rec is not None and rec.status in IN_SYNC and rec.spec_hash == spec.spec_hash:
-            obs = self._detail(ctx, "provision", previous)   # likely in sync: read, then decide
-            actions = planner.plan_provision(spec, obs)
-            if not actions and rec.status == _status_for(obs):
+            # likely in sync: a cheaper look (no tags, no policy versions) decides; any
+            # difference is planned again from a full look, under the lease
+            check = self._detail(ctx, "check", previous)
+            if not planner.plan_provision(spec, check) and rec.status == _status_for(check):
                 return Outcome(rec)
         with self.registry.lease(cid, rec, self.recorder.provision_fields(
                 spec, source, ctx, requested_by), self.workers.submit) as held:
@@ -202,18 +183,22 @@ class Engine:
             return self._apply(ctx, spec, obs, actions, held)
 
     def _first_wave(self, cid: naming.ClusterId, role: Optional[RoleRef], roles: list,
-                    kms_key_id: Optional[str] = None, legacy: bool = False) -> Context:
+                    kms_key_id: Optional[str] = None, legacy: bool = False,
+                    known: Optional[ClusterRecord] = None) -> Context:
+        """The first parallel wave. ``known``: the record as just read (a reconcile): not read
+        again, and its queue URLs and resolved role save their look-ups."""
         target, names = self._target(cid), self.names(cid, legacy)
         submit = self.workers.submit
-        record_f = submit(self.registry.get, cid)
+        record_f = _done(known) if known else submit(self.registry.get, cid)
         cluster_f = role_f = key_f = policy_f = None
         if role is not None:
             cluster_f = submit(target.describe_cluster, cid.cluster_name)
-            role_f = submit(target.get_role, role.name)
+            role_f = _done(records.known_role(known, role.name)) if \
+                records.known_role(known, role.name) else submit(target.get_role, role.name)
         if kms_key_id:
             key_f = submit(target.describe_key, kms_key_id)
             policy_f = submit(target.key_policy, kms_key_id)
-        locating = observe.locate(target, names, roles, self.workers)
+        locating = observe.locate(target, names, roles, self.workers, records.known_urls(known))
         gather([f for f in (record_f, cluster_f, role_f, key_f, policy_f) if f is not None])
         record, found = record_f.result(), locating()
         recorded = record.recorded_names() if record else None
@@ -407,22 +392,11 @@ def _by(requested_by: Optional[str]) -> dict:
     return {"requested_by": requested_by} if requested_by else {}
 
 
+def _done(value: object) -> Future:
+    done: Future = Future()
+    done.set_result(value)
+    return done
+
+
 def _status_for(obs: Observed) -> str:
     return "ready" if obs.role.exists else "waiting_for_role"
-
-
-class _noted:
-    """Context manager: a use case's domain error becomes a line of the sweep's summary."""
-
-    def __init__(self, summary: dict, key: str) -> None:
-        self.summary, self.key = summary, key
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: object, exc: object, tb: object) -> bool:
-        if isinstance(exc, errors.KipError):
-            self.summary["errors"].append({"cluster": self.key, "code": exc.code,
-                                           "message": exc.message})
-            return True
-        return False

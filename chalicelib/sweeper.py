@@ -1,6 +1,9 @@
-"""Records whose EKS cluster is gone: a DeleteCluster event was missed.
+"""The sweep, one record at a time: repair drift, finish unfinished runs, retire orphans.
 
-The sweep's reconcile of such a record meets ``ClusterNotFound``. The first sweep that sees it
+``sweep`` is the in-process sweep (the local stage; deployed stages fan the records out to the
+``sweep_worker``, chalicelib.fanout, which calls ``sweep_one`` for each).
+
+Orphans, records whose EKS cluster is gone (a DeleteCluster event was missed): the sweep's reconcile of such a record meets ``ClusterNotFound``. The first sweep that sees it
 notes when (``cluster_missing_since``); once the cluster has been missing for
 ``KIP_ORPHAN_GRACE_MINUTES`` (default 30; 0: at once) the sweep tears the cluster's resources
 down, says so in its summary and publishes a status event. A cluster that comes back clears the
@@ -10,15 +13,48 @@ from __future__ import annotations
 
 import calendar
 import time
-from typing import Any
+from typing import Any, Iterator
 
 from chalicelib import aws, errors, naming, registry
 
 
-def sweep_one(engine: Any, cid: naming.ClusterId, summary: dict) -> None:
-    """Reconcile one record for the sweep; an orphan is noted, then retired after the grace."""
+def sweep(engine: Any, max_records: int = 1000) -> dict:
+    """Finish waiting/failed/crashed runs, repair drift, retire orphans, and (when enabled)
+    adopt EKS clusters that have no record."""
+    summary: dict[str, list] = {"repaired": [], "up_to_date": [], "errors": [],
+                                "skipped": [], "adopted": []}
+    known: set[str] = set()
+    for rec in _records(engine, max_records):
+        known.add(rec.id)
+        if rec.lease_live(engine.clock()):
+            summary["skipped"].append(rec.id)
+            continue
+        try:
+            sweep_one(engine, rec.cid, summary, rec)
+        except errors.KipError as exc:
+            summary["errors"].append({"cluster": rec.id, "code": exc.code,
+                                      "message": exc.message})
+    if engine.settings.adopt_existing:    # the configured account-regions, as a backfill
+        from chalicelib.backfill import adopt_configured
+        adopt_configured(engine, summary, known)
+    return summary
+
+
+def _records(engine: Any, limit: int) -> Iterator[Any]:
+    token, seen = None, 0
+    while seen < limit:
+        items, token = engine.list(limit=100, next_token=token)
+        yield from items[:limit - seen]
+        seen += len(items)
+        if not token:
+            return
+
+
+def sweep_one(engine: Any, cid: naming.ClusterId, summary: dict, record: Any = None) -> None:
+    """Reconcile one record for the sweep (``record``: as already read, saves a read); an
+    orphan is noted, then retired after the grace."""
     try:
-        out = engine.reconcile(cid)
+        out = engine.reconcile(cid, record=record)
     except errors.ClusterNotFound:
         _missing(engine, cid, summary)
         return
