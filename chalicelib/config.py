@@ -67,6 +67,7 @@ class Settings:
     rule_reserve: int = 20          # rules kip leaves free for the account's other users
     api_budget_seconds: float = 12  # no AWS attempt starts later (+ connect 5 + read 8 < 29 s)
     api_max_attempts: int = 3       # attempts per AWS call within an API request
+    full_check_hours: float = 24    # in-sync reconciles read tags too once a full look is older
     orphan_grace_minutes: int = 30  # a record's EKS cluster missing this long: torn down
     settle_seconds: float = 6.0     # waiting, within a run, for IAM/SQS eventual consistency
     # Organization reach (chalicelib/tenancy.py): accounts kip may act in besides its own; empty
@@ -140,6 +141,7 @@ class Settings:
             alarms=_bool(env.get("KIP_ALARMS"), False),
             settle_seconds=float(env.get("KIP_SETTLE_SECONDS") or 6.0),
             orphan_grace_minutes=_int(env, "KIP_ORPHAN_GRACE_MINUTES", 30),
+            full_check_hours=float(env.get("KIP_FULL_CHECK_HOURS") or 24),
             api_budget_seconds=float(env.get("KIP_API_BUDGET_SECONDS") or 12),
             api_max_attempts=_int(env, "KIP_API_MAX_ATTEMPTS", 3),
             rule_quota=_int(env, "KIP_RULE_QUOTA", 0) or None,

@@ -136,6 +136,10 @@ def _plan_queues(plan: _Plan, spec: DesiredSpec, obs: Observed) -> None:
         if missing:
             plan.add(f"{key}.tag", "tag_queue", "update", key, name,
                      {"url": st.url, "tags": missing})
+        retired = _retired(spec, st.tags)
+        if retired:
+            plan.add(f"{key}.untag", "untag_queue", "update", key, name,
+                     {"url": st.url, "keys": retired})
 
 
 def _plan_rules(plan: _Plan, spec: DesiredSpec, obs: Observed) -> None:
@@ -156,6 +160,10 @@ def _plan_rules(plan: _Plan, spec: DesiredSpec, obs: Observed) -> None:
     if st.exists and st.tags is not None and any(st.tags.get(k) != v for k, v in tags.items()):
         plan.add("rule.tag", "tag_rule", "update", "rule", n.rule,
                  {"arn": n.rule_arn, "tags": tags}, after)
+    retired = _retired(spec, st.tags) if st.exists else []
+    if retired:
+        plan.add("rule.untag", "untag_rule", "update", "rule", n.rule,
+                 {"arn": n.rule_arn, "keys": retired}, after)
     # Someone else's target on our rule would receive every interruption event: drift.
     foreign = [t["Id"] for t in st.targets if t.get("Id") != naming.TARGET_ID]
     if foreign:
@@ -200,6 +208,15 @@ def _plan_policy(plan: _Plan, spec: DesiredSpec, obs: Observed) -> None:
         older = [v for v in pol.versions or [] if not v.get("IsDefaultVersion")]
         for v in sorted(older, key=_version_number)[:-1]:
             _prune(plan, n, v)
+    if pol.exists:      # CreatePolicy's tags are never updated by IAM on their own
+        missing = {k: v for k, v in spec.tags.items() if pol.tags.get(k) != v}
+        if missing:
+            plan.add("policy.tag", "tag_policy", "update", "policy", n.policy,
+                     {"arn": n.policy_arn, "tags": missing})
+        retired = _retired(spec, pol.tags)
+        if retired:
+            plan.add("policy.untag", "untag_policy", "update", "policy", n.policy,
+                     {"arn": n.policy_arn, "keys": retired})
     if obs.role.exists and n.policy_arn not in obs.role.attached:
         plan.add("attach", "attach_role_policy", "create", "attachment", obs.role.name,
                  {"role": obs.role.name, "policy_arn": n.policy_arn}, policy_after,
@@ -208,6 +225,11 @@ def _plan_policy(plan: _Plan, spec: DesiredSpec, obs: Observed) -> None:
     if prev and prev.exists and prev.name != obs.role.name and n.policy_arn in prev.attached:
         plan.add("detach.previous", "detach_role_policy", "delete", "attachment", prev.name,
                  {"role": prev.name, "policy_arn": n.policy_arn})
+
+
+def _retired(spec: DesiredSpec, tags: Optional[dict]) -> list:
+    """Keys kip applied before, no longer wanted, still on the resource (never kip's own)."""
+    return [k for k in spec.retired_tags if tags is not None and k in tags]
 
 
 def _version_number(version: dict) -> int:

@@ -127,6 +127,8 @@ class ClusterRecord(BaseModel):
     last_error: Optional[LastError] = None
     requested_by: Optional[str] = None     # the API caller of the last change (JWT sub, IAM ARN)
     health: Optional[Health] = None        # written by the sweep when the consumer state changes
+    tag_keys: Optional[list[str]] = None  # the tag keys kip applied (removed when unwanted)
+    verified_at: Optional[str] = None   # the last full look at every resource (tags included)
     cluster_missing_since: Optional[str] = None  # the sweep found the EKS cluster gone (orphan)
     rule_migration_since: Optional[str] = None  # when the queue policy first allowed the one rule
     created_at: Optional[str] = None

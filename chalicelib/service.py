@@ -7,6 +7,7 @@ When a change is likely, the lease is taken while the second wave of reads runs.
 """
 from __future__ import annotations
 
+import calendar
 import threading
 import time
 from concurrent.futures import Future
@@ -161,7 +162,8 @@ class Engine:
             return stop
         since = ctx.record.rule_migration_since if ctx.record else None
         spec = build_spec(req, cid, ctx.names, self.settings, ctx.kms_key_arn, ctx.role,
-                          migration.keep_legacy(ctx.names, since, self.clock()))
+                          migration.keep_legacy(ctx.names, since, self.clock()),
+                          ctx.record.tag_keys if ctx.record else None)
         previous = self._previous_role(ctx)
         if req.dry_run:
             actions = planner.plan_provision(spec, self._detail(ctx, "provision", previous))
@@ -170,10 +172,14 @@ class Engine:
         obs = actions = None
         rec = ctx.record
         if rec is not None and rec.status in IN_SYNC and rec.spec_hash == spec.spec_hash:
-            # likely in sync: a cheaper look (no tags, no policy versions) decides; any
-            # difference is planned again from a full look, under the lease
-            check = self._detail(ctx, "check", previous)
+            # likely in sync: a cheaper look (no tags, no policy versions) decides, unless the
+            # last full look is older than KIP_FULL_CHECK_HOURS; any difference is planned
+            # again from a full look, under the lease
+            cheap = _recent(rec.verified_at, self.clock(), self.settings.full_check_hours)
+            check = self._detail(ctx, "check" if cheap else "provision", previous)
             if not planner.plan_provision(spec, check) and rec.status == _status_for(check):
+                if not cheap:
+                    self.registry.note(rec, {"verified_at": registry.iso(self.clock())})
                 return Outcome(rec)
         with self.registry.lease(cid, rec, self.recorder.provision_fields(
                 spec, source, ctx, requested_by), self.workers.submit) as held:
@@ -248,7 +254,8 @@ class Engine:
             ctx.names, obs, spec.event_kinds, role.name, role.arn, obs.role.exists),
             actions, run.done)
         update = {"resources": resources, "applied": [a.id for a in run.finished(actions)],
-                  "status": _status_for(obs), "last_error": None}
+                  "status": _status_for(obs), "last_error": None,
+                  "verified_at": registry.iso(self.clock())}
         update.update(migration.recorded_fields(spec, resources, run.failure is None,
                                                 registry.iso(self.clock()),
                                                 leased.rule_migration_since))
@@ -317,7 +324,7 @@ class Recorder:
                          requested_by: Optional[str] = None) -> dict:
         return {"status": "provisioning", "source": source, "spec_hash": spec.spec_hash,
                 "request": spec.parameters, "names": spec.names.to_dict(),
-                "event_kinds": list(spec.event_kinds),
+                "event_kinds": list(spec.event_kinds), "tag_keys": sorted(spec.tags),
                 "karpenter": Karpenter.for_queue(spec.names.queue).model_dump(by_alias=True),
                 "cluster": ctx.cluster.summary() if ctx.cluster else None,
                 **self.stamps(ctx.record), **_by(requested_by)}
@@ -390,6 +397,12 @@ def _refuse_unusable_cluster(ctx: Context) -> Optional[Outcome]:
 def _by(requested_by: Optional[str]) -> dict:
     """The caller is recorded when known; runs nobody asked for (sweep, EKS event) keep it."""
     return {"requested_by": requested_by} if requested_by else {}
+
+
+def _recent(stamp: Optional[str], now: float, hours: float) -> bool:
+    if not stamp:
+        return False
+    return now - calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ")) < hours * 3600
 
 
 def _done(value: object) -> Future:

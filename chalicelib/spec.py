@@ -361,6 +361,7 @@ class DesiredSpec:
     parameters: dict = field(default_factory=dict)
     alarm_threshold: Optional[int] = None   # KIP_ALARMS: the stale alarm's age (s); None: off
     keep_legacy: bool = False    # the five-rule layout's rules stay allowed (migration, phase 1)
+    retired_tags: tuple = ()     # tag keys kip applied before and no longer wants (removed)
 
     @property
     def spec_hash(self) -> str:
@@ -381,7 +382,10 @@ def _encryption(kms_key_arn: Optional[str]) -> dict:
 
 def build_spec(req: ClusterRequest, cid: naming.ClusterId, names: naming.Names,
                settings: Settings, kms_key_arn: Optional[str] = None,
-               role: Optional[RoleRef] = None, keep_legacy: bool = False) -> DesiredSpec:
+               role: Optional[RoleRef] = None, keep_legacy: bool = False,
+               applied_tags: Optional[list] = None) -> DesiredSpec:
+    """``applied_tags``: the tag keys kip applied last time (the record's ``tag_keys``): those no
+    longer wanted are removed; tags others added are never touched."""
     kinds = tuple(req.event_kinds or ALL_EVENT_KINDS)
     role = role or resolve_role(req, cid, settings)
     # Only the cluster's rule may send; while a cluster moves from the five-rule layout, its old
@@ -418,4 +422,5 @@ def build_spec(req: ClusterRequest, cid: naming.ClusterId, names: naming.Names,
         rule_pattern=policies.interruption_pattern(kinds), role=role, tags=tags,
         alarm_threshold=settings.stale_seconds if settings.alarms else None,
         kms_key_arn=kms_key_arn, parameters=params, keep_legacy=keep_legacy,
+        retired_tags=tuple(sorted(set(applied_tags or ()) - set(tags))),
     )

@@ -266,6 +266,19 @@ class Target(_Reads):
                  Description=description[:512], Tags=tags_list(tags))
         return {"arn": r["RuleArn"]}
 
+    def untag_queue(self, url: str, keys: list) -> dict:
+        call(f"sqs:UntagQueue {url}", self._c("sqs").untag_queue, QueueUrl=url, TagKeys=keys)
+        return {}
+
+    def untag_rule(self, arn: str, keys: list) -> dict:
+        call(f"events:UntagResource {arn}", self._c("events").untag_resource, ResourceARN=arn,
+             TagKeys=keys)
+        return {}
+
+    def untag_policy(self, arn: str, keys: list) -> dict:
+        call(f"iam:UntagPolicy {arn}", self._c("iam").untag_policy, PolicyArn=arn, TagKeys=keys)
+        return {}
+
     def tag_rule(self, arn: str, tags: dict) -> dict:
         call(f"events:TagResource {arn}", self._c("events").tag_resource, ResourceARN=arn,
              Tags=tags_list(tags))

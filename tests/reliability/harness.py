@@ -360,6 +360,7 @@ VOLATILE_QUEUE_ATTRS = {"CreatedTimestamp", "LastModifiedTimestamp", "Approximat
                         "ApproximateNumberOfMessagesNotVisible",
                         "ApproximateNumberOfMessagesDelayed"}
 RECORD_NOISE = {"version", "write_id", "updated_at", "created_at", "source", "applied", "lease_owner",
+                "verified_at",
                 "lease_expires", "spec_hash", "removed"}
 
 

@@ -227,6 +227,10 @@ IMPLICIT = {
     "eks:ListClusters": "the schedule's adoption of existing clusters (KIP_ADOPT_EXISTING)",
     "organizations:DescribeAccount": "KIP_ORG_ID membership of an account outside "
                                      "KIP_ALLOWED_ACCOUNTS (test_organization_reach.py)",
+    "sqs:UntagQueue": "tags kip applied and the request no longer has are removed "
+                      "(tests/aws/test_tag_convergence.py)",
+    "events:UntagResource": "the same, on the cluster's rule",
+    "iam:UntagPolicy": "the same, on the controller policy",
     "iam:DetachUserPolicy": "teardown of a kip policy someone attached to a user "
                             "(test_teardown_detaches_the_policy_from_users_and_groups_too)",
     "iam:DetachGroupPolicy": "teardown of a kip policy someone attached to a group (same test)",
