@@ -1,4 +1,8 @@
-"""Pure: moving a cluster from the five-rule layout to one rule, without a gap in delivery.
+"""Pure: changes AWS applies late, and how a run waits them out.
+
+Queue attributes (``still_settling``): SQS shows a change up to 60 s later (retention up to
+15 min); what kip set lately is not drift. And moving a cluster from the five-rule layout to one
+rule, without a gap in delivery:
 
 Phase 1 (the first run that sees legacy rules): the one rule and its target are created and the
 queue policy allows both the one rule and the legacy rules; the record notes when. Phase 2 (a
@@ -46,3 +50,33 @@ def recorded_fields(spec: object, resources: Resources, ok: bool, now_iso: str,
     return {"names": trimmed.to_dict(), "resources": res,
             "spec_hash": dataclasses.replace(spec, names=trimmed).spec_hash,  # type: ignore
             "rule_migration_since": since if trimmed.rules else None}
+
+
+# SQS: "attribute changes can take up to 60 seconds to propagate; MessageRetentionPeriod up to
+# 15 minutes" (SetQueueAttributes API reference).
+SETTLE = {"MessageRetentionPeriod": 900}
+SETTLE_DEFAULT = 60
+
+
+def still_settling(settling: Optional[dict], now: float) -> dict:
+    """The attributes kip set that SQS may not show yet: {queue key: {attribute: value}}."""
+    out: dict = {}
+    for key, entry in (settling or {}).items():
+        age = now - calendar.timegm(time.strptime(entry["at"], "%Y-%m-%dT%H:%M:%SZ"))
+        attrs = {k: v for k, v in entry.get("attributes", {}).items()
+                 if age < SETTLE.get(k, SETTLE_DEFAULT)}
+        if attrs:
+            out[key] = attrs
+    return out
+
+
+def settled_after(previous: Optional[dict], actions: list, done: dict, now: float,
+                  now_iso: str) -> Optional[dict]:
+    """The record's ``settling`` after a run: what this run set, plus what is still settling."""
+    out = {k: {"at": v["at"], "attributes": dict(v["attributes"])}
+           for k, v in (previous or {}).items()
+           if still_settling({k: v}, now)}
+    for a in actions:
+        if a.id in done and a.op in ("set_queue_attributes", "create_queue"):
+            out[a.resource] = {"at": now_iso, "attributes": dict(a.params["attributes"])}
+    return out or None

@@ -127,7 +127,11 @@ def _plan_queues(plan: _Plan, spec: DesiredSpec, obs: Observed) -> None:
                      Effect.of(key, exists=True, url=Result("url")))
             dlq_after = ("dlq.create",) if key == "dlq" else dlq_after
             continue
-        changed = queue_diff(attrs, st.attributes)
+        # SQS shows an attribute change up to 60 s later (retention: 15 min): what kip set
+        # lately is not drift, and writing it again would not make it show sooner
+        recent = spec.settling.get(key, {})
+        changed = {k: v for k, v in queue_diff(attrs, st.attributes).items()
+                   if _norm(k, recent.get(k)) != _norm(k, v)}
         if changed:
             plan.add(f"{key}.update", "set_queue_attributes", "update", key, name,
                      {"url": st.url, "attributes": changed}, after)

@@ -127,6 +127,7 @@ class ClusterRecord(BaseModel):
     last_error: Optional[LastError] = None
     requested_by: Optional[str] = None     # the API caller of the last change (JWT sub, IAM ARN)
     health: Optional[Health] = None        # written by the sweep when the consumer state changes
+    settling: Optional[dict] = None     # queue attributes kip set lately: {key: {at, attributes}}
     tag_keys: Optional[list[str]] = None  # the tag keys kip applied (removed when unwanted)
     verified_at: Optional[str] = None   # the last full look at every resource (tags included)
     cluster_missing_since: Optional[str] = None  # the sweep found the EKS cluster gone (orphan)

@@ -163,7 +163,9 @@ class Engine:
         since = ctx.record.rule_migration_since if ctx.record else None
         spec = build_spec(req, cid, ctx.names, self.settings, ctx.kms_key_arn, ctx.role,
                           migration.keep_legacy(ctx.names, since, self.clock()),
-                          ctx.record.tag_keys if ctx.record else None)
+                          ctx.record.tag_keys if ctx.record else None,
+                          migration.still_settling(ctx.record.settling if ctx.record else None,
+                                                   self.clock()))
         previous = self._previous_role(ctx)
         if req.dry_run:
             actions = planner.plan_provision(spec, self._detail(ctx, "provision", previous))
@@ -255,7 +257,9 @@ class Engine:
             actions, run.done)
         update = {"resources": resources, "applied": [a.id for a in run.finished(actions)],
                   "status": _status_for(obs), "last_error": None,
-                  "verified_at": registry.iso(self.clock())}
+                  "verified_at": registry.iso(self.clock()),
+                  "settling": migration.settled_after(leased.settling, actions, run.done,
+                                                      self.clock(), registry.iso(self.clock()))}
         update.update(migration.recorded_fields(spec, resources, run.failure is None,
                                                 registry.iso(self.clock()),
                                                 leased.rule_migration_since))

@@ -362,6 +362,7 @@ class DesiredSpec:
     alarm_threshold: Optional[int] = None   # KIP_ALARMS: the stale alarm's age (s); None: off
     keep_legacy: bool = False    # the five-rule layout's rules stay allowed (migration, phase 1)
     retired_tags: tuple = ()     # tag keys kip applied before and no longer wants (removed)
+    settling: dict = field(default_factory=dict)    # queue key -> attributes SQS may not show yet
 
     @property
     def spec_hash(self) -> str:
@@ -383,7 +384,8 @@ def _encryption(kms_key_arn: Optional[str]) -> dict:
 def build_spec(req: ClusterRequest, cid: naming.ClusterId, names: naming.Names,
                settings: Settings, kms_key_arn: Optional[str] = None,
                role: Optional[RoleRef] = None, keep_legacy: bool = False,
-               applied_tags: Optional[list] = None) -> DesiredSpec:
+               applied_tags: Optional[list] = None,
+               settling: Optional[dict] = None) -> DesiredSpec:
     """``applied_tags``: the tag keys kip applied last time (the record's ``tag_keys``): those no
     longer wanted are removed; tags others added are never touched."""
     kinds = tuple(req.event_kinds or ALL_EVENT_KINDS)
@@ -423,4 +425,5 @@ def build_spec(req: ClusterRequest, cid: naming.ClusterId, names: naming.Names,
         alarm_threshold=settings.stale_seconds if settings.alarms else None,
         kms_key_arn=kms_key_arn, parameters=params, keep_legacy=keep_legacy,
         retired_tags=tuple(sorted(set(applied_tags or ()) - set(tags))),
+        settling=settling or {},
     )

@@ -274,6 +274,25 @@ MOTO_GAPS = [
      "SQS SendMessageBatch API reference; Lambda with SQS, partial batch responses",
      "refused entries resent (3x); the worker returns only retryable ids; "
      "FunctionResponseTypes patched into the template", "tests/aws/test_sweep_fanout.py"),
+    ("SQS attribute changes show up to 60 s later (retention up to 15 min)",
+     "SQS SetQueueAttributes API reference",
+     "the record keeps what kip set lately (settling); within the window an old value is not "
+     "drift and is not written again", "tests/aws/test_attribute_lag.py"),
+    ("Lambda drops an async event after 2 retries unless it has an on-failure destination; "
+     "EventBridge drops one it cannot deliver unless the target has a DLQ",
+     "Lambda asynchronous invocation (destinations); EventBridge target DeadLetterConfig",
+     "EventInvokeConfig on-failure and the rule target's DLQ go to kip_failed-events-<stage>; "
+     "the schedule replays them; after 5 receives a human gets them",
+     "tests/aws/test_failed_events.py"),
+    ("API Gateway cuts every integration at 29 s; botocore's deployed retries (adaptive, 8) "
+     "take longer when throttled", "API Gateway quotas; botocore retries",
+     "within an API request: 3 attempts per call, no attempt after 12 s (record writes "
+     "excepted), 503 + Retry-After, lease released",
+     "test_a_throttled_api_request_stops_retrying_early_and_releases_the_lease"),
+    ("A cluster deleted while its DeleteCluster event was missed", "EventBridge delivery "
+     "(at least once, may be lost when the target fails)",
+     "the sweep notes it missing, tears it down after KIP_ORPHAN_GRACE_MINUTES",
+     "tests/aws/test_orphans.py"),
 ]
 
 
