@@ -524,6 +524,9 @@ def bench_list(args: argparse.Namespace, template: dict, out: dict) -> None:
 
 # ----------------------------------------------------------------------------- 5: cold start
 
+BENCH_ACCOUNTS = "123456789012"
+
+
 def lambda_env() -> dict:
     """The prod stage's environment (from .chalice/config.json), fake credentials, no endpoint."""
     cfg = json.loads((ROOT / ".chalice" / "config.json").read_text())
@@ -532,6 +535,7 @@ def lambda_env() -> dict:
     env.update(cfg.get("stages", {}).get("prod", {}).get("environment_variables", {}))
     env.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
                AWS_DEFAULT_REGION="eu-west-1", AWS_REGION="eu-west-1")
+    env.setdefault("KIP_ALLOWED_ACCOUNTS", BENCH_ACCOUNTS)   # what an operator sets per stage
     env.pop("PYTHONPATH", None)
     return env
 
@@ -579,6 +583,7 @@ def bench_cold_start(args: argparse.Namespace, out: dict) -> None:
 def bench_package(out: dict) -> None:
     env = dict(os.environ)
     env.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    env.setdefault("KIP_ALLOWED_ACCOUNTS", BENCH_ACCOUNTS)   # deployed stages require the list
     env.pop("AWS_ENDPOINT_URL", None)
     with tempfile.TemporaryDirectory(prefix="kip-bench-pkg-") as tmp:
         dest = pathlib.Path(tmp) / "package"

@@ -59,24 +59,28 @@ SETTLE_DEFAULT = 60
 
 
 def still_settling(settling: Optional[dict], now: float) -> dict:
-    """The attributes kip set that SQS may not show yet: {queue key: {attribute: value}}."""
+    """The attribute changes kip made that SQS may not show yet:
+    {queue key: {attribute: (value before, value set)}}. Seeing the value before is lag, not
+    drift; any other value is drift."""
     out: dict = {}
     for key, entry in (settling or {}).items():
         age = now - calendar.timegm(time.strptime(entry["at"], "%Y-%m-%dT%H:%M:%SZ"))
-        attrs = {k: v for k, v in entry.get("attributes", {}).items()
+        attrs = {k: (entry.get("before", {}).get(k), v)
+                 for k, v in entry.get("attributes", {}).items()
                  if age < SETTLE.get(k, SETTLE_DEFAULT)}
         if attrs:
             out[key] = attrs
     return out
 
 
-def settled_after(previous: Optional[dict], actions: list, done: dict, now: float,
-                  now_iso: str) -> Optional[dict]:
-    """The record's ``settling`` after a run: what this run set, plus what is still settling."""
-    out = {k: {"at": v["at"], "attributes": dict(v["attributes"])}
-           for k, v in (previous or {}).items()
-           if still_settling({k: v}, now)}
+def settled_after(previous: Optional[dict], actions: list, done: dict, observed: object,
+                  now: float, now_iso: str) -> Optional[dict]:
+    """The record's ``settling`` after a run: what this run changed (and what each attribute
+    was before), plus earlier changes still settling."""
+    out = {k: v for k, v in (previous or {}).items() if still_settling({k: v}, now)}
     for a in actions:
-        if a.id in done and a.op in ("set_queue_attributes", "create_queue"):
-            out[a.resource] = {"at": now_iso, "attributes": dict(a.params["attributes"])}
+        if a.id in done and a.op == "set_queue_attributes":
+            seen = getattr(observed, a.resource).attributes
+            out[a.resource] = {"at": now_iso, "attributes": dict(a.params["attributes"]),
+                               "before": {k: seen.get(k) for k in a.params["attributes"]}}
     return out or None

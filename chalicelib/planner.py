@@ -131,7 +131,7 @@ def _plan_queues(plan: _Plan, spec: DesiredSpec, obs: Observed) -> None:
         # lately is not drift, and writing it again would not make it show sooner
         recent = spec.settling.get(key, {})
         changed = {k: v for k, v in queue_diff(attrs, st.attributes).items()
-                   if _norm(k, recent.get(k)) != _norm(k, v)}
+                   if not _lagging(k, v, st.attributes.get(k), recent.get(k))}
         if changed:
             plan.add(f"{key}.update", "set_queue_attributes", "update", key, name,
                      {"url": st.url, "attributes": changed}, after)
@@ -229,6 +229,13 @@ def _plan_policy(plan: _Plan, spec: DesiredSpec, obs: Observed) -> None:
     if prev and prev.exists and prev.name != obs.role.name and n.policy_arn in prev.attached:
         plan.add("detach.previous", "detach_role_policy", "delete", "attachment", prev.name,
                  {"role": prev.name, "policy_arn": n.policy_arn})
+
+
+def _lagging(attr: str, want: Any, seen: Any, change: Optional[tuple]) -> bool:
+    """``seen`` is the value from before kip's recent change to ``want``: SQS has not shown the
+    change yet (``change``: (value before, value set))."""
+    return change is not None and _norm(attr, seen) == _norm(attr, change[0]) and \
+        _norm(attr, want) == _norm(attr, change[1])
 
 
 def _retired(spec: DesiredSpec, tags: Optional[dict]) -> list:

@@ -51,6 +51,7 @@ class Context:
     role: Optional[RoleRef] = None
     cluster: Optional[ClusterState] = None
     kms_key_arn: Optional[str] = None
+    counting: Optional[list] = None     # the rule quota's reads, started early
 
 
 Guard = Callable[[Context], Optional[Outcome]]
@@ -115,7 +116,7 @@ class Engine:
                  dry_run: bool = False, requested_by: Optional[str] = None) -> Outcome:
         """Remove everything the record names; without a record, this cluster's tagged
         resources under the computed names (a run whose record write failed)."""
-        ctx = self._first_wave(cid, None, [], legacy=True)
+        ctx = self._first_wave(cid, None, [], legacy=True)    # (no record: old rules too)
         if dry_run:
             obs = self._detail(ctx, "teardown")
             actions, skipped = planner.plan_teardown(ctx.names, cid, obs)
@@ -186,6 +187,8 @@ class Engine:
         with self.registry.lease(cid, rec, self.recorder.provision_fields(
                 spec, source, ctx, requested_by), self.workers.submit) as held:
             if obs is None:
+                if not ctx.found.rules.get(ctx.names.rule):     # a rule will be created
+                    ctx.counting = self.rule_room.prefetch(ctx.target, self.workers)
                 obs = self._detail(ctx, "provision", previous)
                 actions = planner.plan_provision(spec, obs)
             return self._apply(ctx, spec, obs, actions, held)
@@ -195,7 +198,7 @@ class Engine:
                     known: Optional[ClusterRecord] = None) -> Context:
         """The first parallel wave. ``known``: the record as just read (a reconcile): not read
         again, and its queue URLs and resolved role save their look-ups."""
-        target, names = self._target(cid), self.names(cid, legacy)
+        target, names = self._target(cid), self.names(cid)
         submit = self.workers.submit
         record_f = _done(known) if known else submit(self.registry.get, cid)
         cluster_f = role_f = key_f = policy_f = None
@@ -212,6 +215,9 @@ class Engine:
         recorded = record.recorded_names() if record else None
         if recorded and recorded != names:          # names are recorded once: the record wins
             names = recorded.upgraded(names)        # (a five-rule record gains the one rule)
+            found = observe.locate(target, names, roles, self.workers)()
+        elif record is None and legacy:             # a teardown without a record: look for the
+            names = self.names(cid, legacy=True)    # five-rule layout's rules as well
             found = observe.locate(target, names, roles, self.workers)()
         ctx = Context(cid, target, names, record, found, role)
         if cluster_f is not None and role_f is not None:
@@ -248,7 +254,7 @@ class Engine:
                actions: list, held: registry.Lease) -> Outcome:
         leased = held.get()
         if any(a.op == "put_rule" and a.kind == "create" for a in actions):
-            self.rule_room.claim(ctx.target, self.workers)    # refuses before any write
+            self.rule_room.claim(ctx.target, self.workers, ctx.counting)  # before any write
         held.writing = True
         run = execute(ctx.target, actions, self.workers)
         role = spec.role
@@ -258,7 +264,7 @@ class Engine:
         update = {"resources": resources, "applied": [a.id for a in run.finished(actions)],
                   "status": _status_for(obs), "last_error": None,
                   "verified_at": registry.iso(self.clock()),
-                  "settling": migration.settled_after(leased.settling, actions, run.done,
+                  "settling": migration.settled_after(leased.settling, actions, run.done, obs,
                                                       self.clock(), registry.iso(self.clock()))}
         update.update(migration.recorded_fields(spec, resources, run.failure is None,
                                                 registry.iso(self.clock()),
@@ -370,13 +376,22 @@ class RuleRoom:
         self._seen: dict[tuple, list] = {}       # (account, region) -> [used, quota, source, at]
         self._lock = threading.Lock()
 
-    def claim(self, target: aws.Target, workers: Workers) -> None:
+    def prefetch(self, target: aws.Target, workers: Workers) -> Optional[list]:
+        """Start the count and quota reads (alongside a run's second wave) unless cached."""
+        with self._lock:
+            seen = self._seen.get((target.account, target.region))
+            if seen is not None and self.clock() - seen[3] <= self.TTL:
+                return None
+        return [workers.submit(target.count_rules), workers.submit(target.rule_quota)]
+
+    def claim(self, target: aws.Target, workers: Workers,
+              reading: Optional[list] = None) -> None:
         key = (target.account, target.region)
         with self._lock:
             seen = self._seen.get(key)
             if seen is None or self.clock() - seen[3] > self.TTL:
-                used, from_sq = gather([workers.submit(target.count_rules),
-                                        workers.submit(target.rule_quota)])
+                used, from_sq = gather(reading or [workers.submit(target.count_rules),
+                                                   workers.submit(target.rule_quota)])
                 limit, source = quota.effective_quota(target.region, from_sq,
                                                       self.settings.rule_quota)
                 seen = self._seen[key] = [used, limit, source, self.clock()]

@@ -360,7 +360,7 @@ VOLATILE_QUEUE_ATTRS = {"CreatedTimestamp", "LastModifiedTimestamp", "Approximat
                         "ApproximateNumberOfMessagesNotVisible",
                         "ApproximateNumberOfMessagesDelayed"}
 RECORD_NOISE = {"version", "write_id", "updated_at", "created_at", "source", "applied", "lease_owner",
-                "verified_at",
+                "verified_at", "settling",
                 "lease_expires", "spec_hash", "removed"}
 
 
