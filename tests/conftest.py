@@ -119,3 +119,18 @@ def api(moto_env):
     with Client(service_app.app, stage_name="local") as client:
         yield client
     service_app._engine = None
+
+
+class Clock:
+    """A settable clock for Engine(settings, clock=...): tests move it past leases and windows."""
+
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()

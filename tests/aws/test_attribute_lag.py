@@ -4,19 +4,10 @@ AWS does. A reconcile right after an update must neither write the values again 
 lag as drift."""
 from __future__ import annotations
 
-import boto3
 import pytest
 
 from chalicelib import aws
 from chalicelib.spec import ClusterRequest
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Lag:
@@ -29,11 +20,6 @@ class Lag:
     def __call__(self, parsed, **_):
         if self.on and "Attributes" in parsed:
             parsed["Attributes"].update(self.old)
-
-
-@pytest.fixture
-def clock():
-    return Clock()
 
 
 @pytest.fixture

@@ -1,26 +1,11 @@
 """Fleet density: a reconcile of an up-to-date cluster is cheap, read-only and still safe."""
 from __future__ import annotations
 
-import dataclasses
-
 import boto3
 import pytest
 
 from chalicelib import aws, naming
 from chalicelib.spec import ClusterRequest
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock():
-    return Clock()
 
 
 @pytest.fixture

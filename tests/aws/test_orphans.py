@@ -4,18 +4,9 @@ from __future__ import annotations
 import dataclasses
 
 import boto3
-import pytest
 
 from chalicelib.spec import ClusterRequest
-from tests.conftest import make_cluster, make_role
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.conftest import Clock, make_cluster, make_role
 
 
 def engine(settings, clock, **overrides):

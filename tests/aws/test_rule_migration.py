@@ -8,7 +8,6 @@ queue policy allows (moto does not enforce queue policies, so the test checks th
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import boto3
@@ -18,24 +17,11 @@ from chalicelib import naming, policies
 from chalicelib.config import ALL_EVENT_KINDS
 from chalicelib.migration import POLICY_SETTLE_SECONDS
 from chalicelib.spec import ClusterRequest
-from tests.conftest import ACCOUNT, REGION, SHARED_EVENTS, load_event
+from tests.conftest import SHARED_EVENTS, load_event
 
 CLUSTER = "payments-prod"
 SAMPLES = sorted(p.name for p in SHARED_EVENTS.glob("*.json")
                  if p.name.startswith(("ec2-", "health-")))
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock():
-    return Clock()
 
 
 @pytest.fixture
