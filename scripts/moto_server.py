@@ -41,13 +41,10 @@ def main() -> None:
         server.stop()
 
 
-def install_aws_fidelity() -> None:
-    """Make moto's SQS behave as AWS where kip would otherwise see false drift (moto 5.2.5)."""
-    from moto.sqs.models import Queue
-    original = Queue._set_attributes
-    if getattr(original, "_kip_fidelity", False):
-        return
-
+def fidelity_set_attributes(original: Any) -> Any:
+    """moto's ``Queue._set_attributes``, corrected where it differs from AWS (moto 5.2.5):
+    SetQueueAttributes without ``Policy`` keeps the policy, and a customer KMS key turns
+    SQS-managed encryption off. The local stack installs it; the tests patch it in."""
     def _set_attributes(self: Any, attributes: dict, now: Optional[float] = None) -> None:
         keep = getattr(self, "_policy_json", None) if "Policy" not in attributes else None
         original(self, attributes, now)
@@ -57,6 +54,16 @@ def install_aws_fidelity() -> None:
             self.sqs_managed_sse_enabled = "false"
 
     _set_attributes._kip_fidelity = True  # type: ignore[attr-defined]
+    return _set_attributes
+
+
+def install_aws_fidelity() -> None:
+    """Make moto's SQS behave as AWS where kip would otherwise see false drift (moto 5.2.5)."""
+    from moto.sqs.models import Queue
+    original = Queue._set_attributes
+    if getattr(original, "_kip_fidelity", False):
+        return
+    _set_attributes = fidelity_set_attributes(original)
     Queue._set_attributes = _set_attributes  # type: ignore[method-assign]
 
 

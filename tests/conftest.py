@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import threading
 
 import pytest
 
@@ -134,3 +135,29 @@ class Clock:
 @pytest.fixture
 def clock() -> Clock:
     return Clock()
+
+
+class Calls:
+    """Every AWS call chalicelib makes (botocore hook), by operation name."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self._lock = threading.Lock()
+        _aws().add_hook("before-call.*.*", self.record)
+
+    def record(self, model, **kw) -> None:
+        with self._lock:
+            self.names.append(model.name)
+
+    @property
+    def writes(self) -> list[str]:
+        return [n for n in self.names if _aws().is_write(n)]
+
+    def clear(self) -> None:
+        with self._lock:
+            self.names.clear()
+
+
+def _aws():
+    from chalicelib import aws
+    return aws

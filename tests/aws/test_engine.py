@@ -18,7 +18,7 @@ from chalicelib import aws, errors, naming, policies
 from chalicelib.config import ALL_EVENT_KINDS, get_settings
 from chalicelib.service import Engine
 from chalicelib.spec import ClusterRequest
-from tests.conftest import (ACCOUNT, REGION, SHARED_EVENTS, load_event, make_cluster, make_key,
+from tests.conftest import (ACCOUNT, REGION, Calls, SHARED_EVENTS, load_event, make_cluster, make_key,
                             make_role)
 
 CLUSTER = "payments-prod"
@@ -171,27 +171,6 @@ def assert_nothing_managed(session=None, role: str = ROLE) -> None:
         assert attached(role, session) == []
     except ClientError as exc:
         assert exc.response["Error"]["Code"] == "NoSuchEntity"
-
-
-class Calls:
-    """Every AWS call chalicelib makes (botocore hook), by operation name."""
-
-    def __init__(self) -> None:
-        self.names: list[str] = []
-        self._lock = threading.Lock()
-        aws.add_hook("before-call.*.*", self.record)
-
-    def record(self, model, **kw) -> None:
-        with self._lock:
-            self.names.append(model.name)
-
-    @property
-    def writes(self) -> list[str]:
-        return [n for n in self.names if aws.is_write(n)]
-
-    def clear(self) -> None:
-        with self._lock:
-            self.names.clear()
 
 
 def resource_of(params: dict) -> str | None:

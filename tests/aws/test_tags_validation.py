@@ -4,34 +4,16 @@ any AWS call is made, through the API and through the engine's own check."""
 from __future__ import annotations
 
 import json
-import threading
 
 import boto3
 
-from chalicelib import aws, errors
+from chalicelib import errors
 from chalicelib.config import Settings
 from chalicelib.service import Engine
 from chalicelib.spec import ClusterRequest
-from tests.conftest import REGION
+from tests.conftest import REGION, Calls
 
 JSON = {"Content-Type": "application/json"}
-
-
-class Calls:
-    """Every AWS call chalicelib makes (botocore hook), by operation name."""
-
-    def __init__(self) -> None:
-        self.names: list[str] = []
-        self._lock = threading.Lock()
-        aws.add_hook("before-call.*.*", self.record)
-
-    def record(self, model, **kw) -> None:
-        with self._lock:
-            self.names.append(model.name)
-
-    @property
-    def writes(self) -> list[str]:
-        return [n for n in self.names if aws.is_write(n)]
 
 
 def queues() -> list[str]:

@@ -39,7 +39,7 @@ import boto3
 from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ReadTimeoutError
 
-from chalicelib import aws, errors, naming, registry
+from chalicelib import aws, errors, naming
 from chalicelib.config import Settings
 from chalicelib.service import Engine
 from chalicelib.spec import ClusterRequest, build_spec, resolve_role
@@ -518,16 +518,9 @@ def moto_like_aws() -> Iterator[None]:
     from unittest import mock
 
     from moto.sqs.models import Queue
-    original = Queue._set_attributes
 
-    def _set_attributes(self: Any, attributes: dict, now: Optional[float] = None) -> None:
-        keep = getattr(self, "_policy_json", None) if "Policy" not in attributes else None
-        original(self, attributes, now)
-        if keep is not None:
-            self._policy_json = keep
-        if attributes.get("KmsMasterKeyId"):
-            self.sqs_managed_sse_enabled = "false"
-
+    from scripts.moto_server import fidelity_set_attributes
+    _set_attributes = fidelity_set_attributes(Queue._set_attributes)
     with mock.patch.object(Queue, "_set_attributes", _set_attributes):
         yield
 
