@@ -273,6 +273,24 @@ def test_every_gateway_error_renders_kips_one_error_shape(stage, response_type):
     assert "statusCode" not in response
 
 
+# A Lambda authorizer that raises anything but "Unauthorized" (kip's AuthUnavailable when the JWKS
+# endpoint is down) is an authorizer configuration error to API Gateway: 500 by default. The token
+# may be fine, so kip answers what its own routes answer for the same outage: 503 AuthUnavailable
+# with Retry-After (API Gateway does not cache a failed authorizer call).
+@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("response_type", ["AUTHORIZER_CONFIGURATION_ERROR", "AUTHORIZER_FAILURE"])
+def test_an_authorizer_failure_is_a_503_auth_unavailable_with_retry_after(stage, response_type):
+    from chalicelib.errors import AuthUnavailable
+    response = gateway_responses(stage)[response_type]
+    assert response["statusCode"] == str(AuthUnavailable.status) == "503"
+    retry_after = response["responseParameters"]["gatewayresponse.header.Retry-After"]
+    assert retry_after.startswith("'") and retry_after.endswith("'") and int(retry_after[1:-1]) > 0
+    rendered = render_gateway_template(response["responseTemplates"]["application/json"],
+                                       response_type, "null")
+    assert rendered["error"]["code"] == AuthUnavailable.code
+    assert "retry" in rendered["error"]["message"]
+
+
 def test_packaged_api_definition_carries_the_gateway_responses(packaged):
     body = json.loads((packaged / "sam.json").read_text())["Resources"]["RestAPI"][
         "Properties"]["DefinitionBody"]
