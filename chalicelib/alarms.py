@@ -17,6 +17,7 @@ from typing import Any, Optional
 
 from chalicelib import naming
 from chalicelib.errors import ResourceNotOwned
+from chalicelib.records import Effect
 
 ALARM_MAX = 255             # CloudWatch alarm names: 1-255 characters
 PERIOD = 300
@@ -74,8 +75,9 @@ def _norm(key: str, value: Any) -> Any:
 
 
 def plan_provision(spec: Any, obs: Any) -> list:
-    """Create or repair the desired alarms; delete kip's own alarms no longer desired. Nothing
-    when the run did not read alarms (``obs.alarms`` None: ``KIP_ALARMS`` off)."""
+    """Create or repair the desired alarms; delete kip's own alarms no longer desired (all of
+    them once ``KIP_ALARMS`` is off: the run reads them while the record lists any). Nothing when
+    the run did not read alarms (``obs.alarms`` None: off, and none recorded)."""
     from chalicelib.planner import Action
     found: Optional[dict] = getattr(obs, "alarms", None)
     if found is None:
@@ -92,7 +94,8 @@ def plan_provision(spec: Any, obs: Any) -> list:
         if seen is None or differs(params, seen):
             actions.append(Action(f"alarm.{name}", "put_metric_alarm",
                                   "create" if seen is None else "update", "alarm", name,
-                                  {"params": params}))
+                                  {"params": params},
+                                  effect=Effect.of("alarm", key=name, exists=True)))
         if seen is not None and any(seen.get("tags", {}).get(t["Key"]) != t["Value"]
                                     for t in params["Tags"]):
             actions.append(Action(f"alarm.{name}.tag", "tag_alarm", "update", "alarm", name,
@@ -120,4 +123,4 @@ def plan_teardown(cid: naming.ClusterId, obs: Any, skipped: list) -> list:
 def _delete(name: str) -> Any:
     from chalicelib.planner import Action
     return Action(f"alarm.{name}.delete", "delete_alarm", "delete", "alarm", name,
-                  {"name": name})
+                  {"name": name}, effect=Effect.of("alarm", key=name, exists=False))

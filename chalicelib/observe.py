@@ -72,12 +72,12 @@ def roles(target: Any, names: Iterable[str], workers: Workers) -> dict[str, Role
 
 
 def detail(target: Any, names: Names, found: Located, workers: Workers,
-           purpose: Purpose) -> Observed:
+           purpose: Purpose, read_alarms: bool = False) -> Observed:
     full = purpose != "check"
 
     def submit(fn: Callable, *args: Any, wanted: bool = True) -> Future:
         return workers.submit(fn, *args) if wanted else _known("not read")  # type: ignore
-    alarm_reads = alarms(target, names, workers)
+    alarm_reads = alarms(target, names, workers) if read_alarms else (lambda: None)
     queues = {key: (url, submit(target.queue_attributes, url),
                     submit(target.queue_tags, url, wanted=full))
               for key, url in (("queue", found.queue_url), ("dlq", found.dlq_url)) if url}
@@ -114,12 +114,10 @@ def detail(target: Any, names: Names, found: Located, workers: Workers,
     return obs
 
 
-def alarms(target: Any, names: Names, workers: Workers) -> Callable[[], Optional[dict]]:
-    """The cluster's CloudWatch alarms when kip manages them (``KIP_ALARMS``): DescribeAlarms
-    by name and each alarm's tags (its ARN is known), all at once; None otherwise."""
-    settings = getattr(target, "settings", None)
-    if not getattr(settings, "alarms", False):
-        return lambda: None
+def alarms(target: Any, names: Names, workers: Workers) -> Callable[[], dict]:
+    """The cluster's CloudWatch alarms: DescribeAlarms by name and each alarm's tags (its ARN is
+    known), all at once. Read when ``KIP_ALARMS`` is on, or the record lists alarms, or a
+    teardown has no record (see ``Engine._detail``)."""
     from chalicelib import alarms as kinds
     wanted = list(kinds.names(names).values())
     described = workers.submit(target.describe_alarms, wanted)

@@ -55,6 +55,13 @@ class AttachmentEntry(_Entry):
     attached_roles: Optional[list[str]] = None    # every role holding the policy (teardown)
 
 
+class AlarmEntry(_Entry):
+    """A CloudWatch alarm kip made for this cluster (``KIP_ALARMS``). Recorded so that a teardown,
+    or a run after ``KIP_ALARMS`` was turned off, still knows to look for it and delete it."""
+    name: str
+    exists: bool = False
+
+
 class Resources(_Entry):
     queue: Optional[QueueEntry] = None
     dlq: Optional[QueueEntry] = None
@@ -62,6 +69,7 @@ class Resources(_Entry):
     rules: dict[str, RuleEntry] = Field(default_factory=dict)   # the five-rule layout (legacy)
     policy: Optional[PolicyEntry] = None
     attachment: Optional[AttachmentEntry] = None
+    alarms: dict[str, AlarmEntry] = Field(default_factory=dict)    # name -> alarm (KIP_ALARMS)
 
 
 class LastError(_Entry):
@@ -148,6 +156,8 @@ class ClusterRecord(BaseModel):
         attachment = item.get("resources", {}).get("attachment") or {}
         if attachment.get("attached_roles") is None:    # only a stopped teardown lists them
             attachment.pop("attached_roles", None)
+        if not item.get("resources", {}).get("alarms", True):     # only with KIP_ALARMS
+            item["resources"].pop("alarms")
         return item
 
     def public(self) -> dict:
@@ -191,8 +201,8 @@ class Effect:
     """What a finished action changes in the record: fields of one entry.
 
     ``entry`` is ``queue``, ``dlq``, ``rule`` (the one rule), ``policy``, ``attachment``,
-    ``legacy_rule`` (``key`` = event kind, the five-rule layout), or ``holder`` (``key`` = a
-    role the policy was detached from)."""
+    ``legacy_rule`` (``key`` = event kind, the five-rule layout), ``holder`` (``key`` = a
+    role the policy was detached from) or ``alarm`` (``key`` = the alarm's name)."""
     entry: str
     sets: tuple = ()
     key: Optional[str] = None
@@ -203,8 +213,9 @@ class Effect:
 
 
 def observed(names: naming.Names, obs: Observed, kinds: Iterable[str], role_name: str,
-             role_arn: str, role_exists: bool) -> Resources:
-    """The record's resources as the run found them, before any action."""
+             role_arn: str, role_exists: bool, cid: Optional[naming.ClusterId] = None) -> Resources:
+    """The record's resources as the run found them, before any action (alarms: the ones this
+    cluster owns, when the run read them)."""
     def queue(key: str) -> QueueEntry:
         st = getattr(obs, key)
         return QueueEntry(name=getattr(names, key), arn=getattr(names, f"{key}_arn"),
@@ -226,7 +237,10 @@ def observed(names: naming.Names, obs: Observed, kinds: Iterable[str], role_name
                            default_version=pol.default_version if pol.exists else None),
         attachment=AttachmentEntry(role_name=role_name, role_arn=role_arn,
                                    role_exists=role_exists,
-                                   attached=role_exists and names.policy_arn in obs.role.attached))
+                                   attached=role_exists and names.policy_arn in obs.role.attached),
+        alarms={name: AlarmEntry(name=name, exists=True)
+                for name, seen in sorted((obs.alarms or {}).items())
+                if cid is not None and naming.is_owned(seen.get("tags"), cid)})
 
 
 def apply(resources: Resources, actions: Iterable[Any], done: dict[str, dict]) -> Resources:
@@ -245,6 +259,11 @@ def apply(resources: Resources, actions: Iterable[Any], done: dict[str, dict]) -
 def _set(res: Resources, effect: Effect, values: dict) -> None:
     if effect.entry == "legacy_rule":
         entry: Any = res.rules[effect.key]
+    elif effect.entry == "alarm":
+        if values.get("exists") is False:
+            res.alarms.pop(effect.key, None)
+            return
+        entry = res.alarms.setdefault(effect.key, AlarmEntry(name=effect.key))
     elif effect.entry == "holder":
         att = res.attachment or AttachmentEntry()
         att.attached_roles = [r for r in (att.attached_roles or []) if r != effect.key]
@@ -275,11 +294,12 @@ def known_role(record: Optional["ClusterRecord"], name: str) -> Optional[RoleInf
 
 
 def observed_teardown(names: naming.Names, obs: Observed, kinds: Iterable[str],
-                      attachment: Optional[AttachmentEntry]) -> Resources:
+                      attachment: Optional[AttachmentEntry],
+                      cid: Optional[naming.ClusterId] = None) -> Resources:
     """As ``observed``, for a teardown: the role comes from the record, and every role that
     holds the policy is listed (the detaches remove them)."""
     att = attachment or AttachmentEntry()
-    res = observed(names, obs, kinds, att.role_name, att.role_arn, att.role_exists)
+    res = observed(names, obs, kinds, att.role_name, att.role_arn, att.role_exists, cid)
     res.attachment.attached_roles = list(obs.policy.attached_roles)
     res.attachment.attached = att.role_name in obs.policy.attached_roles
     return res

@@ -241,9 +241,17 @@ class Engine:
             return att.role_name
         return None
 
+    def _alarms_to_read(self, ctx: Context, purpose: observe.Purpose) -> bool:
+        """Alarms are read when kip manages them, when the record lists some (KIP_ALARMS was
+        turned off since: they are deleted), and by a teardown without a record."""
+        if self.settings.alarms or (ctx.record and ctx.record.resources.alarms):
+            return True
+        return purpose == "teardown" and ctx.record is None
+
     def _detail(self, ctx: Context, purpose: observe.Purpose,
                 previous: Optional[str] = None) -> Observed:
-        obs = observe.detail(ctx.target, ctx.names, ctx.found, self.workers, purpose)
+        obs = observe.detail(ctx.target, ctx.names, ctx.found, self.workers, purpose,
+                             read_alarms=self._alarms_to_read(ctx, purpose))
         if ctx.role is not None:
             obs.role = ctx.found.roles[ctx.role.name]
         if previous:
@@ -259,7 +267,7 @@ class Engine:
         run = execute(ctx.target, actions, self.workers)
         role = spec.role
         resources = records.apply(records.observed(
-            ctx.names, obs, spec.event_kinds, role.name, role.arn, obs.role.exists),
+            ctx.names, obs, spec.event_kinds, role.name, role.arn, obs.role.exists, ctx.cid),
             actions, run.done)
         update = {"resources": resources, "applied": [a.id for a in run.finished(actions)],
                   "status": _status_for(obs), "last_error": None,
@@ -288,7 +296,7 @@ class Engine:
                    for a in run.finished(actions)]
         if run.failure:     # still "deleting": a retried DELETE, a reconcile or the sweep finishes
             resources = records.apply(records.observed_teardown(
-                ctx.names, obs, leased.event_kinds, leased.resources.attachment),
+                ctx.names, obs, leased.event_kinds, leased.resources.attachment, ctx.cid),
                 actions, run.done)
             saved = self.recorder.save(leased.model_copy(update={
                 "resources": resources, "removed": removed,

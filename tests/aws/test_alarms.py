@@ -83,20 +83,78 @@ def test_a_same_named_alarm_that_is_not_ours_is_refused_before_any_write(engine)
     assert boto3.client("sqs").list_queues().get("QueueUrls", []) == []
 
 
-def test_an_alarm_already_gone_at_delete_is_success(engine):
-    engine.provision(ClusterRequest(cluster_name=CLUSTER))
-    answered = []
-
-    def gone(request, **_):
+def answer(status: int, code: str, message: str, answered: list):
+    """A before-send hook: CloudWatch answers ``code`` (in the wire protocol botocore speaks)."""
+    def hook(request, **_):
         answered.append(1)
         url, request.url = request.url, FAULT_URL
         content_type = request.headers.get("Content-Type", b"")
         content_type = content_type.decode() if isinstance(content_type, bytes) else content_type
-        return fake_error("json" if "json" in content_type else "query", url, 404,
-                          "ResourceNotFound", "Alarm not found")
-    aws.add_hook("before-send.cloudwatch.DeleteAlarms", gone)
+        return fake_error("json" if "json" in content_type else "query", url, status, code,
+                          message)
+    return hook
+
+
+def test_an_alarm_already_gone_at_delete_is_success(engine):
+    engine.provision(ClusterRequest(cluster_name=CLUSTER))
+    answered = []
+    aws.add_hook("before-send.cloudwatch.DeleteAlarms",
+                 answer(404, "ResourceNotFound", "Alarm not found", answered))
     out = engine.teardown(naming.ClusterId(ACCOUNT, REGION, CLUSTER))
     assert len(answered) == 2 and out.record is None
+
+
+def test_the_record_lists_the_alarms_it_made(engine):
+    out = engine.provision(ClusterRequest(cluster_name=CLUSTER))
+    assert out.record.resources.alarms.keys() == {STALE, DLQ}
+    assert all(a.exists for a in out.record.resources.alarms.values())
+    assert set(out.record.public()["resources"]["alarms"]) == {STALE, DLQ}
+
+
+def off(engine):
+    """The same table with KIP_ALARMS turned off."""
+    from chalicelib.service import Engine
+    return Engine(dataclasses.replace(engine.settings, alarms=False))
+
+
+def test_alarms_are_removed_once_kip_alarms_is_turned_off(engine):
+    engine.provision(ClusterRequest(cluster_name=CLUSTER))
+    out = off(engine).reconcile(naming.ClusterId(ACCOUNT, REGION, CLUSTER))
+    assert {a["name"] for a in out.actions if a["op"] == "delete_alarm"} == {STALE, DLQ}
+    assert described() == {}
+    assert out.record.resources.alarms == {} and "alarms" not in out.record.public()["resources"]
+    # from then on a run does not look for alarms at all
+    calls = []
+    aws.add_hook("before-call.cloudwatch.*", lambda model=None, **_: calls.append(model.name))
+    off(engine).reconcile(naming.ClusterId(ACCOUNT, REGION, CLUSTER))
+    assert calls == []
+
+
+def test_a_teardown_after_kip_alarms_was_turned_off_still_removes_them(engine):
+    engine.provision(ClusterRequest(cluster_name=CLUSTER))
+    out = off(engine).teardown(naming.ClusterId(ACCOUNT, REGION, CLUSTER))
+    assert {a["name"] for a in out.actions if a["resource"] == "alarm"} == {STALE, DLQ}
+    assert described() == {}
+
+
+def test_a_teardown_without_a_record_finds_the_clusters_alarms(engine):
+    engine.provision(ClusterRequest(cluster_name=CLUSTER))
+    cid = naming.ClusterId(ACCOUNT, REGION, CLUSTER)
+    boto3.resource("dynamodb").Table(engine.settings.table_name).delete_item(
+        Key={"id": engine.describe(cid).id})
+    off(engine).teardown(cid)
+    assert described() == {}
+
+
+def test_a_stopped_teardown_records_which_alarms_are_left(engine):
+    engine.provision(ClusterRequest(cluster_name=CLUSTER))
+
+    aws.add_hook("before-send.cloudwatch.DeleteAlarms",
+                 answer(403, "AccessDenied", "not allowed", []))
+    with pytest.raises(errors.KipError):
+        engine.teardown(naming.ClusterId(ACCOUNT, REGION, CLUSTER))
+    left = engine.describe(naming.ClusterId(ACCOUNT, REGION, CLUSTER))
+    assert left.status == "deleting" and set(left.resources.alarms) == {STALE, DLQ}
 
 
 def test_alarm_names_fit_cloudwatch_for_the_longest_names():
