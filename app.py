@@ -363,8 +363,10 @@ def _sweep(event: Any) -> dict:
         return engine().sweep()
     from chalicelib import fanout
     out = fanout.schedule(engine(), _remaining(event))
+    if out["behind"]:
+        metrics.add_metric(name="SweepPassSkipped", unit=MetricUnit.Count, value=1)
     return {"repaired": [], "adopted": [], "up_to_date": [], "queued": out["queued"],
-            "skipped": out["skipped"], "continued": out["continued"],
+            "skipped": out["skipped"], "continued": out["continued"], "behind": out["behind"],
             "errors": [{"cluster": key, "code": "NotQueued"} for key in out["unsent"]]}
 
 
@@ -372,7 +374,8 @@ def _sweep(event: Any) -> dict:
 def reconcile_all(event: Any) -> dict:
     summary = _sweep(event)
     from chalicelib import consumer
-    summary["health"] = consumer.sweep(engine())    # after the repairs: the fresh records
+    # inline: the health pass after the repairs; fanout: the worker reads each record's health
+    summary["health"] = [] if settings.sweep_mode == "fanout" else consumer.sweep(engine())
     if engine().settings.failed_events_queue_url:   # the EKS trigger's lost events, replayed
         from chalicelib import failed_events
         summary["failed_events"] = failed_events.replay(engine(), handle_eks_event,

@@ -78,13 +78,24 @@ def sweep(engine: Any, max_records: int = 1000) -> list[dict]:
             chunk = items[i:i + per_wave]
             started = [(rec, _start(engine, rec)) for rec in chunk]
             for rec, reads in started:
-                try:
-                    note(engine, rec, _finish(engine, rec, reads), changed)
-                except errors.KipError as exc:      # the record write; the next sweep retries
-                    changed.append({"cluster": rec.id, "error": exc.code})
+                _noted(engine, rec, lambda: _finish(engine, rec, reads), changed)
         if not token:
             break
     return changed
+
+
+def check(engine: Any, record: Optional[ClusterRecord], changed: list) -> None:
+    """One record's health, read and recorded as ``sweep`` does: the fan-out worker's pass,
+    right after its reconcile of the record (so every record gets one, however many there are)."""
+    if record is not None and _readable(record):
+        _noted(engine, record, lambda: read(engine, record), changed)
+
+
+def _noted(engine: Any, record: ClusterRecord, current: Any, changed: list) -> None:
+    try:
+        note(engine, record, current(), changed)
+    except errors.KipError as exc:      # a read or the record write; the next sweep retries
+        changed.append({"cluster": record.id, "error": exc.code})
 
 
 def _readable(record: ClusterRecord) -> bool:

@@ -3,9 +3,12 @@
 * ``schedule`` pages through the records and sends one work item per record to the sweep queue
   (``SendMessageBatch``, 10 per call, per-entry failures resent). It watches the Lambda's time
   budget: before it runs out, it sends a *continuation* item carrying the last page token, and the
-  worker that receives it carries on paging from there. Nothing is kept between schedules.
+  worker that receives it carries on paging from there. Nothing is kept between schedules. A
+  schedule that finds items of the last pass still waiting in the queue (the fleet takes longer
+  than the interval) skips its pass rather than queue every record a second time.
 * ``work`` handles one SQS batch in the ``sweep_worker`` Lambda: reconcile (or adopt) each
-  cluster, each (account, region) and each account paced by a token bucket in this process, and
+  cluster (then read and record its consumer health, as the inline sweep's health pass does),
+  each (account, region) and each account paced by a token bucket in this process, and
   returns the message ids to retry (Lambda's ``ReportBatchItemFailures``): only retryable
   failures and items the time budget did not reach. Final errors are in the cluster's record.
 """
@@ -18,7 +21,7 @@ from typing import Any, Callable, Iterable, Optional
 
 from aws_lambda_powertools import Logger
 
-from chalicelib import errors, sweeper
+from chalicelib import consumer, errors, sweeper
 from chalicelib.aws import worklist
 
 log = Logger(service="kip", child=True)
@@ -86,9 +89,17 @@ def pacer(settings: Any) -> Pacer:
 def schedule(engine: Any, remaining: Callable[[], float], token: Optional[str] = None) -> dict:
     """Fan the records out from ``token`` (None: the start, which also queues adoptions)."""
     settings = engine.settings
-    summary: dict[str, list] = {"queued": [], "skipped": [], "unsent": [], "continued": []}
+    summary: dict[str, list] = {"queued": [], "skipped": [], "unsent": [], "continued": [],
+                                "behind": []}
     known: set[str] = set()
     first = token is None
+    if first:
+        waiting = worklist.waiting(settings, settings.sweep_queue_url)
+        if waiting:     # the last pass is not done: another would only pile up behind it
+            log.warning("sweep pass skipped: the last pass's work items are still queued",
+                        extra={"waiting": waiting})
+            summary["behind"].append(waiting)
+            return summary
     while True:
         items, token = engine.registry.page(PAGE, token, None)
         now = engine.clock()
@@ -143,7 +154,7 @@ def work(engine: Any, messages: Iterable[tuple[str, str]],
          remaining: Callable[[], float]) -> dict:
     """``messages``: (message id, body). Returns a summary whose ``failed`` ids SQS redelivers."""
     summary: dict[str, list] = {"repaired": [], "up_to_date": [], "adopted": [], "skipped": [],
-                                "errors": [], "failed": [], "continued": []}
+                                "errors": [], "failed": [], "continued": [], "health": []}
     for message_id, body in messages:
         if remaining() < MARGIN_SECONDS:        # let SQS redeliver what this run cannot reach
             summary["failed"].append(message_id)
@@ -192,6 +203,7 @@ def _one(engine: Any, item: dict, summary: dict, remaining: Callable[[], float])
             if not engine.adopt(cid, "reconcile").opted_out:
                 summary["adopted"].append(cid.key)
             return
-        sweeper.sweep_one(engine, cid, summary)     # a record whose cluster is gone: retired
+        record = sweeper.sweep_one(engine, cid, summary)    # a cluster gone: retired
+        consumer.check(engine, record, summary["health"])
     except (errors.InProgress, errors.RecordNotFound):  # another run has it / it is gone
         summary["skipped"].append(cid.key)

@@ -31,6 +31,18 @@ def send(settings: Settings, queue_url: str, bodies: list[dict]) -> list[dict]:
     return [bodies[int(f["Id"])] for f in r.get("Failed") or []]
 
 
+def waiting(settings: Settings, queue_url: str) -> int:
+    """Work items not yet received: ``ApproximateNumberOfMessages`` plus the delayed ones (an
+    approximation SQS may report up to a minute late; items in flight are being worked on)."""
+    sqs = client("sqs", None, settings.region, settings)
+    attrs = call(f"sqs:GetQueueAttributes {queue_url}", sqs.get_queue_attributes,
+                 QueueUrl=queue_url, AttributeNames=["ApproximateNumberOfMessages",
+                                                     "ApproximateNumberOfMessagesDelayed"]
+                 ).get("Attributes", {})
+    return sum(int(attrs.get(k, 0)) for k in ("ApproximateNumberOfMessages",
+                                              "ApproximateNumberOfMessagesDelayed"))
+
+
 def records_by_cut(settings: Settings, account: str, region: str, cut: str,
                    page_size: int = 500) -> Iterator[dict]:
     """Records of (account, region) whose cluster name starts with ``cut``: a filtered Scan, for

@@ -141,3 +141,44 @@ def test_worker_hands_back_what_its_time_budget_cannot_reach(api, fanout):
                                                              "id": f"{ACCOUNT}/{REGION}/x"}))],
                    remaining=lambda: 1.0)
     assert out["failed"] == ["m1"]
+
+
+def test_a_schedule_skips_its_pass_while_the_last_pass_is_still_queued(api, fanout):
+    """A fleet that takes longer than the interval must not pile a second copy of every record
+    behind the first: the schedule waits for the queue to drain."""
+    import app as service_app
+    from chalicelib import fanout as fan
+    keys = seed(service_app._engine, 12)
+    assert len(fan.schedule(service_app._engine, remaining=lambda: 900.0)["queued"]) == 12
+    behind = api.lambda_.invoke("reconcile_all", SCHEDULED).payload
+    assert behind["queued"] == [] and behind["behind"] == [12]
+    assert sorted(json.loads(m["body"])["id"] for m in drain(fanout)) == keys
+    again = api.lambda_.invoke("reconcile_all", SCHEDULED).payload
+    assert sorted(again["queued"]) == keys and again["behind"] == []
+
+
+def test_the_worker_records_each_reconciled_clusters_consumer_health(api, fanout):
+    """Health is read per work item (the schedule's inline health pass stopped at 1,000
+    records); a queue nobody reads turns the consumer stale on the record."""
+    import app as service_app
+    engine = service_app._engine
+    for name in ("quiet", "busy"):
+        make_cluster(name)
+        make_role(f"KarpenterController-{name}")
+        assert api.http.post("/clusters", body=json.dumps({"cluster_name": name}),
+                             headers={"Content-Type": "application/json"}).status_code == 201
+    busy = engine.describe(engine.identity("busy"))
+    boto3.client("sqs").send_message(QueueUrl=busy.resources.queue.url, MessageBody="{}")
+    cw = boto3.client("cloudwatch")
+    cw.put_metric_data(Namespace="AWS/SQS", MetricData=[{
+        "MetricName": "ApproximateAgeOfOldestMessage", "Value": 3600.0, "Unit": "Seconds",
+        "Dimensions": [{"Name": "QueueName", "Value": busy.resources.queue.name}]}])
+    event = api.events.generate_sqs_event(
+        [json.dumps({"kind": "reconcile", "id": f"{ACCOUNT}/{REGION}/{n}"})
+         for n in ("quiet", "busy")], queue_name="kip_sweep-test")
+    assert api.lambda_.invoke("sweep_worker", event).payload == {"batchItemFailures": []}
+    states = {n: engine.describe(engine.identity(n)).health for n in ("quiet", "busy")}
+    assert states["busy"].consumer == "stale" and states["busy"].backlog == 1
+    assert states["quiet"].consumer in ("idle", "unknown")
+    # the schedule no longer runs a health pass of its own in fan-out mode
+    assert api.lambda_.invoke("reconcile_all", SCHEDULED).payload["health"] == []
