@@ -106,13 +106,17 @@ def _one(engine: Any, account: str, region: str, name: str, dry_run: bool, sourc
 
 
 def adopt_configured(engine: Any, summary: dict, known: set) -> None:
-    """The sweep's adoption (KIP_ADOPT_EXISTING): this account and KIP_ALLOWED_ACCOUNTS, in
+    """The sweep's adoption (KIP_ADOPT_EXISTING): this account and KIP_ALLOWED_ACCOUNTS, or
+    with only KIP_ORG_ID the organization's active accounts (``ListAccounts``), in
     KIP_ADOPT_REGIONS (default: kip's own region); results go into the sweep's summary."""
     settings = engine.settings
     own = aws.own_account(settings)
-    accounts = [own, *sorted(settings.allowed_accounts - {own})]
     regions = list(settings.adopt_regions or (settings.region,))
     try:
+        members = settings.allowed_accounts
+        if settings.org_id and not members:
+            members = frozenset(engine.org.member_accounts())
+        accounts = [own, *sorted(members - {own})]
         result = run(engine, accounts, regions, source="reconcile", skip=frozenset(known))
     except errors.KipError as exc:
         summary["errors"].append({"cluster": "adoption", "code": exc.code,

@@ -97,6 +97,9 @@ class EksCluster(_Entry):
     arn: Optional[str] = None
     status: Optional[str] = None
     version: Optional[str] = None
+    # EKS Auto Mode turned on after kip took the cluster on: its resources are kept (self-managed
+    # Karpenter may still run during the move); DELETE the cluster's record once it is gone.
+    auto_mode: Optional[bool] = None
 
 
 class Health(_Entry):

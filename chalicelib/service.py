@@ -181,8 +181,13 @@ class Engine:
             cheap = _recent(rec.verified_at, self.clock(), self.settings.full_check_hours)
             check = self._detail(ctx, "check" if cheap else "provision", previous)
             if not planner.plan_provision(spec, check) and rec.status == _status_for(check):
-                if not cheap:
-                    self.registry.note(rec, {"verified_at": registry.iso(self.clock())})
+                fields = {} if cheap else {"verified_at": registry.iso(self.clock())}
+                cluster = ctx.cluster.summary() if ctx.cluster else {}
+                if {k: v for k, v in cluster.items() if v is not None} != (
+                        rec.cluster.model_dump(exclude_none=True) if rec.cluster else {}):
+                    fields["cluster"] = cluster     # upgraded, or Auto Mode turned on
+                if fields:
+                    self.registry.note(rec, fields)
                 return Outcome(rec)
         with self.registry.lease(cid, rec, self.recorder.provision_fields(
                 spec, source, ctx, requested_by), self.workers.submit) as held:
@@ -409,7 +414,10 @@ class RuleRoom:
 
 
 def _refuse_unusable_cluster(ctx: Context) -> Optional[Outcome]:
-    if ctx.cluster is not None and ctx.cluster.auto_mode:
+    """No new provisioning for an EKS Auto Mode cluster. One kip already manages keeps its
+    resources (the record shows ``cluster.auto_mode``): self-managed Karpenter may still be
+    running while the cluster moves to Auto Mode, and only its owner knows when it is gone."""
+    if ctx.cluster is not None and ctx.cluster.auto_mode and ctx.record is None:
         raise errors.AutoModeCluster(
             f"EKS cluster {ctx.cid.cluster_name!r} runs EKS Auto Mode (computeConfig.enabled), "
             "which handles Spot interruptions itself: it needs no interruption queue; nothing "

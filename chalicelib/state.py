@@ -68,7 +68,8 @@ class ClusterState:
     auto_mode: bool = False         # computeConfig.enabled: EKS Auto Mode handles interruptions
 
     def summary(self) -> dict:
-        return {"arn": self.arn, "status": self.status, "version": self.version}
+        return {"arn": self.arn, "status": self.status, "version": self.version,
+                **({"auto_mode": True} if self.auto_mode else {})}
 
 
 @dataclass(frozen=True)

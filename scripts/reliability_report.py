@@ -184,6 +184,25 @@ FINDINGS = [
 # reproduces the behaviour in the service's wire protocol (botocore before-send hooks) or, where
 # moto models the data but not the consequence, checks kip's own evaluation.
 MOTO_GAPS = [
+    ("Organizations ListAccounts answers an account's life cycle in `State` (Status retired "
+     "2026-09-09); moto sends only `Status`",
+     "Organizations API Reference, ListAccounts / Account",
+     "reads `State`, then `Status`; only ACTIVE accounts are discovered",
+     "tests/aws/test_organization_reach.py::test_with_only_an_org_id_the_sweep_discovers_accounts_"
+     "with_list_accounts"),
+    ("An EKS cluster can turn Auto Mode on after kip took it on (moto drops computeConfig)",
+     "EKS User Guide, Migrate from Karpenter to EKS Auto Mode",
+     "new provisioning is refused (409); a managed cluster keeps its queue and its record shows "
+     "`cluster.auto_mode`",
+     "tests/aws/test_organization_reach.py::test_a_managed_cluster_that_turns_on_auto_mode_keeps_"
+     "its_queue_and_says_so"),
+    ("API Gateway answers a Lambda authorizer that raises (not 'Unauthorized') with 500 "
+     "AUTHORIZER_CONFIGURATION_ERROR; chalice local and moto have no gateway",
+     "API Gateway Developer Guide, Gateway response types",
+     "gateway responses AUTHORIZER_CONFIGURATION_ERROR / AUTHORIZER_FAILURE: 503 AuthUnavailable "
+     "with Retry-After",
+     "tests/unit/test_deploy.py::test_an_authorizer_failure_is_a_503_auth_unavailable_with_retry_"
+     "after"),
     ("A role's ARN includes its IAM path; policies must match it",
      "IAM User Guide, IAM identifiers (paths)",
      "resolves the role with iam:GetRole, records the real ARN; wrong-path ARN is a 400; the "

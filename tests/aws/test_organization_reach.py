@@ -213,6 +213,26 @@ def test_auto_mode_cluster_is_409_and_skipped_by_trigger_and_backfill(client_wit
     assert boto3.client("sqs").list_queues().get("QueueUrls", []) == []
 
 
+def test_a_managed_cluster_that_turns_on_auto_mode_keeps_its_queue_and_says_so(client_with):
+    """Auto Mode switched on after kip took the cluster: the sweep neither fails on it every run
+    nor tears down a queue self-managed Karpenter may still read; the record says so."""
+    client = client_with()
+    make_cluster("moving")
+    make_role("KarpenterController-moving")
+    assert post(client, "/clusters", {"cluster_name": "moving"}).status_code == 201
+    auto_mode("moving")
+    swept = client.lambda_.invoke("reconcile_all", {
+        "version": "0", "id": "x", "detail-type": "Scheduled Event", "source": "aws.events",
+        "account": ACCOUNT, "time": "2026-11-20T10:00:00Z", "region": REGION, "resources": [],
+        "detail": {}}).payload
+    assert swept["errors"] == [] and f"{ACCOUNT}/{REGION}/moving" in swept["up_to_date"]
+    record = client.http.get("/clusters/moving").json_body
+    assert record["status"] == "ready" and record["cluster"]["auto_mode"] is True
+    assert queues(boto3.session.Session()) == ["kip-moving"]
+    # a repeat POST converges rather than refusing a cluster kip already manages
+    assert post(client, "/clusters", {"cluster_name": "moving"}).status_code in (200, 201)
+
+
 def test_describe_cluster_reads_compute_config(moto_env):
     from chalicelib import aws
     make_cluster("auto")
@@ -291,6 +311,56 @@ def test_org_id_membership_is_checked_with_describe_account_and_cached(moto_env)
     listed.identity("shop")
     listed.identity("shop", MEMBER)
     assert calls == [member, "999999999999"]
+
+
+def _org_with_member() -> tuple[str, str]:
+    orgs = boto3.client("organizations")
+    org = orgs.create_organization(FeatureSet="ALL")["Organization"]["Id"]
+    member = orgs.create_account(Email="m@example.com",
+                                 AccountName="m")["CreateAccountStatus"]["AccountId"]
+    return org, member
+
+
+def test_with_only_an_org_id_the_sweep_discovers_accounts_with_list_accounts(moto_env):
+    """KIP_ORG_ID without KIP_ALLOWED_ACCOUNTS: adoption covers the organization's ACTIVE
+    accounts, read as AWS answers since 2026-09-09 (``State``; ``Status`` retired, while moto
+    still sends only ``Status``). A suspended account is left out; the listing fills the
+    membership cache, so no DescribeAccount follows."""
+    from chalicelib import aws
+    from chalicelib.service import Engine
+    org, member = _org_with_member()
+    make_member_cluster(member, REGION, "shop")
+
+    def as_aws_answers(parsed, **_):
+        for account in parsed.get("Accounts", []):
+            account["State"] = account.pop("Status", "ACTIVE")
+        parsed["Accounts"].append({"Id": "555555555555", "State": "SUSPENDED",
+                                   "Arn": f"arn:aws:organizations::{ACCOUNT}:account/{org}/"
+                                          "555555555555"})
+    aws.add_hook("after-call.organizations.ListAccounts", as_aws_answers)
+    described = []
+    aws.add_hook("before-parameter-build.organizations.DescribeAccount",
+                 lambda params, **_: described.append(params["AccountId"]))
+    engine = Engine(dataclasses.replace(moto_env, adopt_existing=True, org_id=org))
+    assert engine.org.member_accounts() == sorted([ACCOUNT, member])
+    summary = engine.sweep()
+    assert summary["adopted"] == [f"{member}/{REGION}/shop"] and summary["errors"] == []
+    assert "kip-shop" in queues(member_session(member, REGION)) and described == []
+
+
+def test_a_refused_list_accounts_is_a_sweep_error_that_says_where_kip_must_run(moto_env):
+    from chalicelib.service import Engine
+    org, member = _org_with_member()
+    make_member_cluster(member, REGION, "shop")
+    make_cluster("own")
+    make_role("KarpenterController-own")
+    Strict("organizations", "ListAccounts", "json", "AccessDeniedException",
+           "not the management account", times=99)
+    engine = Engine(dataclasses.replace(moto_env, adopt_existing=True, org_id=org))
+    summary = engine.sweep()
+    assert [e["code"] for e in summary["errors"]] == ["Forbidden"]
+    assert "delegated administrator" in summary["errors"][0]["message"]
+    assert queues(member_session(member, REGION)) == []
 
 
 def test_org_check_that_organizations_refuses_is_403_never_allowed(moto_env):

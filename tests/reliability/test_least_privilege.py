@@ -227,6 +227,8 @@ IMPLICIT = {
     "eks:ListClusters": "the schedule's adoption of existing clusters (KIP_ADOPT_EXISTING)",
     "organizations:DescribeAccount": "KIP_ORG_ID membership of an account outside "
                                      "KIP_ALLOWED_ACCOUNTS (test_organization_reach.py)",
+    "organizations:ListAccounts": "the schedule's adoption with KIP_ORG_ID and no account list "
+                                  "discovers the organization's accounts (same file)",
     "sqs:UntagQueue": "tags kip applied and the request no longer has are removed "
                       "(tests/aws/test_tag_convergence.py)",
     "events:UntagResource": "the same, on the cluster's rule",
@@ -248,11 +250,6 @@ IMPLICIT = {
     **{f"cloudwatch:{op}": "per-cluster alarms, KIP_ALARMS=true (tests/aws/test_alarms.py)"
        for op in ("DescribeAlarms", "ListTagsForResource", "PutMetricAlarm", "TagResource",
                   "DeleteAlarms")},
-    "sqs:SendMessage": "the fan-out sweep's work items, on the sweep queue only "
-                       "(tests/aws/test_sweep_fanout.py)",
-    "sqs:ReceiveMessage": "Lambda's event source mapping polls the sweep queue with the "
-                          "function's role (sweep_worker)",
-    "sqs:DeleteMessage": "the same event source mapping deletes what sweep_worker finished",
     "sqs:ChangeMessageVisibility": "the schedule's replay of the EKS trigger's failed events "
                                    "releases what it did not reach, on kip_failed-events-<stage> "
                                    "only (tests/aws/test_failed_events.py)",
@@ -261,7 +258,7 @@ BROAD = {"iam:PassRole", "iam:CreateRole", "iam:PutRolePolicy", "iam:UpdateAssum
          "iam:AttachUserPolicy", "sqs:SendMessage", "sqs:ReceiveMessage",
          "sqs:DeleteMessage", "sqs:PurgeQueue", "kms:Decrypt", "events:PutPermission"}
 STAR_RESOURCE_OK = {"xray:PutTraceSegments", "xray:PutTelemetryRecords", "eks:ListClusters",
-                    "events:ListRules",
+                    "events:ListRules", "organizations:ListAccounts",
                     "cloudwatch:GetMetricData"}     # no resource type: "*" only
 
 
