@@ -52,7 +52,10 @@ def main() -> int:
                             "Principal": {"Service": "eks.amazonaws.com"}, "Action": "sts:AssumeRole"}]})
         role = iam.create_role(RoleName="eks", AssumeRolePolicyDocument=trust)["Role"]["Arn"]
         names = [f"c{i:04d}" for i in range(args.clusters)]
-        for n in names:
+        t_seed = time.perf_counter()
+        for i, n in enumerate(names):
+            if i and i % 100 == 0:
+                print(f"seeded {i} clusters in {time.perf_counter() - t_seed:.0f} s", file=sys.stderr)
             eks.create_cluster(name=n, roleArn=role, resourcesVpcConfig={"subnetIds": ["s"]})
             iam.create_role(RoleName=f"KarpenterController-{n}", AssumeRolePolicyDocument=trust)
             engine.provision(ClusterRequest(cluster_name=n))
@@ -76,19 +79,23 @@ def main() -> int:
             pending.append([(m["MessageId"], m["Body"]) for m in got])
             sqs.delete_message_batch(QueueUrl=url, Entries=[
                 {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(got)])
-        before = sum(calls.values())
+        before = collections.Counter(calls)
         t1 = time.perf_counter()
         with ThreadPoolExecutor(args.concurrency) as pool:
             results = list(pool.map(lambda b: fanout.work(engine, b, lambda: 900.0), pending))
         t_work = time.perf_counter() - t1
-        work_calls = sum(calls.values()) - before
+        during = calls - before
+        work_calls = sum(during.values())
         done = sum(len(r["up_to_date"]) + len(r["repaired"]) for r in results)
-        events_calls = sum(v for k, v in calls.items() if k.startswith("events:"))
+        events_calls = sum(v for k, v in during.items() if k.startswith("events:"))
+        per_call = {k: round(v / max(done, 1), 2) for k, v in sorted(during.items())}
         print(json.dumps({"records": len(out["queued"]), "schedule_s": round(t_sched, 2),
                           "workers": args.concurrency, "work_s": round(t_work, 2),
                           "reconciled": done, "calls_per_cluster": round(work_calls / max(done, 1), 1),
                           "events_calls_per_cluster": round(events_calls / max(done, 1), 1),
-                          "latency_ms": args.latency_ms}))
+                          "latency_ms": args.latency_ms, "rate_per_s": args.rate,
+                          "sweep_s": round(t_sched + t_work, 2),
+                          "clusters_per_s": round(done / t_work, 2), "calls": per_call}))
         # -- drift: delete a rule, time the repair from the event
         rec = engine.describe(engine.identity(names[0]))
         rule = rec.names.get("rule") or sorted(rec.names["rules"].values())[0]

@@ -14,6 +14,7 @@ from typing import Any, Optional
 from aws_lambda_powertools import Logger
 
 from chalicelib import aws, errors, health
+from chalicelib.executor import done
 from chalicelib.records import ClusterRecord
 
 log = Logger(service="kip", child=True)
@@ -25,21 +26,27 @@ def describe(engine: Any, cid: Any) -> dict:
     return {**record.public(), "health": read(engine, record)}
 
 
-def read(engine: Any, record: ClusterRecord) -> dict:
-    return _finish(engine, record, _start(engine, record))
+def read(engine: Any, record: ClusterRecord, known: Optional[dict] = None) -> dict:
+    return _finish(engine, record, _start(engine, record, known))
 
 
-def _start(engine: Any, record: ClusterRecord) -> list[Optional[Future]]:
-    """Submit the three reads (none of them waits for another)."""
-    res = record.resources
+def _start(engine: Any, record: ClusterRecord,
+           known: Optional[dict] = None) -> list[Optional[Future]]:
+    """Submit the three reads (none of them waits for another); ``known``: "queue"/"dlq" ->
+    attributes a run has just read, used instead of reading them again."""
+    res, known = record.resources, known or {}
     target = aws.Target(record.account_id, record.region, engine.settings)
     submit = engine.workers.submit
     queue_url = res.queue.url if res.queue and res.queue.exists else None
     dlq_url = res.dlq.url if res.dlq and res.dlq.exists else None
     queue_name = res.queue.name if res.queue else (record.names or {}).get("queue")
     start, end = health.window(engine.clock())
-    return [submit(target.queue_attributes, queue_url) if queue_url else None,
-            submit(target.queue_attributes, dlq_url) if dlq_url else None,
+
+    def attributes(key: str, url: Optional[str]) -> Optional[Future]:
+        if key in known:
+            return done(known[key])
+        return submit(target.queue_attributes, url) if url else None
+    return [attributes("queue", queue_url), attributes("dlq", dlq_url),
             submit(target.metric_series, health.metric_queries(queue_name), start, end)
             if queue_name else None]
 
@@ -84,11 +91,13 @@ def sweep(engine: Any, max_records: int = 1000) -> list[dict]:
     return changed
 
 
-def check(engine: Any, record: Optional[ClusterRecord], changed: list) -> None:
+def check(engine: Any, record: Optional[ClusterRecord], changed: list,
+          known: Optional[dict] = None) -> None:
     """One record's health, read and recorded as ``sweep`` does: the fan-out worker's pass,
-    right after its reconcile of the record (so every record gets one, however many there are)."""
+    right after its reconcile of the record (so every record gets one, however many there are),
+    with the queue attributes that reconcile read (``known``): one GetMetricData more."""
     if record is not None and _readable(record):
-        _noted(engine, record, lambda: read(engine, record), changed)
+        _noted(engine, record, lambda: read(engine, record, known), changed)
 
 
 def _noted(engine: Any, record: ClusterRecord, current: Any, changed: list) -> None:

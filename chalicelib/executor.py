@@ -39,6 +39,13 @@ class Workers:
             pool.shutdown(wait=True, cancel_futures=True)
 
 
+def done(value: Any) -> Future:
+    """A future already holding ``value``: something known stands in for a read."""
+    fut: Future = Future()
+    fut.set_result(value)
+    return fut
+
+
 def gather(futures: Sequence[Future]) -> list:
     """Wait for all; raise the first failure in ``futures`` order, else the results in order."""
     wait(futures)

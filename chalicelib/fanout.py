@@ -203,7 +203,8 @@ def _one(engine: Any, item: dict, summary: dict, remaining: Callable[[], float])
             if not engine.adopt(cid, "reconcile").opted_out:
                 summary["adopted"].append(cid.key)
             return
-        record = sweeper.sweep_one(engine, cid, summary)    # a cluster gone: retired
-        consumer.check(engine, record, summary["health"])
+        out = sweeper.sweep_one(engine, cid, summary)       # a cluster gone: retired
+        if out is not None:     # health: the reconcile's queue reads, and GetMetricData
+            consumer.check(engine, out.record, summary["health"], out.queue_attributes)
     except (errors.InProgress, errors.RecordNotFound):  # another run has it / it is gone
         summary["skipped"].append(cid.key)

@@ -13,7 +13,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Literal, Optional
 
-from chalicelib.executor import Workers, gather
+from chalicelib.executor import Workers, done, gather
 from chalicelib.naming import Names
 from chalicelib.state import Observed, PolicyState, QueueState, RoleState, RuleState
 
@@ -52,11 +52,7 @@ def locate(target: Any, names: Names, roles: Iterable[str], workers: Workers,
 
 
 def _known(value: Optional[str]) -> Optional[Future]:
-    if not value:
-        return None
-    done: Future = Future()
-    done.set_result(value)
-    return done
+    return done(value) if value else None
 
 
 def rule_names(names: Names) -> dict[str, str]:

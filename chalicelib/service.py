@@ -10,7 +10,6 @@ from __future__ import annotations
 import calendar
 import threading
 import time
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -19,7 +18,7 @@ from aws_lambda_powertools import Logger
 from chalicelib import (aws, errors, kms, migration, naming, observe, planner, quota,
                         records, registry, sweeper, tenancy)
 from chalicelib.config import Settings, get_settings
-from chalicelib.executor import Run, Workers, execute, gather, preview
+from chalicelib.executor import Run, Workers, done, execute, gather, preview
 from chalicelib.records import ClusterRecord, Karpenter, LastError
 from chalicelib.spec import (ClusterRequest, DesiredSpec, RoleRef, build_spec, resolve_real_role,
                              resolve_role)
@@ -38,6 +37,9 @@ class Outcome:
     dry_run: bool = False
     skipped: list = field(default_factory=list)
     opted_out: bool = False
+    # "queue"/"dlq" -> GetQueueAttributes (All) as this run read them: the sweep's health read
+    # takes its counts from here instead of asking SQS again
+    queue_attributes: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -188,7 +190,7 @@ class Engine:
                     fields["cluster"] = cluster     # upgraded, or Auto Mode turned on
                 if fields:
                     self.registry.note(rec, fields)
-                return Outcome(rec)
+                return Outcome(rec, queue_attributes=_queue_attributes(check))
         with self.registry.lease(cid, rec, self.recorder.provision_fields(
                 spec, source, ctx, requested_by), self.workers.submit) as held:
             if obs is None:
@@ -205,11 +207,11 @@ class Engine:
         again, and its queue URLs and resolved role save their look-ups."""
         target, names = self._target(cid), self.names(cid)
         submit = self.workers.submit
-        record_f = _done(known) if known else submit(self.registry.get, cid)
+        record_f = done(known) if known else submit(self.registry.get, cid)
         cluster_f = role_f = key_f = policy_f = None
         if role is not None:
             cluster_f = submit(target.describe_cluster, cid.cluster_name)
-            role_f = _done(records.known_role(known, role.name)) if \
+            role_f = done(records.known_role(known, role.name)) if \
                 records.known_role(known, role.name) else submit(target.get_role, role.name)
         if kms_key_id:
             key_f = submit(target.describe_key, kms_key_id)
@@ -290,7 +292,7 @@ class Engine:
             run.failure[1].extra["record"] = saved.public()
             raise run.failure[1]
         return Outcome(saved, changed=bool(actions) or previous != saved.status,
-                       actions=preview(actions))
+                       actions=preview(actions), queue_attributes=_queue_attributes(obs))
 
     def _remove(self, ctx: Context, obs: Observed, actions: list, skipped: list,
                 held: registry.Lease) -> Outcome:
@@ -429,6 +431,12 @@ def _refuse_unusable_cluster(ctx: Context) -> Optional[Outcome]:
     return None
 
 
+def _queue_attributes(obs: Observed) -> dict:
+    """The attributes of the queues that existed when read (a queue this run created has none)."""
+    return {key: st.attributes for key in ("queue", "dlq")
+            if (st := getattr(obs, key)) is not None and st.exists and st.attributes}
+
+
 def _by(requested_by: Optional[str]) -> dict:
     """The caller is recorded when known; runs nobody asked for (sweep, EKS event) keep it."""
     return {"requested_by": requested_by} if requested_by else {}
@@ -440,10 +448,6 @@ def _recent(stamp: Optional[str], now: float, hours: float) -> bool:
     return now - calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ")) < hours * 3600
 
 
-def _done(value: object) -> Future:
-    done: Future = Future()
-    done.set_result(value)
-    return done
 
 
 def _status_for(obs: Observed) -> str:

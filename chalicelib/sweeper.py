@@ -52,8 +52,8 @@ def _records(engine: Any, limit: int) -> Iterator[Any]:
 
 def sweep_one(engine: Any, cid: naming.ClusterId, summary: dict, record: Any = None) -> Any:
     """Reconcile one record for the sweep (``record``: as already read, saves a read); an
-    orphan is noted, then retired after the grace. Returns the record as the run left it (None
-    for an orphan)."""
+    orphan is noted, then retired after the grace. Returns the run's Outcome (None for an
+    orphan)."""
     try:
         out = engine.reconcile(cid, record=record)
     except errors.ClusterNotFound:
@@ -62,7 +62,7 @@ def sweep_one(engine: Any, cid: naming.ClusterId, summary: dict, record: Any = N
     if out.record is not None and out.record.get("cluster_missing_since"):
         engine.registry.note(out.record, {"cluster_missing_since": None})
     summary["repaired" if out.actions else "up_to_date"].append(cid.key)
-    return out.record
+    return out
 
 
 def _missing(engine: Any, cid: naming.ClusterId, summary: dict) -> None:

@@ -182,3 +182,24 @@ def test_the_worker_records_each_reconciled_clusters_consumer_health(api, fanout
     assert states["quiet"].consumer in ("idle", "unknown")
     # the schedule no longer runs a health pass of its own in fan-out mode
     assert api.lambda_.invoke("reconcile_all", SCHEDULED).payload["health"] == []
+
+
+def test_an_up_to_date_work_item_costs_ten_calls_with_its_health(api, fanout):
+    """The no-op reconcile's 9 reads, and the health read reuses its queue attributes: one
+    GetMetricData more, no second GetQueueAttributes."""
+    import collections
+
+    import app as service_app
+    from chalicelib import aws, fanout as fan
+    make_cluster("steady")
+    make_role("KarpenterController-steady")
+    assert api.http.post("/clusters", body=json.dumps({"cluster_name": "steady"}),
+                         headers={"Content-Type": "application/json"}).status_code == 201
+    item = json.dumps({"kind": "reconcile", "id": f"{ACCOUNT}/{REGION}/steady"})
+    fan.work(service_app._engine, [("m0", item)], lambda: 900.0)    # first health: recorded
+    calls = collections.Counter()
+    aws.add_hook("before-call.*.*", lambda model=None, **_: calls.update([model.name]))
+    out = fan.work(service_app._engine, [("m1", item)], lambda: 900.0)
+    assert out["up_to_date"] == [f"{ACCOUNT}/{REGION}/steady"] and out["failed"] == []
+    assert sum(calls.values()) <= 10, calls
+    assert calls["GetQueueAttributes"] == 2 and calls["GetMetricData"] == 1
