@@ -367,7 +367,8 @@ def _sweep(event: Any) -> dict:
         metrics.add_metric(name="SweepPassSkipped", unit=MetricUnit.Count, value=1)
     return {"repaired": [], "adopted": [], "up_to_date": [], "queued": out["queued"],
             "skipped": out["skipped"], "continued": out["continued"], "behind": out["behind"],
-            "errors": [{"cluster": key, "code": "NotQueued"} for key in out["unsent"]]}
+            "errors": out["errors"] + [{"cluster": key, "code": "NotQueued"}
+                                       for key in out["unsent"]]}
 
 
 @app.schedule(Rate(settings.schedule_minutes, unit=Rate.MINUTES), name="reconcile_all")

@@ -49,19 +49,7 @@ def run(engine: Any, accounts: list[str], regions: list[str], dry_run: bool = Fa
     check_scope(engine, accounts, regions)
     pool = Workers(AT_ONCE)
     try:
-        pairs = [(a, r) for a in accounts for r in regions]
-        listings = [pool.submit(_list, engine, a, r) for a, r in pairs]
-        wait(listings)
-        found, failures = [], []
-        for (account, region), fut in zip(pairs, listings):
-            exc = fut.exception()
-            if exc is None:
-                found += [(account, region, name) for name in fut.result()]
-            elif isinstance(exc, errors.KipError):
-                failures.append({"account_id": account, "region": region, "code": exc.code,
-                                 "message": exc.message})
-            else:
-                raise exc
+        found, failures = discover(engine, accounts, regions, pool)
         deadline = None if budget is None else time.monotonic() + budget
         runs = [pool.submit(_one, engine, a, r, n, dry_run, source, deadline)
                 for a, r, n in found if f"{a}/{r}/{n}" not in skip]
@@ -70,6 +58,49 @@ def run(engine: Any, accounts: list[str], regions: list[str], dry_run: bool = Fa
         pool.shutdown()
     return {"dry_run": dry_run, "clusters": clusters, "errors": failures,
             "counts": dict(Counter(c["outcome"] for c in clusters))}
+
+
+def discover(engine: Any, accounts: list[str], regions: list[str],
+             pool: Optional[Workers] = None) -> tuple[list[tuple[str, str, str]], list[dict]]:
+    """(account, region, cluster name) of every EKS cluster in ``accounts`` x ``regions``
+    (ListClusters through the member role, ``AT_ONCE`` at a time), and the account-regions
+    that could not be listed, each with its error."""
+    own_pool = pool is None
+    pool = pool or Workers(AT_ONCE)
+    try:
+        pairs = [(a, r) for a in accounts for r in regions]
+        listings = [pool.submit(_list, engine, a, r) for a, r in pairs]
+        wait(listings)
+    finally:
+        if own_pool:
+            pool.shutdown()
+    found, failures = [], []
+    for (account, region), fut in zip(pairs, listings):
+        exc = fut.exception()
+        if exc is None:
+            found += [(account, region, name) for name in fut.result()]
+        elif isinstance(exc, errors.KipError):
+            failures.append({"account_id": account, "region": region, "code": exc.code,
+                             "message": exc.message})
+        else:
+            raise exc
+    return found, failures
+
+
+def adoption_scope(engine: Any, problems: list) -> tuple[list[str], list[str]]:
+    """The accounts and regions the sweep's adoption (KIP_ADOPT_EXISTING) covers: this account
+    and KIP_ALLOWED_ACCOUNTS, or with only KIP_ORG_ID the organization's active accounts
+    (``ListAccounts``), in KIP_ADOPT_REGIONS (default: kip's own region). A listing that fails
+    is reported in ``problems``; this account is still covered."""
+    settings = engine.settings
+    own = aws.own_account(settings)
+    members = settings.allowed_accounts
+    if settings.org_id and not members:
+        try:
+            members = frozenset(engine.org.member_accounts())
+        except errors.KipError as exc:
+            problems.append({"cluster": "adoption", "code": exc.code, "message": exc.message})
+    return [own, *sorted(members - {own})], list(settings.adopt_regions or (settings.region,))
 
 
 def _list(engine: Any, account: str, region: str) -> list[str]:
@@ -106,17 +137,9 @@ def _one(engine: Any, account: str, region: str, name: str, dry_run: bool, sourc
 
 
 def adopt_configured(engine: Any, summary: dict, known: set) -> None:
-    """The sweep's adoption (KIP_ADOPT_EXISTING): this account and KIP_ALLOWED_ACCOUNTS, or
-    with only KIP_ORG_ID the organization's active accounts (``ListAccounts``), in
-    KIP_ADOPT_REGIONS (default: kip's own region); results go into the sweep's summary."""
-    settings = engine.settings
-    own = aws.own_account(settings)
-    regions = list(settings.adopt_regions or (settings.region,))
+    """The inline sweep's adoption of ``adoption_scope``; results go into its summary."""
+    accounts, regions = adoption_scope(engine, summary["errors"])
     try:
-        members = settings.allowed_accounts
-        if settings.org_id and not members:
-            members = frozenset(engine.org.member_accounts())
-        accounts = [own, *sorted(members - {own})]
         result = run(engine, accounts, regions, source="reconcile", skip=frozenset(known))
     except errors.KipError as exc:
         summary["errors"].append({"cluster": "adoption", "code": exc.code,

@@ -90,16 +90,11 @@ def schedule(engine: Any, remaining: Callable[[], float], token: Optional[str] =
     """Fan the records out from ``token`` (None: the start, which also queues adoptions)."""
     settings = engine.settings
     summary: dict[str, list] = {"queued": [], "skipped": [], "unsent": [], "continued": [],
-                                "behind": []}
+                                "behind": [], "errors": []}
     known: set[str] = set()
     first = token is None
-    if first:
-        waiting = worklist.waiting(settings, settings.sweep_queue_url)
-        if waiting:     # the last pass is not done: another would only pile up behind it
-            log.warning("sweep pass skipped: the last pass's work items are still queued",
-                        extra={"waiting": waiting})
-            summary["behind"].append(waiting)
-            return summary
+    if first and _still_queued(settings, summary):
+        return summary
     while True:
         items, token = engine.registry.page(PAGE, token, None)
         now = engine.clock()
@@ -118,17 +113,41 @@ def schedule(engine: Any, remaining: Callable[[], float], token: Optional[str] =
             summary["continued"].append(token)
             break
     if settings.adopt_existing and first and not summary["continued"]:
-        _send_all(engine, [{"kind": "adopt", "id": key} for key in _unknown(engine, known)],
-                  summary)
+        _send_all(engine, [{"kind": "adopt", "id": key}
+                           for key in _unknown(engine, known, summary["errors"])], summary)
     return summary
 
 
-def _unknown(engine: Any, known: set) -> list[str]:
-    from chalicelib import aws
-    account, region = aws.own_account(engine.settings), engine.settings.region
-    keys = [f"{account}/{region}/{name}"
-            for name in aws.Target(account, region, engine.settings).list_clusters()]
-    return [k for k in keys if k not in known]
+def _unknown(engine: Any, known: set, problems: list) -> list[str]:
+    """Clusters of the adoption's account-regions (as the inline sweep's, ``backfill``) that
+    have no record; account-regions that could not be listed go to ``problems``."""
+    from chalicelib import backfill
+    accounts, regions = backfill.adoption_scope(engine, problems)
+    found, failures = backfill.discover(engine, accounts, regions)
+    problems.extend({"cluster": f"{f['account_id']}/{f['region']}", "code": f["code"],
+                     "message": f["message"]} for f in failures)
+    return [key for a, r, n in found if (key := f"{a}/{r}/{n}") not in known]
+
+
+def _still_queued(settings: Any, summary: dict) -> bool:
+    """True when the last pass's items still wait in the queue: another pass would only pile up
+    behind it (a fleet slower than the interval). An unreadable queue depth never stops a pass;
+    a sweep worker that consumes nothing stops them all until the items expire, hence the
+    error log and the metric (SweepPassSkipped) to alarm on."""
+    try:
+        waiting, in_flight = worklist.depth(settings, settings.sweep_queue_url)
+    except errors.KipError as exc:
+        log.warning("sweep queue depth unreadable; the pass goes ahead",
+                    extra={"code": exc.code, "detail": exc.message})
+        return False
+    if not waiting:
+        return False
+    (log.warning if in_flight else log.error)(
+        "sweep pass skipped: the last pass's work items are still queued" +
+        ("" if in_flight else ", and none is being worked on: is sweep_worker running?"),
+        extra={"waiting": waiting, "in_flight": in_flight})
+    summary["behind"].append(waiting)
+    return True
 
 
 def _send_all(engine: Any, bodies: list[dict], summary: dict) -> None:
@@ -204,7 +223,20 @@ def _one(engine: Any, item: dict, summary: dict, remaining: Callable[[], float])
                 summary["adopted"].append(cid.key)
             return
         out = sweeper.sweep_one(engine, cid, summary)       # a cluster gone: retired
-        if out is not None:     # health: the reconcile's queue reads, and GetMetricData
-            consumer.check(engine, out.record, summary["health"], out.queue_attributes)
     except (errors.InProgress, errors.RecordNotFound):  # another run has it / it is gone
         summary["skipped"].append(cid.key)
+        return
+    except errors.KipError:     # the reconcile failed: the consumer's health is read anyway
+        _health_as_stored(engine, cid, summary["health"])
+        raise
+    if out is not None:         # health: the reconcile's queue reads, and GetMetricData
+        consumer.check(engine, out.record, summary["health"], out.queue_attributes)
+
+
+def _health_as_stored(engine: Any, cid: Any, changed: list) -> None:
+    """Health from the record as stored, its queues read afresh (as the inline health pass
+    reads every record, whatever its repair did); a failure here never hides the first one."""
+    try:
+        consumer.check(engine, engine.registry.get(cid), changed)
+    except errors.KipError as exc:
+        changed.append({"cluster": cid.key, "error": exc.code})

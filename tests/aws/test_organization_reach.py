@@ -13,7 +13,7 @@ import sys
 import boto3
 import pytest
 
-from tests.aws.test_aws_fidelity import Strict
+from tests.reliability.harness import Strict
 from tests.aws.test_triggers import SAMPLE_ACCOUNT, sample
 from tests.conftest import ACCOUNT, REGION, make_cluster, make_role
 
@@ -229,8 +229,10 @@ def test_a_managed_cluster_that_turns_on_auto_mode_keeps_its_queue_and_says_so(c
     record = client.http.get("/clusters/moving").json_body
     assert record["status"] == "ready" and record["cluster"]["auto_mode"] is True
     assert queues(boto3.session.Session()) == ["kip-moving"]
-    # a repeat POST converges rather than refusing a cluster kip already manages
-    assert post(client, "/clusters", {"cluster_name": "moving"}).status_code in (200, 201)
+    # a repeat POST converges rather than refusing a cluster kip already manages, and answers
+    # with the record as it now stands
+    again = post(client, "/clusters", {"cluster_name": "moving"})
+    assert again.status_code in (200, 201) and again.json_body["cluster"]["auto_mode"] is True
 
 
 def test_describe_cluster_reads_compute_config(moto_env):
@@ -361,6 +363,33 @@ def test_a_refused_list_accounts_is_a_sweep_error_that_says_where_kip_must_run(m
     assert [e["code"] for e in summary["errors"]] == ["Forbidden"]
     assert "delegated administrator" in summary["errors"][0]["message"]
     assert queues(member_session(member, REGION)) == []
+    # kip's own account is still adopted
+    assert summary["adopted"] == [f"{ACCOUNT}/{REGION}/own"]
+
+
+def test_the_fan_out_schedule_adopts_across_the_organizations_accounts(moto_env):
+    """Deployed stages sweep by fan-out: the schedule queues one adopt item per cluster without
+    a record in every account-region of the adoption, not only kip's own."""
+    from chalicelib import fanout
+    from chalicelib.aws import worklist
+    from chalicelib.service import Engine
+    org, member = _org_with_member()
+    make_member_cluster(member, REGION, "shop")
+    make_member_cluster(member, OTHER_REGION, "search")
+    make_cluster("own")
+    make_role("KarpenterController-own")
+    url = worklist.create_work_queue(moto_env, "kip_sweep-org")
+    engine = Engine(dataclasses.replace(moto_env, adopt_existing=True, org_id=org,
+                                        adopt_regions=(REGION, OTHER_REGION),
+                                        sweep_mode="fanout", sweep_queue_url=url))
+    out = fanout.schedule(engine, remaining=lambda: 900.0)
+    assert sorted(out["queued"]) == sorted([f"{ACCOUNT}/{REGION}/own", f"{member}/{REGION}/shop",
+                                            f"{member}/{OTHER_REGION}/search"])
+    assert out["errors"] == []
+    got = boto3.client("sqs").receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
+    result = fanout.work(engine, [(m["MessageId"], m["Body"]) for m in got], lambda: 900.0)
+    assert sorted(result["adopted"]) == sorted(out["queued"]) and result["failed"] == []
+    assert queues(member_session(member, OTHER_REGION)) == ["kip-search"]
 
 
 def test_org_check_that_organizations_refuses_is_403_never_allowed(moto_env):
