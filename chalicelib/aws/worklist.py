@@ -31,16 +31,19 @@ def send(settings: Settings, queue_url: str, bodies: list[dict]) -> list[dict]:
     return [bodies[int(f["Id"])] for f in r.get("Failed") or []]
 
 
-def waiting(settings: Settings, queue_url: str) -> int:
-    """Work items not yet received: ``ApproximateNumberOfMessages`` plus the delayed ones (an
-    approximation SQS may report up to a minute late; items in flight are being worked on)."""
+def depth(settings: Settings, queue_url: str) -> tuple[int, int]:
+    """(work items not yet received, items in flight): ``ApproximateNumberOfMessages`` plus the
+    delayed ones, and ``ApproximateNumberOfMessagesNotVisible`` (approximations SQS may report
+    up to a minute late)."""
     sqs = client("sqs", None, settings.region, settings)
     attrs = call(f"sqs:GetQueueAttributes {queue_url}", sqs.get_queue_attributes,
                  QueueUrl=queue_url, AttributeNames=["ApproximateNumberOfMessages",
-                                                     "ApproximateNumberOfMessagesDelayed"]
+                                                     "ApproximateNumberOfMessagesDelayed",
+                                                     "ApproximateNumberOfMessagesNotVisible"]
                  ).get("Attributes", {})
-    return sum(int(attrs.get(k, 0)) for k in ("ApproximateNumberOfMessages",
-                                              "ApproximateNumberOfMessagesDelayed"))
+    return (int(attrs.get("ApproximateNumberOfMessages", 0)) +
+            int(attrs.get("ApproximateNumberOfMessagesDelayed", 0)),
+            int(attrs.get("ApproximateNumberOfMessagesNotVisible", 0)))
 
 
 def records_by_cut(settings: Settings, account: str, region: str, cut: str,

@@ -203,3 +203,32 @@ def test_an_up_to_date_work_item_costs_ten_calls_with_its_health(api, fanout):
     assert out["up_to_date"] == [f"{ACCOUNT}/{REGION}/steady"] and out["failed"] == []
     assert sum(calls.values()) <= 10, calls
     assert calls["GetQueueAttributes"] == 2 and calls["GetMetricData"] == 1
+
+
+def test_a_cluster_whose_repair_fails_still_gets_its_health_read(api, fanout, monkeypatch):
+    import app as service_app
+    from chalicelib import errors, fanout as fan
+    engine = service_app._engine
+    make_cluster("stuck")
+    make_role("KarpenterController-stuck")
+    assert api.http.post("/clusters", body=json.dumps({"cluster_name": "stuck"}),
+                         headers={"Content-Type": "application/json"}).status_code == 201
+
+    def refused(cid, **_):
+        raise errors.Forbidden("an SCP denies the repair")
+    monkeypatch.setattr(engine, "reconcile", refused)
+    item = json.dumps({"kind": "reconcile", "id": f"{ACCOUNT}/{REGION}/stuck"})
+    out = fan.work(engine, [("m0", item)], lambda: 900.0)
+    assert [e["code"] for e in out["errors"]] == ["Forbidden"] and out["failed"] == []
+    assert out["health"] and engine.describe(engine.identity("stuck")).health is not None
+
+
+def test_an_unreadable_queue_depth_never_stops_a_pass(api, fanout):
+    import app as service_app
+    from chalicelib import fanout as fan
+    from tests.reliability.harness import Strict
+    keys = seed(service_app._engine, 3)
+    Strict("sqs", "GetQueueAttributes", None, "AccessDenied", "not allowed", times=99,
+           status=403)
+    out = fan.schedule(service_app._engine, remaining=lambda: 900.0)
+    assert sorted(out["queued"]) == keys and out["behind"] == []
