@@ -241,9 +241,15 @@ def observed(names: naming.Names, obs: Observed, kinds: Iterable[str], role_name
         attachment=AttachmentEntry(role_name=role_name, role_arn=role_arn,
                                    role_exists=role_exists,
                                    attached=role_exists and names.policy_arn in obs.role.attached),
-        alarms={name: AlarmEntry(name=name, exists=True)
-                for name, seen in sorted((obs.alarms or {}).items())
-                if cid is not None and naming.is_owned(seen.get("tags"), cid)})
+        alarms=(owned_alarms(obs, cid) or {}) if cid is not None else {})
+
+
+def owned_alarms(obs: Observed, cid: naming.ClusterId) -> Optional[dict[str, AlarmEntry]]:
+    """The alarms the run found that are this cluster's own; None when it did not read them."""
+    if obs.alarms is None:
+        return None
+    return {name: AlarmEntry(name=name, exists=True)
+            for name, seen in sorted(obs.alarms.items()) if naming.is_owned(seen.get("tags"), cid)}
 
 
 def apply(resources: Resources, actions: Iterable[Any], done: dict[str, dict]) -> Resources:

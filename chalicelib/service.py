@@ -19,7 +19,7 @@ from chalicelib import (aws, errors, kms, migration, naming, observe, planner, q
                         records, registry, sweeper, tenancy)
 from chalicelib.config import Settings, get_settings
 from chalicelib.executor import Run, Workers, done, execute, gather, preview
-from chalicelib.records import ClusterRecord, Karpenter, LastError
+from chalicelib.records import ClusterRecord, EksCluster, Karpenter, LastError
 from chalicelib.spec import (ClusterRequest, DesiredSpec, RoleRef, build_spec, resolve_real_role,
                              resolve_role)
 from chalicelib.state import ClusterState, Observed
@@ -183,14 +183,8 @@ class Engine:
             cheap = _recent(rec.verified_at, self.clock(), self.settings.full_check_hours)
             check = self._detail(ctx, "check" if cheap else "provision", previous)
             if not planner.plan_provision(spec, check) and rec.status == _status_for(check):
-                fields = {} if cheap else {"verified_at": registry.iso(self.clock())}
-                cluster = ctx.cluster.summary() if ctx.cluster else {}
-                if {k: v for k, v in cluster.items() if v is not None} != (
-                        rec.cluster.model_dump(exclude_none=True) if rec.cluster else {}):
-                    fields["cluster"] = cluster     # upgraded, or Auto Mode turned on
-                if fields:
-                    self.registry.note(rec, fields)
-                return Outcome(rec, queue_attributes=_queue_attributes(check))
+                return Outcome(self._note_in_sync(ctx, rec, check, cheap),
+                               queue_attributes=_queue_attributes(check))
         with self.registry.lease(cid, rec, self.recorder.provision_fields(
                 spec, source, ctx, requested_by), self.workers.submit) as held:
             if obs is None:
@@ -199,6 +193,26 @@ class Engine:
                 obs = self._detail(ctx, "provision", previous)
                 actions = planner.plan_provision(spec, obs)
             return self._apply(ctx, spec, obs, actions, held)
+
+    def _note_in_sync(self, ctx: Context, rec: ClusterRecord, check: Observed,
+                      cheap: bool) -> ClusterRecord:
+        """An in-sync record, brought up to date without a lease or a version bump (one
+        UpdateItem, only when something changed): when it was last fully verified, the EKS
+        cluster's summary (upgraded, Auto Mode turned on) and the alarms found (a record from
+        before alarms were recorded, or alarms deleted by hand once KIP_ALARMS is off)."""
+        update: dict = {} if cheap else {"verified_at": registry.iso(self.clock())}
+        cluster = {k: v for k, v in (ctx.cluster.summary() if ctx.cluster else {}).items()
+                   if v is not None}
+        if cluster != (rec.cluster.model_dump(exclude_none=True) if rec.cluster else {}):
+            update["cluster"] = EksCluster(**cluster)
+        alarms = records.owned_alarms(check, ctx.cid)
+        if alarms is not None and alarms.keys() != rec.resources.alarms.keys():
+            update["resources"] = rec.resources.model_copy(update={"alarms": alarms})
+        if not update:
+            return rec
+        self.registry.note(rec, {k: v.model_dump() if hasattr(v, "model_dump") else v
+                                 for k, v in update.items()})
+        return rec.model_copy(update=update)
 
     def _first_wave(self, cid: naming.ClusterId, role: Optional[RoleRef], roles: list,
                     kms_key_id: Optional[str] = None, legacy: bool = False,
@@ -250,10 +264,10 @@ class Engine:
 
     def _alarms_to_read(self, ctx: Context, purpose: observe.Purpose) -> bool:
         """Alarms are read when kip manages them, when the record lists some (KIP_ALARMS was
-        turned off since: they are deleted), and by a teardown without a record."""
-        if self.settings.alarms or (ctx.record and ctx.record.resources.alarms):
-            return True
-        return purpose == "teardown" and ctx.record is None
+        turned off since: they are deleted), and by every teardown (rare, and in the same wave:
+        a record from before alarms were recorded may not list them)."""
+        return bool(self.settings.alarms or purpose == "teardown" or
+                    (ctx.record and ctx.record.resources.alarms))
 
     def _detail(self, ctx: Context, purpose: observe.Purpose,
                 previous: Optional[str] = None) -> Observed:

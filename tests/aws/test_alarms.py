@@ -10,7 +10,7 @@ import pytest
 from chalicelib import alarms, aws, errors, naming
 from chalicelib.spec import ClusterRequest
 from tests.conftest import ACCOUNT, REGION, make_cluster, make_role
-from tests.reliability.harness import FAULT_URL, fake_error
+from tests.reliability.harness import Strict
 
 CLUSTER = "payments-prod"
 STALE, DLQ = f"kip-{CLUSTER}-consumer-stale", f"kip-{CLUSTER}-dlq-not-empty"
@@ -83,25 +83,12 @@ def test_a_same_named_alarm_that_is_not_ours_is_refused_before_any_write(engine)
     assert boto3.client("sqs").list_queues().get("QueueUrls", []) == []
 
 
-def answer(status: int, code: str, message: str, answered: list):
-    """A before-send hook: CloudWatch answers ``code`` (in the wire protocol botocore speaks)."""
-    def hook(request, **_):
-        answered.append(1)
-        url, request.url = request.url, FAULT_URL
-        content_type = request.headers.get("Content-Type", b"")
-        content_type = content_type.decode() if isinstance(content_type, bytes) else content_type
-        return fake_error("json" if "json" in content_type else "query", url, status, code,
-                          message)
-    return hook
-
-
 def test_an_alarm_already_gone_at_delete_is_success(engine):
     engine.provision(ClusterRequest(cluster_name=CLUSTER))
-    answered = []
-    aws.add_hook("before-send.cloudwatch.DeleteAlarms",
-                 answer(404, "ResourceNotFound", "Alarm not found", answered))
+    gone = Strict("cloudwatch", "DeleteAlarms", None, "ResourceNotFound", "Alarm not found",
+                  times=2, status=404)
     out = engine.teardown(naming.ClusterId(ACCOUNT, REGION, CLUSTER))
-    assert len(answered) == 2 and out.record is None
+    assert gone.seen == 2 and out.record is None
 
 
 def test_the_record_lists_the_alarms_it_made(engine):
@@ -149,12 +136,48 @@ def test_a_teardown_without_a_record_finds_the_clusters_alarms(engine):
 def test_a_stopped_teardown_records_which_alarms_are_left(engine):
     engine.provision(ClusterRequest(cluster_name=CLUSTER))
 
-    aws.add_hook("before-send.cloudwatch.DeleteAlarms",
-                 answer(403, "AccessDenied", "not allowed", []))
+    Strict("cloudwatch", "DeleteAlarms", None, "AccessDenied", "not allowed", times=99,
+           status=403)
     with pytest.raises(errors.KipError):
         engine.teardown(naming.ClusterId(ACCOUNT, REGION, CLUSTER))
     left = engine.describe(naming.ClusterId(ACCOUNT, REGION, CLUSTER))
     assert left.status == "deleting" and set(left.resources.alarms) == {STALE, DLQ}
+
+
+def test_a_record_from_before_alarms_were_recorded_learns_them_on_its_next_run(engine):
+    """Alarms made before records listed them are found by the next (no-op) reconcile, so
+    turning KIP_ALARMS off afterwards still removes them."""
+    engine.provision(ClusterRequest(cluster_name=CLUSTER))
+    cid = naming.ClusterId(ACCOUNT, REGION, CLUSTER)
+    table = boto3.resource("dynamodb").Table(engine.settings.table_name)
+    table.update_item(Key={"id": cid.key}, UpdateExpression="REMOVE resources.alarms")
+    assert engine.describe(cid).resources.alarms == {}
+    out = engine.reconcile(cid)
+    assert out.actions == [] and set(out.record.resources.alarms) == {STALE, DLQ}
+    assert set(engine.describe(cid).resources.alarms) == {STALE, DLQ}
+    off(engine).reconcile(cid)
+    assert described() == {}
+
+
+def test_alarms_deleted_by_hand_once_off_leave_the_record_and_stop_the_reads(engine):
+    engine.provision(ClusterRequest(cluster_name=CLUSTER))
+    boto3.client("cloudwatch").delete_alarms(AlarmNames=[STALE, DLQ])
+    cid = naming.ClusterId(ACCOUNT, REGION, CLUSTER)
+    out = off(engine).reconcile(cid)
+    assert out.actions == [] and out.record.resources.alarms == {}
+    calls = []
+    aws.add_hook("before-call.cloudwatch.*", lambda model=None, **_: calls.append(model.name))
+    off(engine).reconcile(cid)
+    assert calls == []
+
+
+def test_a_teardown_without_recorded_alarms_still_finds_them(engine):
+    engine.provision(ClusterRequest(cluster_name=CLUSTER))
+    cid = naming.ClusterId(ACCOUNT, REGION, CLUSTER)
+    boto3.resource("dynamodb").Table(engine.settings.table_name).update_item(
+        Key={"id": cid.key}, UpdateExpression="REMOVE resources.alarms")
+    off(engine).teardown(cid)
+    assert described() == {}
 
 
 def test_alarm_names_fit_cloudwatch_for_the_longest_names():
