@@ -11,29 +11,11 @@ import pytest
 
 from chalicelib import aws, errors, naming
 from chalicelib.spec import ClusterRequest
-from tests.conftest import ACCOUNT, REGION, load_event, make_cluster, make_role
-from tests.reliability.harness import FAULT_URL, fake_error
+from tests.conftest import ACCOUNT, REGION, load_event, make_cluster
+from tests.reliability.harness import FAULT_URL, Strict
 
 CLUSTER = "payments-prod"
 ROLE = f"KarpenterController-{CLUSTER}"
-
-
-class Strict:
-    """Answers the first ``times`` attempts of one operation with an AWS error, as AWS would."""
-
-    def __init__(self, service: str, operation: str, protocol: str, code: str, message: str,
-                 times: int = 2, status: int = 400) -> None:
-        self.times, self.seen = times, 0
-        self.args = (protocol, status, code, message)
-        aws.add_hook(f"before-send.{service}.{operation}", self)
-
-    def __call__(self, request, **_):
-        self.seen += 1
-        if self.seen > self.times:
-            return None
-        protocol, status, code, message = self.args
-        url, request.url = request.url, FAULT_URL   # moto's own handler must pass this one
-        return fake_error(protocol, url, status, code, message)
 
 
 @pytest.fixture

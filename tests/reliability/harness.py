@@ -223,6 +223,30 @@ def fake_error(protocol: str, url: str, status: int, code: str, message: str) ->
     return AWSResponse(url, status, headers, _Raw(body))
 
 
+class Strict:
+    """Answers the first ``times`` attempts of one operation with an AWS error, as AWS would
+    (``protocol`` None: json or query, read from the request's Content-Type)."""
+
+    def __init__(self, service: str, operation: str, protocol: Optional[str], code: str,
+                 message: str, times: int = 2, status: int = 400) -> None:
+        self.times, self.seen = times, 0
+        self.args = (protocol, status, code, message)
+        aws.add_hook(f"before-send.{service}.{operation}", self)
+
+    def __call__(self, request, **_):
+        self.seen += 1
+        if self.seen > self.times:
+            return None
+        protocol, status, code, message = self.args
+        if protocol is None:
+            content_type = request.headers.get("Content-Type", b"")
+            if isinstance(content_type, bytes):
+                content_type = content_type.decode()
+            protocol = "json" if "json" in content_type else "query"
+        url, request.url = request.url, FAULT_URL   # moto's own handler must pass this one
+        return fake_error(protocol, url, status, code, message)
+
+
 @dataclasses.dataclass
 class Fault:
     """What to do to the calls carrying ``label``.
