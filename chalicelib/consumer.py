@@ -33,7 +33,8 @@ def read(engine: Any, record: ClusterRecord, known: Optional[dict] = None) -> di
 def _start(engine: Any, record: ClusterRecord,
            known: Optional[dict] = None) -> list[Optional[Future]]:
     """Submit the three reads (none of them waits for another); ``known``: "queue"/"dlq" ->
-    attributes a run has just read, used instead of reading them again."""
+    attributes a run has just read, used instead of reading them again, and "metrics" -> a
+    ``start_metrics`` read begun earlier (used when it is for this record's queue)."""
     res, known = record.resources, known or {}
     target = aws.Target(record.account_id, record.region, engine.settings)
     submit = engine.workers.submit
@@ -46,9 +47,23 @@ def _start(engine: Any, record: ClusterRecord,
         if key in known:
             return done(known[key])
         return submit(target.queue_attributes, url) if url else None
-    return [attributes("queue", queue_url), attributes("dlq", dlq_url),
-            submit(target.metric_series, health.metric_queries(queue_name), start, end)
-            if queue_name else None]
+    early = known.get("metrics")
+    if early is not None and early[0] == queue_name:
+        metrics = early[1]
+    else:
+        metrics = submit(target.metric_series, health.metric_queries(queue_name), start, end) \
+            if queue_name else None
+    return [attributes("queue", queue_url), attributes("dlq", dlq_url), metrics]
+
+
+def start_metrics(engine: Any, account: str, region: str, queue_name: str) -> tuple[str, Future]:
+    """The health's GetMetricData for ``queue_name``, begun before its record is at hand: the
+    fan-out worker starts it alongside the reconcile (with the queue name the naming scheme
+    gives; ``_start`` reads again if the record names another queue)."""
+    target = aws.Target(account, region, engine.settings)
+    start, end = health.window(engine.clock())
+    return queue_name, engine.workers.submit(target.metric_series,
+                                             health.metric_queries(queue_name), start, end)
 
 
 def _finish(engine: Any, record: ClusterRecord, reads: list[Optional[Future]]) -> dict:
@@ -95,7 +110,8 @@ def check(engine: Any, record: Optional[ClusterRecord], changed: list,
           known: Optional[dict] = None) -> None:
     """One record's health, read and recorded as ``sweep`` does: the fan-out worker's pass,
     right after its reconcile of the record (so every record gets one, however many there are),
-    with the queue attributes that reconcile read (``known``): one GetMetricData more."""
+    with the queue attributes that reconcile read and the GetMetricData begun beside it
+    (``known``, see ``_start``)."""
     if record is not None and _readable(record):
         _noted(engine, record, lambda: read(engine, record, known), changed)
 

@@ -222,6 +222,9 @@ def _one(engine: Any, item: dict, summary: dict, remaining: Callable[[], float])
             if not engine.adopt(cid, "reconcile").opted_out:
                 summary["adopted"].append(cid.key)
             return
+        # the health's metric read runs alongside the reconcile, not after it
+        metrics = consumer.start_metrics(engine, cid.account_id, cid.region,
+                                         engine.names(cid).queue)
         out = sweeper.sweep_one(engine, cid, summary)       # a cluster gone: retired
     except (errors.InProgress, errors.RecordNotFound):  # another run has it / it is gone
         summary["skipped"].append(cid.key)
@@ -230,7 +233,8 @@ def _one(engine: Any, item: dict, summary: dict, remaining: Callable[[], float])
         _health_as_stored(engine, cid, summary["health"])
         raise
     if out is not None:         # health: the reconcile's queue reads, and GetMetricData
-        consumer.check(engine, out.record, summary["health"], out.queue_attributes)
+        consumer.check(engine, out.record, summary["health"],
+                       {**out.queue_attributes, "metrics": metrics})
 
 
 def _health_as_stored(engine: Any, cid: Any, changed: list) -> None:

@@ -232,3 +232,27 @@ def test_an_unreadable_queue_depth_never_stops_a_pass(api, fanout):
            status=403)
     out = fan.schedule(service_app._engine, remaining=lambda: 900.0)
     assert sorted(out["queued"]) == keys and out["behind"] == []
+
+
+def test_health_reads_the_recorded_queues_metrics_when_the_naming_has_changed(api, fanout):
+    """The worker begins GetMetricData with the queue name the naming scheme gives; a record
+    whose recorded queue is another (KIP_PREFIX changed since) is read again for its own."""
+    import app as service_app
+    from chalicelib import fanout as fan
+    from chalicelib.service import Engine
+    engine = service_app._engine
+    make_cluster("renamed")
+    make_role("KarpenterController-renamed")
+    assert api.http.post("/clusters", body=json.dumps({"cluster_name": "renamed"}),
+                         headers={"Content-Type": "application/json"}).status_code == 201
+    queue = engine.describe(engine.identity("renamed")).resources.queue
+    boto3.client("sqs").send_message(QueueUrl=queue.url, MessageBody="{}")
+    boto3.client("cloudwatch").put_metric_data(Namespace="AWS/SQS", MetricData=[{
+        "MetricName": "ApproximateAgeOfOldestMessage", "Value": 3600.0, "Unit": "Seconds",
+        "Dimensions": [{"Name": "QueueName", "Value": queue.name}]}])
+    other = Engine(dataclasses.replace(engine.settings, prefix="other-"))
+    assert other.names(other.identity("renamed")).queue != queue.name
+    item = json.dumps({"kind": "reconcile", "id": f"{ACCOUNT}/{REGION}/renamed"})
+    out = fan.work(other, [("m0", item)], lambda: 900.0)
+    assert out["failed"] == [] and out["errors"] == []
+    assert other.describe(other.identity("renamed")).health.consumer == "stale"
