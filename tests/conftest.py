@@ -95,6 +95,20 @@ def make_key(region: str = REGION, **kw) -> dict:
     return boto3.client("kms", region_name=region).create_key(**kw)["KeyMetadata"]
 
 
+def portal_inbox(bus: str = "kip-portal") -> str:
+    """A portal's event bus with a rule forwarding kip's status events to a queue; its URL."""
+    import boto3
+    events, sqs = boto3.client("events", region_name=REGION), boto3.client("sqs", region_name=REGION)
+    events.create_event_bus(Name=bus)
+    url = sqs.create_queue(QueueName="portal-inbox")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"]
+    events.put_rule(Name="portal", EventBusName=bus,
+                    EventPattern=json.dumps({"source": ["kip.provisioner"]}))
+    events.put_targets(Rule="portal", EventBusName=bus, Targets=[{"Id": "q", "Arn": arn}])
+    return url
+
+
 @pytest.fixture
 def engine(moto_env):
     from chalicelib.service import Engine

@@ -7,7 +7,7 @@ import boto3
 import pytest
 from chalice.test import Client
 
-from tests.conftest import ACCOUNT, REGION, make_cluster, make_role
+from tests.conftest import ACCOUNT, REGION, make_cluster, make_role, portal_inbox
 
 JSON = {"Content-Type": "application/json"}
 
@@ -236,13 +236,8 @@ def test_status_events_reach_the_portal_bus(moto_env, cluster):
 
     import app as service_app
     from chalicelib.service import Engine
-    events, sqs = boto3.client("events"), boto3.client("sqs")
-    events.create_event_bus(Name="kip-portal")
-    url = sqs.create_queue(QueueName="portal-inbox")["QueueUrl"]
-    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    events.put_rule(Name="portal", EventBusName="kip-portal",
-                    EventPattern=json.dumps({"source": ["kip.provisioner"]}))
-    events.put_targets(Rule="portal", EventBusName="kip-portal", Targets=[{"Id": "q", "Arn": arn}])
+    sqs = boto3.client("sqs")
+    url = portal_inbox()
     service_app._engine = Engine(dataclasses.replace(moto_env, status_bus="kip-portal"))
     try:
         with Client(service_app.app, stage_name="local") as client:

@@ -12,7 +12,7 @@ import boto3
 import pytest
 
 from chalicelib import aws
-from tests.conftest import make_cluster, make_role
+from tests.conftest import make_cluster, make_role, portal_inbox
 from tests.reliability.harness import FAULT_URL, fake_error
 
 JSON = {"Content-Type": "application/json"}
@@ -190,14 +190,8 @@ def test_status_events_when_a_consumer_turns_stale_and_when_the_dlq_fills(moto_e
 
     import app as service_app
     from chalicelib.service import Engine
-    events, sqs = boto3.client("events"), boto3.client("sqs")
-    events.create_event_bus(Name="kip-portal")
-    inbox = sqs.create_queue(QueueName="portal-inbox")["QueueUrl"]
-    arn = sqs.get_queue_attributes(QueueUrl=inbox, AttributeNames=["QueueArn"])["Attributes"][
-        "QueueArn"]
-    events.put_rule(Name="portal", EventBusName="kip-portal",
-                    EventPattern=json.dumps({"source": ["kip.provisioner"]}))
-    events.put_targets(Rule="portal", EventBusName="kip-portal", Targets=[{"Id": "q", "Arn": arn}])
+    sqs = boto3.client("sqs")
+    inbox = portal_inbox()
     service_app._engine = Engine(dataclasses.replace(moto_env, status_bus="kip-portal"))
     try:
         with Client(service_app.app, stage_name="local") as client:
@@ -259,14 +253,8 @@ def test_the_iam_caller_arn_is_recorded_on_teardown_events(moto_env, caller_cont
 
     import app as service_app
     from chalicelib.service import Engine
-    sqs, events = boto3.client("sqs"), boto3.client("events")
-    events.create_event_bus(Name="kip-portal")
-    inbox = sqs.create_queue(QueueName="portal-inbox")["QueueUrl"]
-    arn = sqs.get_queue_attributes(QueueUrl=inbox, AttributeNames=["QueueArn"])["Attributes"][
-        "QueueArn"]
-    events.put_rule(Name="portal", EventBusName="kip-portal",
-                    EventPattern=json.dumps({"source": ["kip.provisioner"]}))
-    events.put_targets(Rule="portal", EventBusName="kip-portal", Targets=[{"Id": "q", "Arn": arn}])
+    sqs = boto3.client("sqs")
+    inbox = portal_inbox()
     service_app._engine = Engine(dataclasses.replace(moto_env, status_bus="kip-portal"))
     bob, carol = ("arn:aws:iam::123456789012:user/bob",
                   "arn:aws:sts::123456789012:assumed-role/ops/carol")
