@@ -291,14 +291,20 @@ def handle_eks_event(raw: dict) -> dict:
             return {"ignored": "cluster opted out", "cluster": cid.key}
         metrics.add_metric(name="Provisioned", unit=MetricUnit.Count, value=1)
         return {"provisioned": cid.key, "status": out.record.status}
-    except errors.KipError as exc:
-        if exc.retryable:   # the record already says what exists; the sweep finishes otherwise
-            metrics.add_metric(name="Failed", unit=MetricUnit.Count, value=1)
-            logger.error("trigger failed; Lambda will retry", extra={
-                "code": exc.code, "detail": exc.message})
-            raise
-        logger.warning("trigger not acted on", extra={"code": exc.code, "detail": exc.message})
-        return {"ignored": exc.code, "message": exc.message}
+    except errors.KipError as exc:  # the record already says what exists; the sweep finishes
+        return _retried_or_ignored(exc, "trigger failed", "trigger not acted on")
+
+
+def _retried_or_ignored(exc: errors.KipError, failed: str, ignored: str) -> dict:
+    """An event handler's KipError: a retryable one is raised again so Lambda retries the event
+    (metric Failed); any other is logged and the event answered as ignored."""
+    if exc.retryable:
+        metrics.add_metric(name="Failed", unit=MetricUnit.Count, value=1)
+        logger.error(f"{failed}; Lambda will retry", extra={"code": exc.code,
+                                                            "detail": exc.message})
+        raise exc
+    logger.warning(ignored, extra={"code": exc.code, "detail": exc.message})
+    return {"ignored": exc.code, "message": exc.message}
 
 
 def _remaining(event: Any) -> Callable[[], float]:
@@ -325,13 +331,7 @@ def on_drift_event(event: Any) -> dict:
     try:
         out = repair.repair(engine(), change)
     except errors.KipError as exc:
-        if exc.retryable:
-            metrics.add_metric(name="Failed", unit=MetricUnit.Count, value=1)
-            logger.error("drift repair failed; Lambda will retry", extra={
-                "code": exc.code, "detail": exc.message})
-            raise
-        logger.warning("drift not repaired", extra={"code": exc.code, "detail": exc.message})
-        return {"ignored": exc.code, "message": exc.message}
+        return _retried_or_ignored(exc, "drift repair failed", "drift not repaired")
     if out.get("repaired"):
         metrics.add_metric(name="DriftRepaired", unit=MetricUnit.Count, value=1)
         metrics.add_metric(name="DriftRepairDuration", unit=MetricUnit.Milliseconds,
