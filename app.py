@@ -350,7 +350,7 @@ def sweep_worker(event: Any) -> dict:
     from chalicelib import fanout
     out = fanout.work(engine(), [(r.to_dict().get("messageId", ""), r.body) for r in event],
                       _remaining(event))
-    for key in ("repaired", "adopted", "failed"):
+    for key in ("repaired", "adopted", "failed", "errors"):
         metrics.add_metric(name=f"Sweep{key.title()}", unit=MetricUnit.Count,
                            value=len(out[key]))
     logger.info("sweep batch done", extra={k: len(v) for k, v in out.items()})
