@@ -95,6 +95,19 @@ def make_key(region: str = REGION, **kw) -> dict:
     return boto3.client("kms", region_name=region).create_key(**kw)["KeyMetadata"]
 
 
+def put_metric(queue: str, metric: str, value: float, minutes_ago: int = 2) -> None:
+    """An SQS metric datapoint for ``queue``, minutes old as SQS publishes them (a datapoint at
+    "now" races a read whose EndTime is sent in whole seconds)."""
+    import datetime
+
+    import boto3
+    boto3.client("cloudwatch", region_name=REGION).put_metric_data(
+        Namespace="AWS/SQS", MetricData=[{
+            "MetricName": metric, "Dimensions": [{"Name": "QueueName", "Value": queue}],
+            "Value": value, "Timestamp": datetime.datetime.now(datetime.timezone.utc)
+            - datetime.timedelta(minutes=minutes_ago)}])
+
+
 def portal_inbox(bus: str = "kip-portal") -> str:
     """A portal's event bus with a rule forwarding kip's status events to a queue; its URL."""
     import boto3

@@ -5,14 +5,13 @@ answered in CloudWatch's wire protocol (Smithy RPC v2 CBOR) by a before-send hoo
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
 
 import boto3
 import pytest
 
 from chalicelib import aws
-from tests.conftest import make_cluster, make_role, portal_inbox
+from tests.conftest import make_cluster, make_role, portal_inbox, put_metric
 from tests.reliability.harness import FAULT_URL, fake_error
 
 JSON = {"Content-Type": "application/json"}
@@ -33,13 +32,6 @@ def provision(api, name=CLUSTER):
 
 def queue_url(name):
     return boto3.client("sqs").get_queue_url(QueueName=name)["QueueUrl"]
-
-
-def put_metric(queue, metric, value, minutes_ago=2):
-    boto3.client("cloudwatch").put_metric_data(Namespace="AWS/SQS", MetricData=[{
-        "MetricName": metric, "Dimensions": [{"Name": "QueueName", "Value": queue}],
-        "Value": value, "Timestamp": datetime.datetime.now(datetime.timezone.utc)
-        - datetime.timedelta(minutes=minutes_ago)}])
 
 
 def health(api, name=CLUSTER):

@@ -8,7 +8,7 @@ import json
 import boto3
 import pytest
 
-from tests.conftest import ACCOUNT, REGION, make_cluster, make_role
+from tests.conftest import ACCOUNT, REGION, make_cluster, make_role, put_metric
 
 SCHEDULED = {"version": "0", "id": "x", "detail-type": "Scheduled Event", "source": "aws.events",
              "account": ACCOUNT, "time": "2026-11-20T10:00:00Z", "region": REGION,
@@ -169,10 +169,7 @@ def test_the_worker_records_each_reconciled_clusters_consumer_health(api, fanout
                              headers={"Content-Type": "application/json"}).status_code == 201
     busy = engine.describe(engine.identity("busy"))
     boto3.client("sqs").send_message(QueueUrl=busy.resources.queue.url, MessageBody="{}")
-    cw = boto3.client("cloudwatch")
-    cw.put_metric_data(Namespace="AWS/SQS", MetricData=[{
-        "MetricName": "ApproximateAgeOfOldestMessage", "Value": 3600.0, "Unit": "Seconds",
-        "Dimensions": [{"Name": "QueueName", "Value": busy.resources.queue.name}]}])
+    put_metric(busy.resources.queue.name, "ApproximateAgeOfOldestMessage", 3600.0)
     event = api.events.generate_sqs_event(
         [json.dumps({"kind": "reconcile", "id": f"{ACCOUNT}/{REGION}/{n}"})
          for n in ("quiet", "busy")], queue_name="kip_sweep-test")
@@ -247,9 +244,7 @@ def test_health_reads_the_recorded_queues_metrics_when_the_naming_has_changed(ap
                          headers={"Content-Type": "application/json"}).status_code == 201
     queue = engine.describe(engine.identity("renamed")).resources.queue
     boto3.client("sqs").send_message(QueueUrl=queue.url, MessageBody="{}")
-    boto3.client("cloudwatch").put_metric_data(Namespace="AWS/SQS", MetricData=[{
-        "MetricName": "ApproximateAgeOfOldestMessage", "Value": 3600.0, "Unit": "Seconds",
-        "Dimensions": [{"Name": "QueueName", "Value": queue.name}]}])
+    put_metric(queue.name, "ApproximateAgeOfOldestMessage", 3600.0)
     other = Engine(dataclasses.replace(engine.settings, prefix="other-"))
     assert other.names(other.identity("renamed")).queue != queue.name
     item = json.dumps({"kind": "reconcile", "id": f"{ACCOUNT}/{REGION}/renamed"})
