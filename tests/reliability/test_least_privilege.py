@@ -191,6 +191,13 @@ def _arn_of(label: str, params: dict, sc, table: str) -> str | None:
     if service == "service-quotas":
         return f"arn:{p}:servicequotas:{REGION}:{ACCOUNT}:{params['ServiceCode']}/" \
                f"{params['QuotaCode']}"
+    if service == "cloudwatch":
+        if op == "GetMetricData":
+            return "*"                   # no resource type
+        if "ResourceARN" in params:     # ListTagsForResource, TagResource
+            return params["ResourceARN"]
+        name = params.get("AlarmName") or params["AlarmNames"][0]   # all kip-<queue>-...
+        return f"arn:{p}:cloudwatch:{REGION}:{ACCOUNT}:alarm:{name}"
     raise AssertionError(f"no ARN rule for {label}")
 
 
