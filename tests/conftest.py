@@ -108,18 +108,23 @@ def put_metric(queue: str, metric: str, value: float, minutes_ago: int = 2) -> N
             - datetime.timedelta(minutes=minutes_ago)}])
 
 
-def portal_inbox(bus: str = "kip-portal") -> str:
-    """A portal's event bus with a rule forwarding kip's status events to a queue; its URL."""
+def bus_inbox(bus: str, pattern: dict, name: str, region: str = REGION) -> str:
+    """A new event bus with a rule ``name`` copying what matches ``pattern`` to a queue
+    ``<name>-inbox``; the queue's URL."""
     import boto3
-    events, sqs = boto3.client("events", region_name=REGION), boto3.client("sqs", region_name=REGION)
+    events, sqs = boto3.client("events", region_name=region), boto3.client("sqs", region_name=region)
     events.create_event_bus(Name=bus)
-    url = sqs.create_queue(QueueName="portal-inbox")["QueueUrl"]
+    url = sqs.create_queue(QueueName=f"{name}-inbox")["QueueUrl"]
     arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
         "QueueArn"]
-    events.put_rule(Name="portal", EventBusName=bus,
-                    EventPattern=json.dumps({"source": ["kip.provisioner"]}))
-    events.put_targets(Rule="portal", EventBusName=bus, Targets=[{"Id": "q", "Arn": arn}])
+    events.put_rule(Name=name, EventBusName=bus, EventPattern=json.dumps(pattern))
+    events.put_targets(Rule=name, EventBusName=bus, Targets=[{"Id": "inbox", "Arn": arn}])
     return url
+
+
+def portal_inbox(bus: str = "kip-portal") -> str:
+    """A portal's event bus with a rule forwarding kip's status events to a queue; its URL."""
+    return bus_inbox(bus, {"source": ["kip.provisioner"]}, "portal")
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from tests.conftest import bus_inbox
 from tests.org.templates import HUB, MEMBER, Rendered, load
 
 SHARED_EVENTS = MEMBER.parents[2] / "shared" / "reference" / "events"
@@ -67,19 +68,10 @@ def member(aws) -> boto3.Session:
 @pytest.fixture
 def hub_inbox(aws) -> str:
     """The hub bus, and a rule on it that copies every CloudTrail event to a queue we can read."""
-    events = boto3.client("events", region_name=HUB_REGION)
-    sqs = boto3.client("sqs", region_name=HUB_REGION)
     assert boto3.client("sts", region_name=HUB_REGION).get_caller_identity()["Account"] == \
         HUB_ACCOUNT
-    events.create_event_bus(Name=HUB_BUS_NAME)
-    url = sqs.create_queue(QueueName="hub-inbox")["QueueUrl"]
-    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
-        "QueueArn"]
-    events.put_rule(Name="capture", EventBusName=HUB_BUS_NAME,
-                    EventPattern=json.dumps({"detail-type": ["AWS API Call via CloudTrail"]}))
-    events.put_targets(Rule="capture", EventBusName=HUB_BUS_NAME,
-                       Targets=[{"Id": "inbox", "Arn": arn}])
-    return url
+    return bus_inbox(HUB_BUS_NAME, {"detail-type": ["AWS API Call via CloudTrail"]}, "hub",
+                     region=HUB_REGION)
 
 
 def as_doc(doc: str | dict) -> dict:
