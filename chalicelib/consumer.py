@@ -41,19 +41,16 @@ def _start(engine: Any, record: ClusterRecord,
     queue_url = res.queue.url if res.queue and res.queue.exists else None
     dlq_url = res.dlq.url if res.dlq and res.dlq.exists else None
     queue_name = res.queue.name if res.queue else (record.names or {}).get("queue")
-    start, end = health.window(engine.clock())
 
     def attributes(key: str, url: Optional[str]) -> Optional[Future]:
         if key in known:
             return done(known[key])
         return submit(target.queue_attributes, url) if url else None
     early = known.get("metrics")
-    if early is not None and early[0] == queue_name:
-        metrics = early[1]
-    else:
-        metrics = submit(target.metric_series, health.metric_queries(queue_name), start, end) \
-            if queue_name else None
-    return [attributes("queue", queue_url), attributes("dlq", dlq_url), metrics]
+    if early is None or early[0] != queue_name:
+        early = start_metrics(engine, record.account_id, record.region, queue_name) \
+            if queue_name else (None, None)
+    return [attributes("queue", queue_url), attributes("dlq", dlq_url), early[1]]
 
 
 def start_metrics(engine: Any, account: str, region: str, queue_name: str) -> tuple[str, Future]:
