@@ -17,7 +17,7 @@ from chalice import Chalice, ConvertToMiddleware, CORSConfig, IAMAuthorizer, Rat
 
 from chalicelib import errors
 from chalicelib.config import get_settings
-from chalicelib.policies import EKS_EVENT_PATTERN, drift_event_pattern
+from chalicelib.core.policies import EKS_EVENT_PATTERN, drift_event_pattern
 
 settings = get_settings()
 app = Chalice(app_name="kip")
@@ -54,7 +54,7 @@ def _authorizer() -> Any:
         return None
     import os
 
-    from chalicelib import auth
+    from chalicelib.http import auth
     jwt_settings = auth.JwtSettings.from_env()      # fails at import, naming the variable
 
     @app.authorizer(ttl_seconds=60)
@@ -84,7 +84,7 @@ _engine: Any = None
 def engine() -> Any:
     global _engine
     if _engine is None:
-        from chalicelib.service import Engine
+        from chalicelib.usecases.clusters import Engine
         _engine = Engine(settings)
     return _engine
 
@@ -139,7 +139,7 @@ def _json_body(required: bool = True) -> Any:
 
 
 def _query(model: str) -> Any:
-    from chalicelib import spec
+    from chalicelib.core import spec
     return spec.parse(getattr(spec, model), dict(app.current_request.query_params or {}),
                       "query")
 
@@ -169,7 +169,7 @@ def _view(record: Any) -> dict:
            content_types=CONTENT_TYPES)
 @api
 def create_cluster() -> Response:
-    from chalicelib import spec
+    from chalicelib.core import spec
     _query("NoQuery")
     req = spec.parse_request(_json_body())
     started = time.perf_counter()
@@ -193,7 +193,7 @@ def create_cluster() -> Response:
 @api
 def list_clusters() -> dict:
     query = _query("ListQuery")
-    from chalicelib import consumer
+    from chalicelib.usecases import queue_health as consumer
     items, token = consumer.list_clusters(engine(), int(query.limit), query.next_token,
                                           query.status, query.consumer)
     return {"items": [_view(i) for i in items], "next_token": token}
@@ -202,7 +202,7 @@ def list_clusters() -> dict:
 @app.route("/clusters/{cluster_name}", methods=["GET"], authorizer=AUTH, cors=CORS)
 @api
 def get_cluster(cluster_name: str) -> dict:
-    from chalicelib import consumer
+    from chalicelib.usecases import queue_health as consumer
     cid = _cluster_id(cluster_name, _query("IdentityQuery"))
     return consumer.describe(engine(), cid)
 
@@ -221,7 +221,7 @@ def delete_cluster(cluster_name: str) -> dict:
            content_types=CONTENT_TYPES)
 @api
 def reconcile_cluster(cluster_name: str) -> dict:
-    from chalicelib import spec
+    from chalicelib.core import spec
     query = _query("ReconcileQuery")
     body = spec.parse(spec.ReconcileBody, _json_body(required=False))
     dry_run = body.dry_run if "dry_run" in body.model_fields_set else query.dry_run in ("true", "1")
@@ -239,8 +239,8 @@ def reconcile_cluster(cluster_name: str) -> dict:
 @api
 def backfill() -> dict:
     """Adopt the EKS clusters without a record in these account-regions (chalicelib/backfill)."""
-    from chalicelib import backfill as use_case
-    from chalicelib import spec
+    from chalicelib.usecases import backfill as use_case
+    from chalicelib.core import spec
     _query("NoQuery")
     req = spec.parse(spec.BackfillRequest, _json_body())
     out = use_case.run(engine(), req.accounts, req.regions, dry_run=req.dry_run,
@@ -255,7 +255,7 @@ def backfill() -> dict:
 @app.route("/openapi.json", methods=["GET"], authorizer=AUTH, cors=CORS)
 @api
 def openapi() -> dict:
-    from chalicelib.openapi import document
+    from chalicelib.http.openapi import document
     return document()
 
 
@@ -271,8 +271,8 @@ def on_eks_event(event: Any) -> dict:
 
 def handle_eks_event(raw: dict) -> dict:
     """on_eks_event's body, also run on each replayed failed event."""
-    from chalicelib.events import parse_eks_event
-    from chalicelib.spec import is_opted_out
+    from chalicelib.core.events import parse_eks_event
+    from chalicelib.core.spec import is_opted_out
     ev = parse_eks_event(raw)
     if ev.ignored:
         logger.info("EKS event ignored", extra={"reason": ev.ignored})
@@ -319,7 +319,8 @@ def on_drift_event(event: Any) -> dict:
     """CloudTrail reports a change to a kip-named rule, queue or policy: reconcile its cluster
     now (chalicelib/repair). Ignored: malformed events, kip's own changes, names kip does not
     record. Retryable failures raise, so Lambda retries the event; the sweep is the backstop."""
-    from chalicelib import drift, repair
+    from chalicelib.core import drift
+    from chalicelib.usecases import repair
     started = time.perf_counter()
     parsed = drift.parse(event.to_dict(), settings.prefix, settings.iam_path,
                          settings.service_role_arns, settings.cross_account_role)
@@ -347,7 +348,7 @@ def on_drift_event(event: Any) -> dict:
 def sweep_worker(event: Any) -> dict:
     """One batch of the fan-out sweep: reconcile each cluster; the ids of items to retry go
     back to Lambda as batchItemFailures (the others are deleted from the queue)."""
-    from chalicelib import fanout
+    from chalicelib.usecases import fanout
     out = fanout.work(engine(), [(r.to_dict().get("messageId", ""), r.body) for r in event],
                       _remaining(event))
     for key in ("repaired", "adopted", "failed", "errors"):
@@ -361,7 +362,7 @@ def _sweep(event: Any) -> dict:
     """inline: reconcile every record here; fanout: queue one work item per record."""
     if settings.sweep_mode != "fanout":
         return engine().sweep()
-    from chalicelib import fanout
+    from chalicelib.usecases import fanout
     out = fanout.schedule(engine(), _remaining(event))
     if out["behind"]:
         metrics.add_metric(name="SweepPassSkipped", unit=MetricUnit.Count, value=1)
@@ -374,11 +375,11 @@ def _sweep(event: Any) -> dict:
 @app.schedule(Rate(settings.schedule_minutes, unit=Rate.MINUTES), name="reconcile_all")
 def reconcile_all(event: Any) -> dict:
     summary = _sweep(event)
-    from chalicelib import consumer
+    from chalicelib.usecases import queue_health as consumer
     # inline: the health pass after the repairs; fanout: the worker reads each record's health
     summary["health"] = [] if settings.sweep_mode == "fanout" else consumer.sweep(engine())
     if engine().settings.failed_events_queue_url:   # the EKS trigger's lost events, replayed
-        from chalicelib import failed_events
+        from chalicelib.usecases import replay as failed_events
         summary["failed_events"] = failed_events.replay(engine(), handle_eks_event,
                                                         _remaining(event))
     for key in ("repaired", "adopted", "errors"):

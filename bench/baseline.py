@@ -37,9 +37,9 @@ import boto3
 from boto3.dynamodb.types import TypeSerializer
 from botocore.config import Config
 
-from chalicelib import naming
+from chalicelib.core import naming
 from chalicelib.config import Settings
-from chalicelib.spec import ClusterRequest, build_spec, resolve_role
+from chalicelib.core.spec import ClusterRequest, build_spec, resolve_role
 
 _ser = TypeSerializer()
 

@@ -215,8 +215,8 @@ def bench_single(args: argparse.Namespace, rec: Recorder, out: dict) -> dict:
     from bench.baseline import SequentialBaseline, footprint
     from chalicelib import aws
     from chalicelib.config import get_settings
-    from chalicelib.service import Engine
-    from chalicelib.spec import ClusterRequest
+    from chalicelib.usecases.clusters import Engine
+    from chalicelib.core.spec import ClusterRequest
 
     settings = get_settings()
     reps = args.reps
@@ -327,8 +327,8 @@ def bench_burst(args: argparse.Namespace, rec: Recorder, out: dict) -> None:
     from chalicelib import aws
     from chalicelib.config import get_settings
     from chalicelib.errors import KipError
-    from chalicelib.service import Engine
-    from chalicelib.spec import ClusterRequest
+    from chalicelib.usecases.clusters import Engine
+    from chalicelib.core.spec import ClusterRequest
 
     settings = get_settings()
     names = [f"burst-{i:04d}" for i in range(args.burst)]
@@ -393,7 +393,7 @@ def seed_records(template: dict, n: int, table: str, threads: int = 16) -> float
     import boto3
     from boto3.dynamodb.types import TypeSerializer
 
-    from chalicelib import naming
+    from chalicelib.core import naming
 
     ser = TypeSerializer()
     old = template["cluster_name"]
@@ -480,7 +480,7 @@ def page_through(fetch: Callable[[Optional[str]], tuple[int, Optional[str]]],
 def bench_list(args: argparse.Namespace, template: dict, out: dict) -> None:
     from chalicelib import aws
     from chalicelib.config import get_settings
-    from chalicelib.service import Engine
+    from chalicelib.usecases.clusters import Engine
 
     latency = args.list_latency_ms
     out.update(records=args.records, latency_ms=latency,

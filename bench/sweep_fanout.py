@@ -35,11 +35,13 @@ def main() -> int:
     from moto import mock_aws
     import boto3
     with mock_aws():
-        from chalicelib import aws, fanout, repair, drift
+        from chalicelib import aws
+        from chalicelib.usecases import fanout, repair
+        from chalicelib.core import drift
         from chalicelib.aws import worklist
         from chalicelib.config import Settings
-        from chalicelib.service import Engine
-        from chalicelib.spec import ClusterRequest
+        from chalicelib.usecases.clusters import Engine
+        from chalicelib.core.spec import ClusterRequest
         base = Settings.from_env()
         aws.reset()
         aws.Store(base).create_table()

@@ -129,7 +129,7 @@ def portal_inbox(bus: str = "kip-portal") -> str:
 
 @pytest.fixture
 def engine(moto_env):
-    from chalicelib.service import Engine
+    from chalicelib.usecases.clusters import Engine
     return Engine(moto_env)
 
 
@@ -147,7 +147,7 @@ def api(moto_env):
     from chalice.test import Client
 
     import app as service_app
-    from chalicelib.service import Engine
+    from chalicelib.usecases.clusters import Engine
     service_app._engine = Engine(moto_env)
     with Client(service_app.app, stage_name="local") as client:
         yield client

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator, Optional
 import boto3
 from botocore.config import Config
 
-from chalicelib import naming
+from chalicelib.core import naming
 from chalicelib import errors
 from chalicelib.aws.calls import THROTTLE_CODES, call, stop_on_quota
 from chalicelib.config import Settings, get_settings

@@ -6,11 +6,12 @@ import json
 import time
 from typing import Any, Callable, Optional
 
-from chalicelib import errors, kms, naming
+from chalicelib import errors
+from chalicelib.core import kms, naming
 from chalicelib.aws.calls import call, tags_dict, tags_list
 from chalicelib.aws.clients import client, own_account
 from chalicelib.config import Settings, get_settings
-from chalicelib.state import ClusterState, KeyState, PolicyHolders, RoleInfo, RoleState
+from chalicelib.core.observed import ClusterState, KeyState, PolicyHolders, RoleInfo, RoleState
 
 # AWS answers that mean "not visible yet" right after a create (eventual consistency), when they
 # come from these calls: retried within the run for up to ``Settings.settle_seconds``.

@@ -7,8 +7,10 @@ import dataclasses
 import boto3
 import pytest
 
-from chalicelib import alarms, aws, errors, naming
-from chalicelib.spec import ClusterRequest
+from chalicelib.converge import alarms
+from chalicelib import aws, errors
+from chalicelib.core import naming
+from chalicelib.core.spec import ClusterRequest
 from tests.conftest import ACCOUNT, REGION, make_cluster, make_role
 from tests.reliability.harness import Strict
 
@@ -18,7 +20,7 @@ STALE, DLQ = f"kip-{CLUSTER}-consumer-stale", f"kip-{CLUSTER}-dlq-not-empty"
 
 @pytest.fixture
 def engine(moto_env):
-    from chalicelib.service import Engine
+    from chalicelib.usecases.clusters import Engine
     make_cluster(CLUSTER)
     make_role(f"KarpenterController-{CLUSTER}")
     return Engine(dataclasses.replace(moto_env, alarms=True, stale_seconds=900))
@@ -100,7 +102,7 @@ def test_the_record_lists_the_alarms_it_made(engine):
 
 def off(engine):
     """The same table with KIP_ALARMS turned off."""
-    from chalicelib.service import Engine
+    from chalicelib.usecases.clusters import Engine
     return Engine(dataclasses.replace(engine.settings, alarms=False))
 
 

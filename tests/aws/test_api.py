@@ -125,7 +125,9 @@ def test_untagged_same_named_queue_is_409_and_untouched(api, cluster):
 
 def test_a_run_in_progress_is_409(api, cluster, moto_env):
     # given another run holds the lease
-    from chalicelib import aws, naming, registry
+    from chalicelib import aws
+    from chalicelib.core import naming
+    from chalicelib.aws import registry
     reg = registry.Registry(aws.Store(moto_env), moto_env)
     cid = naming.ClusterId(ACCOUNT, REGION, cluster)
     reg.acquire(cid, "someone-else", None, {"status": "provisioning"})
@@ -235,7 +237,7 @@ def test_status_events_reach_the_portal_bus(moto_env, cluster):
     import dataclasses
 
     import app as service_app
-    from chalicelib.service import Engine
+    from chalicelib.usecases.clusters import Engine
     sqs = boto3.client("sqs")
     url = portal_inbox()
     service_app._engine = Engine(dataclasses.replace(moto_env, status_bus="kip-portal"))
@@ -254,6 +256,6 @@ def test_status_events_reach_the_portal_bus(moto_env, cluster):
 def test_the_committed_openapi_copy_for_the_portal_is_current():
     import pathlib
 
-    from chalicelib.openapi import document
+    from chalicelib.http.openapi import document
     committed = json.loads((pathlib.Path(__file__).parents[2] / "docs" / "openapi.json").read_text())
     assert committed == document(), "regenerate docs/openapi.json (see README)"

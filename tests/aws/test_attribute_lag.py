@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from chalicelib import aws
-from chalicelib.spec import ClusterRequest
+from chalicelib.core.spec import ClusterRequest
 
 
 class Lag:
@@ -24,7 +24,7 @@ class Lag:
 
 @pytest.fixture
 def eng(moto_env, cluster, clock):
-    from chalicelib.service import Engine
+    from chalicelib.usecases.clusters import Engine
     from tests.reliability.harness import moto_like_aws
     with moto_like_aws():       # moto's SetQueueAttributes would clear the policy; AWS does not
         yield Engine(moto_env, clock=clock)

@@ -9,8 +9,9 @@ import json
 import boto3
 import pytest
 
-from chalicelib import aws, errors, naming
-from chalicelib.spec import ClusterRequest
+from chalicelib import aws, errors
+from chalicelib.core import naming
+from chalicelib.core.spec import ClusterRequest
 from tests.conftest import ACCOUNT, REGION, load_event, make_cluster
 from tests.reliability.harness import FAULT_URL, Strict
 
@@ -21,7 +22,7 @@ ROLE = f"KarpenterController-{CLUSTER}"
 @pytest.fixture
 def fast(moto_env):
     """An engine that waits out eventual consistency quickly (the pauses are AWS's, not ours)."""
-    from chalicelib.service import Engine
+    from chalicelib.usecases.clusters import Engine
     return Engine(dataclasses.replace(moto_env, settle_seconds=0.05))
 
 

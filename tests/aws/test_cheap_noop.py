@@ -4,13 +4,14 @@ from __future__ import annotations
 import boto3
 import pytest
 
-from chalicelib import aws, naming
-from chalicelib.spec import ClusterRequest
+from chalicelib import aws
+from chalicelib.core import naming
+from chalicelib.core.spec import ClusterRequest
 
 
 @pytest.fixture
 def eng(moto_env, cluster, clock):
-    from chalicelib.service import Engine
+    from chalicelib.usecases.clusters import Engine
     e = Engine(moto_env, clock=clock)
     e.provision(ClusterRequest(cluster_name=cluster))
     return e

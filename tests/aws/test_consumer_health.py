@@ -126,7 +126,7 @@ def test_the_dlq_depth_is_reported(api):
 
 def _sweep():
     import app as service_app
-    from chalicelib import consumer
+    from chalicelib.usecases import queue_health as consumer
     return consumer.sweep(service_app.engine())
 
 
@@ -181,7 +181,7 @@ def test_status_events_when_a_consumer_turns_stale_and_when_the_dlq_fills(moto_e
     from chalice.test import Client
 
     import app as service_app
-    from chalicelib.service import Engine
+    from chalicelib.usecases.clusters import Engine
     sqs = boto3.client("sqs")
     inbox = portal_inbox()
     service_app._engine = Engine(dataclasses.replace(moto_env, status_bus="kip-portal"))
@@ -244,7 +244,7 @@ def test_the_iam_caller_arn_is_recorded_on_teardown_events(moto_env, caller_cont
     from chalice.test import Client
 
     import app as service_app
-    from chalicelib.service import Engine
+    from chalicelib.usecases.clusters import Engine
     sqs = boto3.client("sqs")
     inbox = portal_inbox()
     service_app._engine = Engine(dataclasses.replace(moto_env, status_bus="kip-portal"))

@@ -14,10 +14,11 @@ from botocore import xform_name
 from botocore.exceptions import ClientError
 from moto import mock_aws
 
-from chalicelib import aws, errors, naming, policies
+from chalicelib import aws, errors
+from chalicelib.core import naming, policies
 from chalicelib.config import ALL_EVENT_KINDS, get_settings
-from chalicelib.service import Engine
-from chalicelib.spec import ClusterRequest
+from chalicelib.usecases.clusters import Engine
+from chalicelib.core.spec import ClusterRequest
 from tests.conftest import (ACCOUNT, REGION, Calls, SHARED_EVENTS, load_event, make_cluster, make_key,
                             make_role)
 

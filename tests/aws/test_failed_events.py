@@ -8,7 +8,8 @@ import json
 import boto3
 import pytest
 
-from chalicelib import errors, failed_events
+from chalicelib import errors
+from chalicelib.usecases import replay as failed_events
 from tests.conftest import ACCOUNT, REGION, load_event, make_cluster, make_role
 
 SCHEDULE = {"version": "0", "id": "x", "detail-type": "Scheduled Event", "source": "aws.events",
@@ -48,7 +49,7 @@ def queue(api, moto_env, monkeypatch):
     import app as service_app
     # chalice.test's Lambda context leaves 3 s (its default), less than the replay's margin
     monkeypatch.setattr(failed_events, "MARGIN_SECONDS", 0.0)
-    from chalicelib.service import Engine
+    from chalicelib.usecases.clusters import Engine
     url = boto3.client("sqs").create_queue(
         QueueName="kip_failed-events-test",
         Attributes={"VisibilityTimeout": "600", "MessageRetentionPeriod": "1209600"})["QueueUrl"]
@@ -176,7 +177,7 @@ def test_final_outcomes_and_malformed_messages_are_deleted_and_logged(api, queue
 def test_the_local_stage_has_no_replay(api, moto_env):
     summary = api.lambda_.invoke("reconcile_all", SCHEDULE).payload
     assert "failed_events" not in summary
-    from chalicelib.service import Engine
+    from chalicelib.usecases.clusters import Engine
     assert failed_events.replay(Engine(moto_env), lambda e: {}, lambda: 60.0)["enabled"] is False
 
 

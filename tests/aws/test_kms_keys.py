@@ -12,8 +12,9 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from chalicelib import aws, errors, kms
-from chalicelib.spec import ClusterRequest
+from chalicelib import aws, errors
+from chalicelib.core import kms
+from chalicelib.core.spec import ClusterRequest
 from tests.conftest import ACCOUNT, REGION, key_policy, make_key
 
 CLUSTER = "payments-prod"

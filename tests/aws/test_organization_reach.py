@@ -77,7 +77,7 @@ def client_with(moto_env):
     from chalice.test import Client
 
     import app as service_app
-    from chalicelib.service import Engine
+    from chalicelib.usecases.clusters import Engine
     clients = []
 
     def make(**overrides):
@@ -98,7 +98,7 @@ def post(client, path, body):
 # ----------------------------------------------------------------------------- backfill
 
 def test_backfill_dry_run_then_real_run_across_two_regions_of_a_member_account(client_with):
-    from chalicelib.openapi import BackfillResult
+    from chalicelib.http.openapi import BackfillResult
     client = client_with(allowed_accounts=frozenset({MEMBER}))
     # given a member account with clusters in two regions, one opted out, one already managed
     west = make_member_cluster(MEMBER, REGION, "shop")
@@ -165,7 +165,7 @@ def test_backfill_bad_input_is_400_naming_the_field_before_any_write(client_with
 
 
 def test_sweep_adopts_clusters_of_configured_account_regions(moto_env):
-    from chalicelib.service import Engine
+    from chalicelib.usecases.clusters import Engine
     make_cluster("legacy")
     make_role("KarpenterController-legacy")
     west = make_member_cluster(MEMBER, REGION, "shop")
@@ -290,7 +290,7 @@ def test_own_account_is_always_allowed(client_with, cluster):
 
 def test_org_id_membership_is_checked_with_describe_account_and_cached(moto_env):
     from chalicelib import aws, errors
-    from chalicelib.service import Engine
+    from chalicelib.usecases.clusters import Engine
     orgs = boto3.client("organizations")
     org = orgs.create_organization(FeatureSet="ALL")["Organization"]["Id"]
     member = orgs.create_account(Email="m@example.com",
@@ -329,7 +329,7 @@ def test_with_only_an_org_id_the_sweep_discovers_accounts_with_list_accounts(mot
     still sends only ``Status``). A suspended account is left out; the listing fills the
     membership cache, so no DescribeAccount follows."""
     from chalicelib import aws
-    from chalicelib.service import Engine
+    from chalicelib.usecases.clusters import Engine
     org, member = _org_with_member()
     make_member_cluster(member, REGION, "shop")
 
@@ -351,7 +351,7 @@ def test_with_only_an_org_id_the_sweep_discovers_accounts_with_list_accounts(mot
 
 
 def test_a_refused_list_accounts_is_a_sweep_error_that_says_where_kip_must_run(moto_env):
-    from chalicelib.service import Engine
+    from chalicelib.usecases.clusters import Engine
     org, member = _org_with_member()
     make_member_cluster(member, REGION, "shop")
     make_cluster("own")
@@ -370,9 +370,9 @@ def test_a_refused_list_accounts_is_a_sweep_error_that_says_where_kip_must_run(m
 def test_the_fan_out_schedule_adopts_across_the_organizations_accounts(moto_env):
     """Deployed stages sweep by fan-out: the schedule queues one adopt item per cluster without
     a record in every account-region of the adoption, not only kip's own."""
-    from chalicelib import fanout
+    from chalicelib.usecases import fanout
     from chalicelib.aws import worklist
-    from chalicelib.service import Engine
+    from chalicelib.usecases.clusters import Engine
     org, member = _org_with_member()
     make_member_cluster(member, REGION, "shop")
     make_member_cluster(member, OTHER_REGION, "search")
@@ -394,7 +394,7 @@ def test_the_fan_out_schedule_adopts_across_the_organizations_accounts(moto_env)
 
 def test_org_check_that_organizations_refuses_is_403_never_allowed(moto_env):
     from chalicelib import errors
-    from chalicelib.service import Engine
+    from chalicelib.usecases.clusters import Engine
     Strict("organizations", "DescribeAccount", "json", "AccessDeniedException",
            "not the management account", times=99)
     engine = Engine(dataclasses.replace(moto_env, org_id="o-abcdefghij"))

@@ -5,12 +5,12 @@ import dataclasses
 
 import boto3
 
-from chalicelib.spec import ClusterRequest
+from chalicelib.core.spec import ClusterRequest
 from tests.conftest import Clock, make_cluster, make_role
 
 
 def engine(settings, clock, **overrides):
-    from chalicelib.service import Engine
+    from chalicelib.usecases.clusters import Engine
     return Engine(dataclasses.replace(settings, **overrides), clock=clock)
 
 

@@ -13,10 +13,10 @@ import json
 import boto3
 import pytest
 
-from chalicelib import naming, policies
+from chalicelib.core import naming, policies
 from chalicelib.config import ALL_EVENT_KINDS
-from chalicelib.migration import POLICY_SETTLE_SECONDS
-from chalicelib.spec import ClusterRequest
+from chalicelib.converge.migration import POLICY_SETTLE_SECONDS
+from chalicelib.core.spec import ClusterRequest
 from tests.conftest import SHARED_EVENTS, load_event
 
 CLUSTER = "payments-prod"
@@ -26,7 +26,7 @@ SAMPLES = sorted(p.name for p in SHARED_EVENTS.glob("*.json")
 
 @pytest.fixture
 def eng(moto_env, cluster, clock):
-    from chalicelib.service import Engine
+    from chalicelib.usecases.clusters import Engine
     return Engine(moto_env, clock=clock)
 
 

@@ -7,14 +7,15 @@ import json
 import boto3
 import pytest
 
-from chalicelib import aws, errors, quota
-from chalicelib.spec import ClusterRequest
+from chalicelib import aws, errors
+from chalicelib.core import quota
+from chalicelib.core.spec import ClusterRequest
 from tests.conftest import make_cluster, make_role
 from tests.reliability.harness import FAULT_URL, _Raw
 
 
 def engine_with(settings, **overrides):
-    from chalicelib.service import Engine
+    from chalicelib.usecases.clusters import Engine
     return Engine(dataclasses.replace(settings, **overrides))
 
 

@@ -52,7 +52,7 @@ def drain(url: str) -> list[dict]:
 
 def test_schedule_queues_one_item_per_record(api, fanout, monkeypatch):
     import app as service_app
-    from chalicelib import fanout as fan
+    from chalicelib.usecases import fanout as fan
     monkeypatch.setattr(fan, "PAGE", 10)             # several pages, several batches
     keys = seed(service_app._engine, 25)
     summary = api.lambda_.invoke("reconcile_all", SCHEDULED).payload
@@ -64,7 +64,7 @@ def test_schedule_queues_one_item_per_record(api, fanout, monkeypatch):
 def test_a_schedule_out_of_time_leaves_a_continuation_the_worker_resumes(api, fanout,
                                                                         monkeypatch):
     import app as service_app
-    from chalicelib import fanout as fan
+    from chalicelib.usecases import fanout as fan
     monkeypatch.setattr(fan, "PAGE", 10)
     engine = service_app._engine
     keys = seed(engine, 25)
@@ -84,7 +84,8 @@ def test_a_schedule_out_of_time_leaves_a_continuation_the_worker_resumes(api, fa
 
 def test_entries_sqs_refuses_with_http_200_are_resent(api, fanout):
     import app as service_app
-    from chalicelib import aws, fanout as fan
+    from chalicelib import aws
+    from chalicelib.usecases import fanout as fan
     engine = service_app._engine
     keys = seed(engine, 12)
     refused = []
@@ -135,7 +136,7 @@ def test_worker_repairs_and_reports_only_retryable_failures(api, fanout, monkeyp
 
 
 def test_worker_hands_back_what_its_time_budget_cannot_reach(api, fanout):
-    from chalicelib import fanout as fan
+    from chalicelib.usecases import fanout as fan
     import app as service_app
     out = fan.work(service_app._engine, [("m1", json.dumps({"kind": "reconcile",
                                                              "id": f"{ACCOUNT}/{REGION}/x"}))],
@@ -147,7 +148,7 @@ def test_a_schedule_skips_its_pass_while_the_last_pass_is_still_queued(api, fano
     """A fleet that takes longer than the interval must not pile a second copy of every record
     behind the first: the schedule waits for the queue to drain."""
     import app as service_app
-    from chalicelib import fanout as fan
+    from chalicelib.usecases import fanout as fan
     keys = seed(service_app._engine, 12)
     assert len(fan.schedule(service_app._engine, remaining=lambda: 900.0)["queued"]) == 12
     behind = api.lambda_.invoke("reconcile_all", SCHEDULED).payload
@@ -187,7 +188,8 @@ def test_an_up_to_date_work_item_costs_ten_calls_with_its_health(api, fanout):
     import collections
 
     import app as service_app
-    from chalicelib import aws, fanout as fan
+    from chalicelib import aws
+    from chalicelib.usecases import fanout as fan
     make_cluster("steady")
     make_role("KarpenterController-steady")
     assert api.http.post("/clusters", body=json.dumps({"cluster_name": "steady"}),
@@ -204,7 +206,8 @@ def test_an_up_to_date_work_item_costs_ten_calls_with_its_health(api, fanout):
 
 def test_a_cluster_whose_repair_fails_still_gets_its_health_read(api, fanout, monkeypatch):
     import app as service_app
-    from chalicelib import errors, fanout as fan
+    from chalicelib import errors
+    from chalicelib.usecases import fanout as fan
     engine = service_app._engine
     make_cluster("stuck")
     make_role("KarpenterController-stuck")
@@ -222,7 +225,7 @@ def test_a_cluster_whose_repair_fails_still_gets_its_health_read(api, fanout, mo
 
 def test_an_unreadable_queue_depth_never_stops_a_pass(api, fanout):
     import app as service_app
-    from chalicelib import fanout as fan
+    from chalicelib.usecases import fanout as fan
     from tests.reliability.harness import Strict
     keys = seed(service_app._engine, 3)
     Strict("sqs", "GetQueueAttributes", None, "AccessDenied", "not allowed", times=99,
@@ -235,8 +238,8 @@ def test_health_reads_the_recorded_queues_metrics_when_the_naming_has_changed(ap
     """The worker begins GetMetricData with the queue name the naming scheme gives; a record
     whose recorded queue is another (KIP_PREFIX changed since) is read again for its own."""
     import app as service_app
-    from chalicelib import fanout as fan
-    from chalicelib.service import Engine
+    from chalicelib.usecases import fanout as fan
+    from chalicelib.usecases.clusters import Engine
     engine = service_app._engine
     make_cluster("renamed")
     make_role("KarpenterController-renamed")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import boto3
 
-from chalicelib.spec import ClusterRequest
+from chalicelib.core.spec import ClusterRequest
 
 
 def tags_everywhere(engine, cluster) -> list[dict]:

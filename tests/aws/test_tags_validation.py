@@ -9,8 +9,8 @@ import boto3
 
 from chalicelib import errors
 from chalicelib.config import Settings
-from chalicelib.service import Engine
-from chalicelib.spec import ClusterRequest
+from chalicelib.usecases.clusters import Engine
+from chalicelib.core.spec import ClusterRequest
 from tests.conftest import REGION, Calls
 
 JSON = {"Content-Type": "application/json"}

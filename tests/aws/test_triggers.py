@@ -114,7 +114,7 @@ def test_sweep_attaches_once_the_role_exists_and_repairs_drift(client, moto_env)
 def test_sweep_adopts_existing_clusters_when_enabled(moto_env):
     import dataclasses
 
-    from chalicelib.service import Engine
+    from chalicelib.usecases.clusters import Engine
     make_cluster("legacy")
     make_role("KarpenterController-legacy")
     make_cluster("private", tags={"kip.io/opt-out": "true"})

@@ -39,10 +39,11 @@ import boto3
 from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ReadTimeoutError
 
-from chalicelib import aws, errors, naming
+from chalicelib import aws, errors
+from chalicelib.core import naming
 from chalicelib.config import Settings
-from chalicelib.service import Engine
-from chalicelib.spec import ClusterRequest, build_spec, resolve_role
+from chalicelib.usecases.clusters import Engine
+from chalicelib.core.spec import ClusterRequest, build_spec, resolve_role
 from tests.conftest import ACCOUNT, REGION, key_policy
 
 CLUSTER = "payments-prod"

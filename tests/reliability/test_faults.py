@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from chalicelib import errors, naming
+from chalicelib import errors
+from chalicelib.core import naming
 from tests.reliability import harness
 from tests.reliability.harness import RECORD_WRITES, Fault, operation_of, snake
 

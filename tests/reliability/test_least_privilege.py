@@ -18,9 +18,10 @@ import pathlib
 
 import pytest
 
-from chalicelib import errors, naming, policies
-from chalicelib.service import Engine
-from chalicelib.spec import ClusterRequest
+from chalicelib import errors
+from chalicelib.core import naming, policies
+from chalicelib.usecases.clusters import Engine
+from chalicelib.core.spec import ClusterRequest
 from tests.reliability import harness
 from tests.reliability.harness import ACCOUNT, REGION
 

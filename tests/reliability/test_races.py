@@ -14,8 +14,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from chalicelib.records import ClusterRecord
-from chalicelib import aws, errors, naming, registry
+from chalicelib.core.records import ClusterRecord
+from chalicelib import aws, errors
+from chalicelib.core import naming
+from chalicelib.aws import registry
 from scripts.localstack import LOCAL_TABLE, Stack
 from tests.reliability import harness
 

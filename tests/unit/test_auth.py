@@ -20,7 +20,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from chalicelib import auth, errors
+from chalicelib.http import auth
+from chalicelib import errors
 
 ISSUER = "https://idp.example.test/realms/platform"
 AUDIENCE = "kip-api"

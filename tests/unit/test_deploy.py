@@ -346,7 +346,7 @@ def test_packaged_template_rewritten_for_aws_cn(packaged, tmp_path):
 # function has an on-failure destination; EventBridge drops one it could not deliver unless the
 # rule's target has a DLQ. Both go to kip_failed-events-<stage>, replayed by the schedule.
 def test_packaged_eks_trigger_keeps_failed_events(packaged):
-    from chalicelib import failed_events
+    from chalicelib.usecases import replay as failed_events
     res = json.loads((packaged / "sam.json").read_text())["Resources"]
     arn = {"Fn::GetAtt": ["FailedEventsQueue", "Arn"]}
     config = res["OnEksEventInvokeConfig"]

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from chalicelib import drift, naming, policies
-from chalicelib.fanout import TokenBucket
+from chalicelib.core import drift, naming, policies
+from chalicelib.usecases.fanout import TokenBucket
 
 ACCOUNT = "123456789012"
 

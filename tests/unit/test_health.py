@@ -1,9 +1,9 @@
-"""chalicelib.health: the consumer state from queue counts and CloudWatch series (pure)."""
+"""chalicelib.core.health: the consumer state from queue counts and CloudWatch series (pure)."""
 from __future__ import annotations
 
 import pytest
 
-from chalicelib import health
+from chalicelib.core import health
 
 NOW = 1_800_000_000.0
 

@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from chalicelib import errors, kms
-from chalicelib.state import KeyState
+from chalicelib import errors
+from chalicelib.core import kms
+from chalicelib.core.observed import KeyState
 
 ACCOUNT, REGION = "123456789012", "eu-west-1"
 KEY_ID = "1234abcd-12ab-34cd-56ef-1234567890ab"

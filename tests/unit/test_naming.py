@@ -6,7 +6,7 @@ import re
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from chalicelib import naming
+from chalicelib.core import naming
 
 ACCOUNT = "123456789012"
 REGION = "eu-west-1"

@@ -6,10 +6,12 @@ import json
 
 import pytest
 
-from chalicelib import errors, naming, planner, policies, spec
+from chalicelib import errors
+from chalicelib.core import naming, policies, spec
+from chalicelib.converge import planner
 from chalicelib.config import ALL_EVENT_KINDS, Settings
-from chalicelib.planner import plan_provision, plan_teardown
-from chalicelib.state import Observed, PolicyState, QueueState, RoleState, RuleState
+from chalicelib.converge.planner import plan_provision, plan_teardown
+from chalicelib.core.observed import Observed, PolicyState, QueueState, RoleState, RuleState
 
 ACCOUNT = "123456789012"
 REGION = "eu-west-1"

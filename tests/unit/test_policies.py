@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from chalicelib import naming, policies
+from chalicelib.core import naming, policies
 from tests.conftest import load_event
 
 ACCOUNT = "123456789012"

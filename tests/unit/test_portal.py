@@ -12,7 +12,7 @@ import re
 import pytest
 import yaml
 
-from chalicelib import naming
+from chalicelib.core import naming
 from chalicelib.config import ALL_EVENT_KINDS
 from tests.conftest import ROOT
 
@@ -89,7 +89,7 @@ def test_every_region_offered_is_one_the_api_accepts(template):
 
 
 def test_controller_role_pattern_is_the_apis(template):
-    from chalicelib.spec import ROLE_NAME_RE
+    from chalicelib.core.spec import ROLE_NAME_RE
     assert fields(template)["controller_role"]["pattern"] == ROLE_NAME_RE.pattern
 
 

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from chalicelib import errors, naming, policies, spec
+from chalicelib import errors
+from chalicelib.core import naming, policies, spec
 from chalicelib.config import ALL_EVENT_KINDS, Settings
 
 ACCOUNT = "123456789012"

@@ -5,7 +5,8 @@ import dataclasses
 
 import pytest
 
-from chalicelib import errors, tenancy
+from chalicelib import errors
+from chalicelib.core import tenancy
 from chalicelib.config import Settings
 
 OWN, LISTED, OTHER = "123456789012", "210987654321", "111122223333"

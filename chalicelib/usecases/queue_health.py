@@ -13,9 +13,10 @@ from typing import Any, Optional
 
 from aws_lambda_powertools import Logger
 
-from chalicelib import aws, errors, health
-from chalicelib.executor import done
-from chalicelib.records import ClusterRecord
+from chalicelib import aws, errors
+from chalicelib.core import health
+from chalicelib.converge.executor import done
+from chalicelib.core.records import ClusterRecord
 
 log = Logger(service="kip", child=True)
 
@@ -132,7 +133,7 @@ def note(engine: Any, record: ClusterRecord, current: dict, changed: list) -> No
     previous = record.health.model_dump() if record.health else None
     if not health.worth_recording(previous, current):
         return
-    from chalicelib.registry import iso
+    from chalicelib.aws.registry import iso
     stored = {**current, "checked_at": iso(engine.clock())}
     if not engine.registry.note_health(record, stored):
         return                           # the record moved on: the next sweep looks again

@@ -11,11 +11,12 @@ import json
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from chalicelib import alarms, naming
+from chalicelib.converge import alarms
+from chalicelib.core import naming
 from chalicelib.errors import ResourceNotOwned
-from chalicelib.records import Effect, Result
-from chalicelib.spec import DesiredSpec
-from chalicelib.state import Observed, RuleState
+from chalicelib.core.records import Effect, Result
+from chalicelib.core.spec import DesiredSpec
+from chalicelib.core.observed import Observed, RuleState
 
 JSON_ATTRIBUTES = ("Policy", "RedrivePolicy")
 

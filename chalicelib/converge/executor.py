@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from graphlib import TopologicalSorter
 from typing import Any, Callable, Optional, Sequence
 
-from chalicelib import errors, naming
-from chalicelib.planner import Action
+from chalicelib import errors
+from chalicelib.core import naming
+from chalicelib.converge.planner import Action
 
 
 class Workers:

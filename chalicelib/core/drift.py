@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 from urllib.parse import urlparse
 
-from chalicelib import naming
+from chalicelib.core import naming
 
 RULE_EVENTS = {"DeleteRule", "DisableRule", "PutRule", "RemoveTargets", "PutTargets"}
 QUEUE_EVENTS = {"DeleteQueue", "SetQueueAttributes", "RemovePermission", "UntagQueue"}

@@ -13,9 +13,10 @@ from collections import Counter
 from concurrent.futures import wait
 from typing import Any, Iterable, Optional
 
-from chalicelib import aws, errors, naming, tenancy
-from chalicelib.executor import Workers
-from chalicelib.spec import validate_identity
+from chalicelib import aws, errors
+from chalicelib.core import naming, tenancy
+from chalicelib.converge.executor import Workers
+from chalicelib.core.spec import validate_identity
 
 AT_ONCE = 4             # clusters (and listings) in flight at once; each run has its own reads
 API_BUDGET = 20.0       # seconds: API Gateway cuts the request at 29 s; the rest is reported

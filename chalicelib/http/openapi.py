@@ -13,8 +13,8 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict
 from pydantic.json_schema import models_json_schema
 
-from chalicelib.records import ClusterRecord
-from chalicelib.spec import (BackfillRequest, ClusterRequest, IdentityQuery, ListQuery, ReconcileBody,
+from chalicelib.core.records import ClusterRecord
+from chalicelib.core.spec import (BackfillRequest, ClusterRequest, IdentityQuery, ListQuery, ReconcileBody,
                              ReconcileQuery)
 
 

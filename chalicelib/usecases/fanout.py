@@ -21,7 +21,8 @@ from typing import Any, Callable, Iterable, Optional
 
 from aws_lambda_powertools import Logger
 
-from chalicelib import consumer, errors, sweeper
+from chalicelib.usecases import queue_health as consumer, sweep as sweeper
+from chalicelib import errors
 from chalicelib.aws import worklist
 
 log = Logger(service="kip", child=True)
@@ -121,7 +122,7 @@ def schedule(engine: Any, remaining: Callable[[], float], token: Optional[str] =
 def _unknown(engine: Any, known: set, problems: list) -> list[str]:
     """Clusters of the adoption's account-regions (as the inline sweep's, ``backfill``) that
     have no record; account-regions that could not be listed go to ``problems``."""
-    from chalicelib import backfill
+    from chalicelib.usecases import backfill
     accounts, regions = backfill.adoption_scope(engine, problems)
     found, failures = backfill.discover(engine, accounts, regions)
     problems.extend({"cluster": f"{f['account_id']}/{f['region']}", "code": f["code"],

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from chalicelib import drift, errors, naming
+from chalicelib.core import drift, naming
+from chalicelib import errors
 from chalicelib.aws import worklist
-from chalicelib.records import ClusterRecord
+from chalicelib.core.records import ClusterRecord
 
 
 def owner(engine: Any, change: drift.Change) -> Optional[ClusterRecord]:

@@ -13,9 +13,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Literal, Optional
 
-from chalicelib.executor import Workers, done, gather
-from chalicelib.naming import Names
-from chalicelib.state import Observed, PolicyState, QueueState, RoleState, RuleState
+from chalicelib.converge.executor import Workers, done, gather
+from chalicelib.core.naming import Names
+from chalicelib.core.observed import Observed, PolicyState, QueueState, RoleState, RuleState
 
 # provision: everything a plan needs; check: a cheaper look at a cluster whose record says it is
 # in sync (no tags, no policy versions: ``None`` = not read); teardown: also the policy's holders.
@@ -114,7 +114,7 @@ def alarms(target: Any, names: Names, workers: Workers) -> Callable[[], dict]:
     """The cluster's CloudWatch alarms: DescribeAlarms by name and each alarm's tags (its ARN is
     known), all at once. Read when ``KIP_ALARMS`` is on, or the record lists alarms, or a
     teardown has no record (see ``Engine._detail``)."""
-    from chalicelib import alarms as kinds
+    from chalicelib.converge import alarms as kinds
     wanted = list(kinds.names(names).values())
     described = workers.submit(target.describe_alarms, wanted)
     tags = {n: workers.submit(target.alarm_tags,

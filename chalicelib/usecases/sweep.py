@@ -1,7 +1,7 @@
 """The sweep, one record at a time: repair drift, finish unfinished runs, retire orphans.
 
 ``sweep`` is the in-process sweep (the local stage; deployed stages fan the records out to the
-``sweep_worker``, chalicelib.fanout, which calls ``sweep_one`` for each).
+``sweep_worker``, chalicelib.usecases.fanout, which calls ``sweep_one`` for each).
 
 Orphans, records whose EKS cluster is gone (a DeleteCluster event was missed): the sweep's reconcile of such a record meets ``ClusterNotFound``. The first sweep that sees it
 notes when (``cluster_missing_since``); once the cluster has been missing for
@@ -15,7 +15,9 @@ import calendar
 import time
 from typing import Any, Iterator
 
-from chalicelib import aws, errors, naming, registry
+from chalicelib import aws, errors
+from chalicelib.core import naming
+from chalicelib.aws import registry
 
 
 def sweep(engine: Any, max_records: int = 1000) -> dict:
@@ -35,7 +37,7 @@ def sweep(engine: Any, max_records: int = 1000) -> dict:
             summary["errors"].append({"cluster": rec.id, "code": exc.code,
                                       "message": exc.message})
     if engine.settings.adopt_existing:    # the configured account-regions, as a backfill
-        from chalicelib.backfill import adopt_configured
+        from chalicelib.usecases.backfill import adopt_configured
         adopt_configured(engine, summary, known)
     return summary
 

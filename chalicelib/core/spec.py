@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 from pydantic import ValidationError as PydanticValidationError
 from pydantic import field_validator, model_validator
 
-from chalicelib import naming, policies
+from chalicelib.core import naming, policies
 from chalicelib.config import ALL_EVENT_KINDS, STATUSES, Settings, get_settings
 from chalicelib.errors import Forbidden, ValidationError
 

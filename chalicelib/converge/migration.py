@@ -17,8 +17,8 @@ import dataclasses
 import time
 from typing import Optional
 
-from chalicelib.naming import Names
-from chalicelib.records import Resources
+from chalicelib.core.naming import Names
+from chalicelib.core.records import Resources
 
 POLICY_SETTLE_SECONDS = 60
 

@@ -11,9 +11,9 @@ from typing import Any, Iterable, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from chalicelib import naming
+from chalicelib.core import naming
 from chalicelib.config import STATUSES
-from chalicelib.state import Observed, RoleInfo
+from chalicelib.core.observed import Observed, RoleInfo
 
 Status = Literal[STATUSES]  # type: ignore[valid-type]
 Source = Literal["api", "eks-event", "reconcile", "backfill"]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from chalicelib.errors import ValidationError
-from chalicelib.state import KeyState
+from chalicelib.core.observed import KeyState
 
 EVENTS_PRINCIPAL = "events.amazonaws.com"
 REQUIRED_ACTIONS = ("kms:GenerateDataKey", "kms:Decrypt")

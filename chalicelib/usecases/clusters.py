@@ -15,14 +15,17 @@ from typing import Callable, Optional
 
 from aws_lambda_powertools import Logger
 
-from chalicelib import (aws, errors, kms, migration, naming, observe, planner, quota,
-                        records, registry, sweeper, tenancy)
+from chalicelib import aws, errors
+from chalicelib.core import kms, naming, quota, records, tenancy
+from chalicelib.converge import migration, planner
+from chalicelib.usecases import reads as observe, sweep as sweeper
+from chalicelib.aws import registry
 from chalicelib.config import Settings, get_settings
-from chalicelib.executor import Run, Workers, done, execute, gather, preview
-from chalicelib.records import ClusterRecord, EksCluster, Karpenter, LastError
-from chalicelib.spec import (ClusterRequest, DesiredSpec, RoleRef, build_spec, resolve_real_role,
+from chalicelib.converge.executor import Run, Workers, done, execute, gather, preview
+from chalicelib.core.records import ClusterRecord, EksCluster, Karpenter, LastError
+from chalicelib.core.spec import (ClusterRequest, DesiredSpec, RoleRef, build_spec, resolve_real_role,
                              resolve_role)
-from chalicelib.state import ClusterState, Observed
+from chalicelib.core.observed import ClusterState, Observed
 
 # A child of app.py's Powertools logger: same JSON format, same keys (the cluster identity).
 log = Logger(service="kip", child=True)
@@ -74,7 +77,7 @@ class Engine:
     def identity(self, cluster_name: str, account_id: Optional[str] = None,
                  region: Optional[str] = None) -> naming.ClusterId:
         """The only way to build a cluster's identity: every part checked (400 otherwise)."""
-        from chalicelib.spec import validate_identity
+        from chalicelib.core.spec import validate_identity
         account = account_id or aws.own_account(self.settings)
         region = region or self.settings.region
         validate_identity(cluster_name, account, region, self.settings,
@@ -150,7 +153,7 @@ class Engine:
         return self.registry.page(limit, next_token, status)
 
     def sweep(self, max_records: int = 1000) -> dict:
-        """The scheduled job, in process (the local stage; deployed: chalicelib.fanout)."""
+        """The scheduled job, in process (the local stage; deployed: chalicelib.usecases.fanout)."""
         return sweeper.sweep(self, max_records)
 
     # ------------------------------------------------------------------ the skeleton
@@ -330,7 +333,7 @@ class Engine:
         return Outcome(None, changed=bool(actions), actions=removed, skipped=skipped)
 
     def _opted_out_or_unusable(self, ctx: Context) -> Optional[Outcome]:
-        from chalicelib.spec import is_opted_out
+        from chalicelib.core.spec import is_opted_out
         if ctx.cluster is not None and is_opted_out(ctx.cluster.tags, self.settings):
             return Outcome(ctx.record, opted_out=True)
         return _refuse_unusable_cluster(ctx)

@@ -24,8 +24,8 @@ from aws_lambda_powertools import Logger
 from chalicelib.aws import ConditionFailed, Store
 from chalicelib.config import Settings
 from chalicelib.errors import InProgress, KipError, StaleWrite, ValidationError
-from chalicelib.naming import ClusterId
-from chalicelib.records import ClusterRecord
+from chalicelib.core.naming import ClusterId
+from chalicelib.core.records import ClusterRecord
 
 RETRY_IN_PROGRESS = 10      # seconds: a provision's typical length, well above its median
 HOLDER = "attribute_not_exists(lease_owner) OR lease_expires < :now OR lease_owner = :me"

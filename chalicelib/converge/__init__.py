@@ -1,0 +1,1 @@
+"""The plan as data, the planner, the executor; imports only core."""

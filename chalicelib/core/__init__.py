@@ -1,0 +1,1 @@
+"""Pure: no boto3, no settings lookups."""

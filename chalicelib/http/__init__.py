@@ -1,0 +1,1 @@
+"""The HTTP edge: authorization and the OpenAPI document."""

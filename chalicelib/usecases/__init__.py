@@ -1,0 +1,1 @@
+"""The use cases on one skeleton; they take one typed Kit."""
