@@ -17,6 +17,7 @@ from typing import Any, Optional
 
 from chalicelib.core import naming
 from chalicelib.errors import ResourceNotOwned
+from chalicelib.converge.actions import Action
 from chalicelib.core.records import Effect
 
 ALARM_MAX = 255             # CloudWatch alarm names: 1-255 characters
@@ -78,7 +79,6 @@ def plan_provision(spec: Any, obs: Any) -> list:
     """Create or repair the desired alarms; delete kip's own alarms no longer desired (all of
     them once ``KIP_ALARMS`` is off: the run reads them while the record lists any). Nothing when
     the run did not read alarms (``obs.alarms`` None: off, and none recorded)."""
-    from chalicelib.converge.planner import Action
     found: Optional[dict] = getattr(obs, "alarms", None)
     if found is None:
         return []
@@ -121,6 +121,5 @@ def plan_teardown(cid: naming.ClusterId, obs: Any, skipped: list) -> list:
 
 
 def _delete(name: str) -> Any:
-    from chalicelib.converge.planner import Action
     return Action(f"alarm.{name}.delete", "delete_alarm", "delete", "alarm", name,
                   {"name": name}, effect=Effect.of("alarm", key=name, exists=False))

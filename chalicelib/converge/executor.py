@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from chalicelib import errors
 from chalicelib.core import naming
-from chalicelib.converge.planner import Action
+from chalicelib.converge.actions import Action
 
 
 class Workers:

@@ -8,10 +8,10 @@ of sequential AWS round-trips. Action ids only order and name steps; nothing par
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any, Optional
 
 from chalicelib.converge import alarms
+from chalicelib.converge.actions import Action, Plan
 from chalicelib.core import naming
 from chalicelib.errors import ResourceNotOwned
 from chalicelib.core.records import Effect, Result
@@ -19,23 +19,6 @@ from chalicelib.core.spec import DesiredSpec
 from chalicelib.core.observed import Observed, RuleState
 
 JSON_ATTRIBUTES = ("Policy", "RedrivePolicy")
-
-
-@dataclass(frozen=True)
-class Action:
-    id: str
-    op: str                 # adapter method name
-    kind: str               # create | update | delete
-    resource: str           # queue | dlq | rule | targets | policy | policy_version | attachment
-    name: str
-    params: dict
-    after: tuple = ()
-    effect: Optional[Effect] = None     # what the record says once this action is done
-    owner: Optional[str] = None         # an existing resource it meets must carry this owner
-
-    def to_dict(self) -> dict:
-        return {"id": self.id, "op": self.op, "kind": self.kind, "resource": self.resource,
-                "name": self.name, "params": self.params, "after": list(self.after)}
 
 
 def _norm(attr: str, value: Any) -> Any:
@@ -55,18 +38,6 @@ def queue_diff(desired: dict, observed: dict) -> dict:
     if "KmsMasterKeyId" in desired and observed.get("SqsManagedSseEnabled") == "true":
         changed["SqsManagedSseEnabled"] = "false"
     return changed
-
-
-def depth(actions: list[Action]) -> int:
-    """Length of the longest dependency chain: the plan's sequential round-trips."""
-    by_id = {a.id: a for a in actions}
-    memo: dict[str, int] = {}
-
-    def d(aid: str) -> int:
-        if aid not in memo:
-            memo[aid] = 1 + max((d(p) for p in by_id[aid].after if p in by_id), default=0)
-        return memo[aid]
-    return max((d(a.id) for a in actions), default=0)
 
 
 def _check_owned(exists: bool, tags: Optional[dict], cid: naming.ClusterId, what: str,
@@ -90,22 +61,13 @@ def check_ownership(spec: DesiredSpec, obs: Observed) -> None:
     _check_owned(obs.policy.exists, obs.policy.tags, cid, "IAM policy", n.policy)
 
 
-class _Plan(list):
-    """Actions in the order they were added; ``add`` returns the action (for ``after``)."""
-
-    def add(self, *args: Any, **kw: Any) -> Action:
-        a = Action(*args, **kw)
-        self.append(a)
-        return a
-
-
 def _gone(entry: str, key: Optional[str] = None, **more: Any) -> Effect:
     return Effect.of(entry, key, exists=False, **more)
 
 
 def plan_provision(spec: DesiredSpec, obs: Observed) -> list[Action]:
     check_ownership(spec, obs)
-    plan = _Plan()
+    plan = Plan()
     _plan_queues(plan, spec, obs)
     _plan_rules(plan, spec, obs)
     _plan_policy(plan, spec, obs)
@@ -113,7 +75,7 @@ def plan_provision(spec: DesiredSpec, obs: Observed) -> list[Action]:
     return list(plan)
 
 
-def _plan_queues(plan: _Plan, spec: DesiredSpec, obs: Observed) -> None:
+def _plan_queues(plan: Plan, spec: DesiredSpec, obs: Observed) -> None:
     """The dead-letter queue, then the queue whose redrive policy names it."""
     n, tags = spec.names, spec.tags
     dlq_after: tuple = ()
@@ -147,7 +109,7 @@ def _plan_queues(plan: _Plan, spec: DesiredSpec, obs: Observed) -> None:
                      {"url": st.url, "keys": retired})
 
 
-def _plan_rules(plan: _Plan, spec: DesiredSpec, obs: Observed) -> None:
+def _plan_rules(plan: Plan, spec: DesiredSpec, obs: Observed) -> None:
     """The cluster's one rule and its target. PutTargets needs the rule, not the queue:
     EventBridge accepts a target ARN before the queue exists, which keeps the queue off the rule's
     critical path. Rules of the earlier five-rule layout go once the queue policy has allowed the
@@ -190,7 +152,7 @@ def _retiring(spec: DesiredSpec, obs: Observed) -> list[str]:
             if obs.rule(name).exists and naming.is_owned(obs.rule(name).tags, spec.cid)]
 
 
-def _plan_policy(plan: _Plan, spec: DesiredSpec, obs: Observed) -> None:
+def _plan_policy(plan: Plan, spec: DesiredSpec, obs: Observed) -> None:
     """The controller policy (a changed document becomes a new default version), attached to the
     role once the role exists (else the record waits for it)."""
     n, pol = spec.names, obs.policy
@@ -249,13 +211,13 @@ def _version_number(version: dict) -> int:
     return int(digits or 0)
 
 
-def _prune(plan: _Plan, names: naming.Names, version: dict) -> Action:
+def _prune(plan: Plan, names: naming.Names, version: dict) -> Action:
     return plan.add(f"policy.prune.{version['VersionId']}", "delete_policy_version", "delete",
                     "policy_version", names.policy,
                     {"arn": names.policy_arn, "version": version["VersionId"]})
 
 
-def _delete_rule(plan: _Plan, kind: Optional[str], rule: str, st: RuleState,
+def _delete_rule(plan: Plan, kind: Optional[str], rule: str, st: RuleState,
                  after: tuple = ()) -> None:
     """Remove a rule (its targets first). ``kind``: a legacy rule's kind; None: the one rule."""
     prefix, entry = (f"legacy.{kind}", "legacy_rule") if kind else ("rule", "rule")
@@ -270,7 +232,7 @@ def _delete_rule(plan: _Plan, kind: Optional[str], rule: str, st: RuleState,
 def plan_teardown(names: naming.Names, cid: naming.ClusterId, obs: Observed
                   ) -> tuple[list[Action], list[dict]]:
     """Delete what the record names, in dependency order; skip (and report) what is not ours."""
-    plan, skipped = _Plan(), []
+    plan, skipped = Plan(), []
 
     def ours(exists: bool, tags: dict, resource: str, name: str) -> bool:
         if exists and not naming.is_owned(tags, cid):

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from chalicelib.converge import actions as actions_mod
 from chalicelib import errors
 from chalicelib.core import naming, policies, spec
 from chalicelib.converge import planner
@@ -107,7 +108,7 @@ def test_plan_for_nothing_observed_has_the_dependency_shape():
     # three independent chains of two calls each (queue, rule->targets, policy->attach): the
     # targets deliberately do not wait for the queue (EventBridge accepts a target ARN before
     # the queue exists), so a provision from nothing is two sequential round-trips.
-    assert planner.depth(actions) == 2
+    assert actions_mod.depth(actions) == 2
 
 
 def test_every_dependency_names_an_action_of_the_plan():
@@ -151,7 +152,7 @@ def test_converged_state_plans_nothing():
 
     # then
     assert plan_provision(s, converged(s)) == []
-    assert planner.depth([]) == 0
+    assert actions_mod.depth([]) == 0
 
 
 def test_queue_policy_key_order_is_not_drift():
