@@ -47,7 +47,7 @@ deploy: package
 	$(BIN)/python scripts/deploy.py --stage $(STAGE) $(if $(DRY_RUN),--dry-run)
 
 openapi: venv
-	$(BIN)/python -c 'import json; from chalicelib.openapi import document; print(json.dumps(document(), indent=2))' > docs/openapi.json
+	$(BIN)/python -c 'import json; from chalicelib.http.openapi import document; print(json.dumps(document(), indent=2))' > docs/openapi.json
 
 clean:
 	rm -rf $(VENV) build .pytest_cache

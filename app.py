@@ -78,15 +78,25 @@ CONTENT_TYPES = ["application/json", "text/plain", "application/octet-stream",
                  "application/x-www-form-urlencoded"]
 MAX_BODY = 64 * 1024
 
-_engine: Any = None
+_kit: Any = None
 
 
-def engine() -> Any:
-    global _engine
-    if _engine is None:
-        from chalicelib.usecases.clusters import Engine
-        _engine = Engine(settings)
-    return _engine
+def kit() -> Any:
+    """The use cases' kit (settings, clock, registry, recorder, workers, org), built once per
+    container on first use."""
+    global _kit
+    if _kit is None:
+        from chalicelib.usecases.kit import build
+        _kit = build(settings)
+    return _kit
+
+
+def _identity(name: Any, account_id: Any = None, region: Any = None) -> Any:
+    """The cluster identity, validated once here at the edge (400/403), logged with every line."""
+    from chalicelib.usecases.skeleton import identity
+    cid = identity(kit(), name, account_id, region)
+    logger.append_keys(cluster=cid.key)
+    return cid
 
 
 # ------------------------------------------------------------------------------- HTTP plumbing
@@ -145,9 +155,7 @@ def _query(model: str) -> Any:
 
 
 def _cluster_id(name: str, query: Any) -> Any:
-    cid = engine().identity(name, query.account_id, query.region)
-    logger.append_keys(cluster=cid.key)
-    return cid
+    return _identity(name, query.account_id, query.region)
 
 
 def _caller() -> Optional[str]:
@@ -171,11 +179,11 @@ def _view(record: Any) -> dict:
 def create_cluster() -> Response:
     from chalicelib.core import spec
     _query("NoQuery")
-    req = spec.parse_request(_json_body())
+    from chalicelib.usecases import clusters
+    req = spec.parse_request(_json_body(), settings.default_tags)
     started = time.perf_counter()
-    cid = engine().identity(req.cluster_name, req.account_id, req.region)
-    logger.append_keys(cluster=cid.key)
-    out = engine().provision(req, source="api", requested_by=_caller())
+    cid = _identity(req.cluster_name, req.account_id, req.region)
+    out = clusters.provision(kit(), cid, req, source="api", requested_by=_caller())
     if out.dry_run:
         return Response(body={"dry_run": True, "cluster": cid.key, "plan": out.actions,
                               "record": _view(out.record) or None}, status_code=200)
@@ -193,25 +201,26 @@ def create_cluster() -> Response:
 @api
 def list_clusters() -> dict:
     query = _query("ListQuery")
-    from chalicelib.usecases import queue_health as consumer
-    items, token = consumer.list_clusters(engine(), int(query.limit), query.next_token,
-                                          query.status, query.consumer)
+    from chalicelib.usecases import inventory
+    items, token = inventory.page(kit(), int(query.limit), query.next_token, query.status,
+                                  query.consumer)
     return {"items": [_view(i) for i in items], "next_token": token}
 
 
 @app.route("/clusters/{cluster_name}", methods=["GET"], authorizer=AUTH, cors=CORS)
 @api
 def get_cluster(cluster_name: str) -> dict:
-    from chalicelib.usecases import queue_health as consumer
+    from chalicelib.usecases import inventory
     cid = _cluster_id(cluster_name, _query("IdentityQuery"))
-    return consumer.describe(engine(), cid)
+    return inventory.describe(kit(), cid)
 
 
 @app.route("/clusters/{cluster_name}", methods=["DELETE"], authorizer=AUTH, cors=CORS)
 @api
 def delete_cluster(cluster_name: str) -> dict:
+    from chalicelib.usecases import teardown
     cid = _cluster_id(cluster_name, _query("IdentityQuery"))
-    out = engine().teardown(cid, source="api", requested_by=_caller())
+    out = teardown.teardown(kit(), cid, source="api", requested_by=_caller())
     metrics.add_metric(name="TornDown", unit=MetricUnit.Count, value=1)
     logger.info("torn down", extra={"removed": len(out.actions)})
     return {"cluster": cid.key, "deleted": True, "removed": out.actions, "skipped": out.skipped}
@@ -225,8 +234,9 @@ def reconcile_cluster(cluster_name: str) -> dict:
     query = _query("ReconcileQuery")
     body = spec.parse(spec.ReconcileBody, _json_body(required=False))
     dry_run = body.dry_run if "dry_run" in body.model_fields_set else query.dry_run in ("true", "1")
+    from chalicelib.usecases import clusters
     cid = _cluster_id(cluster_name, query)
-    out = engine().reconcile(cid, dry_run=dry_run, requested_by=_caller())
+    out = clusters.reconcile(kit(), cid, dry_run=dry_run, requested_by=_caller())
     if out.actions and not dry_run:
         metrics.add_metric(name="DriftRepaired", unit=MetricUnit.Count, value=1)
     return {"cluster": cid.key, "dry_run": dry_run, "in_sync": not out.actions,
@@ -243,7 +253,7 @@ def backfill() -> dict:
     from chalicelib.core import spec
     _query("NoQuery")
     req = spec.parse(spec.BackfillRequest, _json_body())
-    out = use_case.run(engine(), req.accounts, req.regions, dry_run=req.dry_run,
+    out = use_case.run(kit(), req.accounts, req.regions, dry_run=req.dry_run,
                        budget=use_case.API_BUDGET)
     if not req.dry_run:
         metrics.add_metric(name="Provisioned", unit=MetricUnit.Count,
@@ -272,21 +282,19 @@ def on_eks_event(event: Any) -> dict:
 def handle_eks_event(raw: dict) -> dict:
     """on_eks_event's body, also run on each replayed failed event."""
     from chalicelib.core.events import parse_eks_event
-    from chalicelib.core.spec import is_opted_out
+    from chalicelib.usecases import clusters, teardown
     ev = parse_eks_event(raw)
     if ev.ignored:
         logger.info("EKS event ignored", extra={"reason": ev.ignored})
         return {"ignored": ev.ignored}
     try:
-        cid = engine().identity(ev.cluster_name, ev.account_id, ev.region)
-        logger.append_keys(cluster=cid.key, trigger=ev.name)
+        cid = _identity(ev.cluster_name, ev.account_id, ev.region)
+        logger.append_keys(trigger=ev.name)
         if ev.name == "DeleteCluster":
-            out = engine().teardown(cid, source="eks-event")
+            out = teardown.teardown(kit(), cid, source="eks-event")
             metrics.add_metric(name="TornDown", unit=MetricUnit.Count, value=1)
             return {"deleted": cid.key, "removed": len(out.actions)}
-        if is_opted_out(ev.tags, settings):
-            return {"ignored": "cluster opted out", "cluster": cid.key}
-        out = engine().adopt(cid, source="eks-event")
+        out = clusters.adopt(kit(), cid, source="eks-event")   # honours the opt-out tag
         if out.opted_out:
             return {"ignored": "cluster opted out", "cluster": cid.key}
         metrics.add_metric(name="Provisioned", unit=MetricUnit.Count, value=1)
@@ -330,7 +338,7 @@ def on_drift_event(event: Any) -> dict:
     change = parsed.change
     logger.append_keys(trigger=change.event, resource=change.name)
     try:
-        out = repair.repair(engine(), change)
+        out = repair.repair(kit(), change)
     except errors.KipError as exc:
         return _retried_or_ignored(exc, "drift repair failed", "drift not repaired")
     if out.get("repaired"):
@@ -349,7 +357,7 @@ def sweep_worker(event: Any) -> dict:
     """One batch of the fan-out sweep: reconcile each cluster; the ids of items to retry go
     back to Lambda as batchItemFailures (the others are deleted from the queue)."""
     from chalicelib.usecases import fanout
-    out = fanout.work(engine(), [(r.to_dict().get("messageId", ""), r.body) for r in event],
+    out = fanout.work(kit(), [(r.to_dict().get("messageId", ""), r.body) for r in event],
                       _remaining(event))
     for key in ("repaired", "adopted", "failed", "errors"):
         metrics.add_metric(name=f"Sweep{key.title()}", unit=MetricUnit.Count,
@@ -360,10 +368,10 @@ def sweep_worker(event: Any) -> dict:
 
 def _sweep(event: Any) -> dict:
     """inline: reconcile every record here; fanout: queue one work item per record."""
+    from chalicelib.usecases import fanout, sweep
     if settings.sweep_mode != "fanout":
-        return engine().sweep()
-    from chalicelib.usecases import fanout
-    out = fanout.schedule(engine(), _remaining(event))
+        return sweep.sweep(kit())
+    out = fanout.schedule(kit(), _remaining(event))
     if out["behind"]:
         metrics.add_metric(name="SweepPassSkipped", unit=MetricUnit.Count, value=1)
     return {"repaired": [], "adopted": [], "up_to_date": [], "queued": out["queued"],
@@ -375,13 +383,12 @@ def _sweep(event: Any) -> dict:
 @app.schedule(Rate(settings.schedule_minutes, unit=Rate.MINUTES), name="reconcile_all")
 def reconcile_all(event: Any) -> dict:
     summary = _sweep(event)
-    from chalicelib.usecases import queue_health as consumer
+    from chalicelib.usecases import queue_health
     # inline: the health pass after the repairs; fanout: the worker reads each record's health
-    summary["health"] = [] if settings.sweep_mode == "fanout" else consumer.sweep(engine())
-    if engine().settings.failed_events_queue_url:   # the EKS trigger's lost events, replayed
-        from chalicelib.usecases import replay as failed_events
-        summary["failed_events"] = failed_events.replay(engine(), handle_eks_event,
-                                                        _remaining(event))
+    summary["health"] = [] if settings.sweep_mode == "fanout" else queue_health.sweep(kit())
+    if kit().settings.failed_events_queue_url:   # the EKS trigger's lost events, replayed
+        from chalicelib.usecases import replay
+        summary["failed_events"] = replay.replay(kit(), handle_eks_event, _remaining(event))
     for key in ("repaired", "adopted", "errors"):
         metrics.add_metric(name=f"Sweep{key.title()}", unit=MetricUnit.Count,
                            value=len(summary[key]))

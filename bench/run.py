@@ -6,8 +6,8 @@ PASS/MISS beside each target. It exits 0 on a MISS and non-zero only if somethin
   1. one cluster provision: our engine vs a sequential, Terraform-ordered baseline (bench/baseline.py)
      - wall time, AWS calls (botocore hook), critical-path round-trips
   2. the same for teardown and for a no-op re-provision (write calls must be 0)
-  3. a burst of N clusters through Engine.provision on a thread pool
-  4. paging GET /clusters over N records (Engine.list and HTTP via `chalice local`)
+  3. a burst of N clusters through the provision use case on a thread pool
+  4. paging GET /clusters over N records (the page use case and HTTP via `chalice local`)
   5. cold start (`python -c "import app"`) and the `chalice package` deployment.zip size
 
 Critical-path round-trips are measured, not assumed: the hook timestamps every call (before-call
@@ -49,6 +49,7 @@ if str(ROOT) not in sys.path:
 
 from scripts.localstack import Stack  # noqa: E402
 from chalicelib.config import Settings  # noqa: E402
+from tests.support import drive
 
 RESULTS = ROOT / "bench" / "results.json"
 VENV_PY = ROOT / ".venv" / "bin" / "python"
@@ -215,7 +216,7 @@ def bench_single(args: argparse.Namespace, rec: Recorder, out: dict) -> dict:
     from bench.baseline import SequentialBaseline, footprint
     from chalicelib import aws
     from chalicelib.config import get_settings
-    from chalicelib.usecases.clusters import Engine
+    from tests.support.drive import make_kit
     from chalicelib.core.spec import ClusterRequest
 
     settings = get_settings()
@@ -227,7 +228,7 @@ def bench_single(args: argparse.Namespace, rec: Recorder, out: dict) -> dict:
     make_clusters(["bench-warm-e", "bench-warm-b"] + eng_names + base_names + wide_names,
                   settings.role_template)
 
-    engine = Engine(settings)
+    engine = make_kit(settings)
     account = aws.own_account(settings)              # resolved once, as in a warm Lambda
     base = SequentialBaseline(settings, account, hooks=rec.hooks())
     strict = SequentialBaseline(settings, account, hooks=rec.hooks(), writes_only=True)
@@ -235,9 +236,9 @@ def bench_single(args: argparse.Namespace, rec: Recorder, out: dict) -> dict:
     make_clusters(strict_names, settings.role_template)
 
     # warm-up (untimed): load botocore models, build clients, open connections on both sides
-    engine.provision(ClusterRequest(cluster_name="bench-warm-e"))
-    engine.provision(ClusterRequest(cluster_name="bench-warm-e"))
-    engine.teardown(engine.identity("bench-warm-e"))
+    drive.provision(engine, ClusterRequest(cluster_name="bench-warm-e"))
+    drive.provision(engine, ClusterRequest(cluster_name="bench-warm-e"))
+    drive.teardown(engine, drive.identity(engine, "bench-warm-e"))
     st = base.provision("bench-warm-b")
     base.check(st)
     base.teardown(st)
@@ -246,7 +247,7 @@ def bench_single(args: argparse.Namespace, rec: Recorder, out: dict) -> dict:
     template: Optional[dict] = None
     for i in range(reps):
         e, b = eng_names[i], base_names[i]
-        o, s = timed(rec, args.latency_ms, lambda: engine.provision(ClusterRequest(cluster_name=e)))
+        o, s = timed(rec, args.latency_ms, lambda: drive.provision(engine, ClusterRequest(cluster_name=e)))
         if o.record.get("status") != "ready":
             raise RuntimeError(f"engine provision of {e} ended {o.record.get('status')!r}")
         samples["engine_provision"].append(s)
@@ -263,7 +264,7 @@ def bench_single(args: argparse.Namespace, rec: Recorder, out: dict) -> dict:
             if fe != fb:
                 out["footprint_diff"] = {"engine": fe, "baseline": fb}
 
-        o, s = timed(rec, args.latency_ms, lambda: engine.provision(ClusterRequest(cluster_name=e)))
+        o, s = timed(rec, args.latency_ms, lambda: drive.provision(engine, ClusterRequest(cluster_name=e)))
         s["changed"] = o.changed
         samples["engine_noop"].append(s)
         ok, s = timed(rec, args.latency_ms, lambda: base.check(state))
@@ -271,7 +272,7 @@ def bench_single(args: argparse.Namespace, rec: Recorder, out: dict) -> dict:
             raise RuntimeError(f"baseline check of {b} found differences")
         samples["baseline_noop"].append(s)
 
-        o, s = timed(rec, args.latency_ms, lambda: engine.teardown(engine.identity(e)))
+        o, s = timed(rec, args.latency_ms, lambda: drive.teardown(engine, drive.identity(engine, e)))
         samples["engine_teardown"].append(s)
         _, s = timed(rec, args.latency_ms, lambda: base.teardown(state))
         samples["baseline_teardown"].append(s)
@@ -279,17 +280,17 @@ def bench_single(args: argparse.Namespace, rec: Recorder, out: dict) -> dict:
     # what-if (diagnosis only): the same engine with a pool as wide as its widest read stage
     if wide:
         out["what_if_max_workers"] = wide
-        wide_engine = Engine(dataclasses.replace(settings, max_workers=wide))
+        wide_engine = make_kit(dataclasses.replace(settings, max_workers=wide))
         for w in wide_names:
             o, s = timed(rec, args.latency_ms,
-                         lambda: wide_engine.provision(ClusterRequest(cluster_name=w)))
+                         lambda: drive.provision(wide_engine, ClusterRequest(cluster_name=w)))
             samples["whatif_provision"].append(s)
             o, s = timed(rec, args.latency_ms,
-                         lambda: wide_engine.provision(ClusterRequest(cluster_name=w)))
+                         lambda: drive.provision(wide_engine, ClusterRequest(cluster_name=w)))
             s["changed"] = o.changed
             samples["whatif_noop"].append(s)
             _, s = timed(rec, args.latency_ms,
-                         lambda: wide_engine.teardown(wide_engine.identity(w)))
+                         lambda: drive.teardown(wide_engine, drive.identity(wide_engine, w)))
             samples["whatif_teardown"].append(s)
 
     for key, runs in samples.items():
@@ -327,7 +328,7 @@ def bench_burst(args: argparse.Namespace, rec: Recorder, out: dict) -> None:
     from chalicelib import aws
     from chalicelib.config import get_settings
     from chalicelib.errors import KipError
-    from chalicelib.usecases.clusters import Engine
+    from tests.support.drive import make_kit
     from chalicelib.core.spec import ClusterRequest
 
     settings = get_settings()
@@ -337,22 +338,22 @@ def bench_burst(args: argparse.Namespace, rec: Recorder, out: dict) -> None:
     out["setup_s"] = round(time.perf_counter() - t, 2)
 
     local = threading.local()
-    engines: list[Engine] = []
-    shared = Engine(settings) if args.burst_engine == "shared" else None
+    engines: list = []
+    shared = make_kit(settings) if args.burst_engine == "shared" else None
     aws.own_account(settings)
 
-    def engine() -> Engine:
+    def engine() -> Any:
         if shared is not None:
             return shared
         if not hasattr(local, "engine"):
-            local.engine = Engine(settings)
+            local.engine = make_kit(settings)
             engines.append(local.engine)
         return local.engine
 
     def one(name: str) -> tuple[str, float, Optional[str]]:
         t0 = time.perf_counter()
         try:
-            o = engine().provision(ClusterRequest(cluster_name=name))
+            o = drive.provision(engine(), ClusterRequest(cluster_name=name))
             status, err = o.record.get("status"), None
         except KipError as exc:
             status, err = "error", f"{exc.code}: {exc.message}"[:200]
@@ -480,7 +481,7 @@ def page_through(fetch: Callable[[Optional[str]], tuple[int, Optional[str]]],
 def bench_list(args: argparse.Namespace, template: dict, out: dict) -> None:
     from chalicelib import aws
     from chalicelib.config import get_settings
-    from chalicelib.usecases.clusters import Engine
+    from tests.support.drive import make_kit
 
     latency = args.list_latency_ms
     out.update(records=args.records, latency_ms=latency,
@@ -493,12 +494,12 @@ def bench_list(args: argparse.Namespace, template: dict, out: dict) -> None:
             aws.add_hook(event_name, handler)
         settings = get_settings()
         out["seed_s"] = round(seed_records(template, args.records, settings.table_name), 2)
-        engine = Engine(settings)
-        engine.list(limit=1)                                      # warm the client
+        engine = make_kit(settings)
+        drive.page(engine, limit=1)                                      # warm the client
 
         def via_engine(status: Optional[str]) -> Callable:
             def fetch(token: Optional[str]) -> tuple[int, Optional[str]]:
-                items, nxt = engine.list(limit=100, next_token=token, status=status)
+                items, nxt = drive.page(engine, limit=100, next_token=token, status=status)
                 return len(items), nxt
             return fetch
 

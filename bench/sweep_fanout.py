@@ -14,6 +14,7 @@ import pathlib
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from tests.support import drive
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -40,7 +41,7 @@ def main() -> int:
         from chalicelib.core import drift
         from chalicelib.aws import worklist
         from chalicelib.config import Settings
-        from chalicelib.usecases.clusters import Engine
+        from tests.support.drive import make_kit
         from chalicelib.core.spec import ClusterRequest
         base = Settings.from_env()
         aws.reset()
@@ -48,7 +49,7 @@ def main() -> int:
         url = worklist.create_work_queue(base, "kip_sweep-bench")
         settings = dataclasses.replace(base, sweep_mode="fanout", sweep_queue_url=url,
                                        sweep_rate=args.rate, sweep_account_rate=args.rate)
-        engine = Engine(settings)
+        engine = make_kit(settings)
         iam, eks = boto3.client("iam"), boto3.client("eks")
         trust = json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
                             "Principal": {"Service": "eks.amazonaws.com"}, "Action": "sts:AssumeRole"}]})
@@ -60,7 +61,7 @@ def main() -> int:
                 print(f"seeded {i} clusters in {time.perf_counter() - t_seed:.0f} s", file=sys.stderr)
             eks.create_cluster(name=n, roleArn=role, resourcesVpcConfig={"subnetIds": ["s"]})
             iam.create_role(RoleName=f"KarpenterController-{n}", AssumeRolePolicyDocument=trust)
-            engine.provision(ClusterRequest(cluster_name=n))
+            drive.provision(engine, ClusterRequest(cluster_name=n))
         calls = collections.Counter()
         lock_sleep = args.latency_ms / 1000.0
 
@@ -99,7 +100,7 @@ def main() -> int:
                           "sweep_s": round(t_sched + t_work, 2),
                           "clusters_per_s": round(done / t_work, 2), "calls": per_call}))
         # -- drift: delete a rule, time the repair from the event
-        rec = engine.describe(engine.identity(names[0]))
+        rec = drive.describe(engine, drive.identity(engine, names[0]))
         rule = rec.names.get("rule") or sorted(rec.names["rules"].values())[0]
         ev = boto3.client("events")
         ev.remove_targets(Rule=rule, Ids=["KarpenterInterruptionQueueTarget"])

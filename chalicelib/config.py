@@ -24,6 +24,20 @@ ALL_EVENT_KINDS = (
 )
 
 
+# KIP_PREFIX: short enough that a 100-character cluster name still fits every AWS name limit
+# (tests/unit/test_naming.py), and only characters every one of those names allows.
+PREFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,19}$")
+
+
+def _prefix(env: dict) -> str:
+    """KIP_PREFIX starts every name kip makes, and the IAM patterns of the templates too."""
+    prefix = env.get("KIP_PREFIX", "kip-")
+    if not PREFIX_RE.fullmatch(prefix):
+        raise ValueError(f"KIP_PREFIX: {prefix[:40]!r} is not allowed; 1-20 characters of "
+                         "[A-Za-z0-9_-], starting with a letter or digit (default kip-)")
+    return prefix
+
+
 def _bool(value: str | None, default: bool) -> bool:
     if value is None or value == "":
         return default
@@ -113,7 +127,7 @@ class Settings:
             tags[key.strip()] = value.strip()
         allowed, org_id, adopt_regions = _organization_reach(env)
         return cls(
-            prefix=env.get("KIP_PREFIX", "kip-"),
+            prefix=_prefix(env),
             table_name=env.get("KIP_TABLE_NAME", "kip-clusters"),
             iam_path=iam_path,
             role_template=env.get("KIP_ROLE_TEMPLATE", "KarpenterController-{cluster_name}"),

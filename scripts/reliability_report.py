@@ -37,7 +37,7 @@ FINDINGS = [
         "id": "F1",
         "match": r"lost_response.*dynamodb:(PutItem|DeleteItem)",
         "title": "A lost answer to a lease or record write is reported as a conflict with itself",
-        "where": "chalicelib/registry.py (acquire, save, delete)",
+        "where": "chalicelib/aws/registry.py (Registry.acquire, save, delete)",
         "cause": "botocore retries a DynamoDB PutItem/DeleteItem whose first attempt was applied "
                  "but whose answer was lost (read timeout). The retry's condition now fails "
                  "against the run's own write: `acquire` raises ProvisioningInProgress (409) and "
@@ -57,7 +57,7 @@ FINDINGS = [
         "match": r"lost_response.*iam:CreatePolicy\]",
         "title": "A lost answer to iam:CreatePolicy becomes a 502 and the record says the policy "
                  "does not exist",
-        "where": "chalicelib/aws.py (Target.create_policy)",
+        "where": "chalicelib/aws/target.py (Target.create_policy)",
         "cause": "botocore retries CreatePolicy after a timeout; the first attempt created the "
                  "policy, so the retry gets EntityAlreadyExists and the run fails at step "
                  "policy.create with resources.policy.exists = false, although the (tagged) "
@@ -71,7 +71,7 @@ FINDINGS = [
         "id": "F3",
         "match": r"lost_response.*iam:CreatePolicyVersion",
         "title": "A lost answer to iam:CreatePolicyVersion leaves an extra policy version",
-        "where": "chalicelib/aws.py (Target.create_policy_version)",
+        "where": "chalicelib/aws/target.py (Target.create_policy_version)",
         "cause": "The retried CreatePolicyVersion creates a second identical version (v4 after "
                  "v3). The state then differs from a clean run (one more version, default v4); "
                  "IAM keeps at most 5 versions and the planner prunes non-default versions only "
@@ -85,7 +85,7 @@ FINDINGS = [
         "match": r"test_failed_teardown_record_lists_what_still_exists",
         "title": "After a failed teardown the record's resources.*.exists still claims deleted "
                  "resources exist",
-        "where": "chalicelib/service.py (Engine.teardown, failure branch)",
+        "where": "chalicelib/usecases/teardown.py (_remove, failure branch)",
         "cause": "The failure record is the lease copy of the old record plus `removed`; "
                  "`resources` is not updated, so it says the queue, rules and attachment exist "
                  "after they were deleted (provisioning failures update it correctly).",
@@ -97,20 +97,20 @@ FINDINGS = [
         "id": "F5",
         "match": r"test_reconcile_after_a_crashed_teardown",
         "title": "Reconciling a cluster whose teardown crashed provisions it again",
-        "where": "chalicelib/service.py (Engine.reconcile)",
+        "where": "chalicelib/usecases/clusters.py (reconcile)",
         "cause": "A DELETE that died part way leaves status 'deleting'. The scheduled sweep "
-                 "finishes it with `teardown`, but `Engine.reconcile` (POST "
+                 "finishes it with `teardown`, but `clusters.reconcile` (POST "
                  "/clusters/{name}/reconcile) calls `provision` and re-creates everything, "
                  "reversing the delete.",
-        "fix": "In `Engine.reconcile`, when `rec['status'] == 'deleting'`, finish the teardown "
-               "(`return self.teardown(cid, source='reconcile')`, as sweep does) or refuse with "
+        "fix": "In `clusters.reconcile`, when `rec.status == 'deleting'`, finish the teardown "
+               "(`teardown.teardown(kit, cid, 'reconcile')`, as the sweep does) or refuse with "
                "409 saying a delete is pending.",
     },
     {
         "id": "F6",
         "match": r"deeply-nested",
         "title": "Deeply nested JSON is a 500",
-        "where": "app.py (_json_body) and chalicelib/registry.py (Registry.page, next_token)",
+        "where": "app.py (_json_body) and chalicelib/aws/registry.py (Registry.page, next_token)",
         "cause": "`json.loads` raises RecursionError (not ValueError) for ~1000+ nested arrays, "
                  "well inside the 64 KB body limit and inside a URL for next_token; it reaches "
                  "the catch-all and answers 500 InternalError.",
@@ -131,9 +131,8 @@ FINDINGS = [
         "id": "F8",
         "match": r"arabic-digits|trailing-newline|decoded_path_parameters.*\\n",
         "title": "Non-ASCII digits and a trailing newline pass identity validation",
-        "where": "chalicelib/naming.py (ACCOUNT_RE, REGION_RE, CLUSTER_NAME_RE), "
-                 "chalicelib/spec.py (validate_cluster_name, validate_identity_params, "
-                 "ClusterRequest.account_id)",
+        "where": "chalicelib/core/naming.py (ACCOUNT_RE, REGION_RE, CLUSTER_NAME_RE), "
+                 "chalicelib/core/spec.py (validate_identity, ClusterRequest.account_id)",
         "cause": "`\\d` matches any Unicode decimal digit (Python `re` and pydantic's regex "
                  "alike), and Python's `$` with `re.match` also matches before a trailing "
                  "newline. An account_id of Arabic-Indic digits is accepted in a POST body: "
@@ -149,7 +148,7 @@ FINDINGS = [
         "id": "F9",
         "match": r"region-well-formed-but-unknown|test_fuzz_the_live_api",
         "title": "A well-formed but unknown region is a 5xx",
-        "where": "chalicelib/service.py (Engine.identity) with chalicelib/aws.py (region_known)",
+        "where": "chalicelib/usecases/skeleton.py (identity) with chalicelib/aws/clients.py (available_regions)",
         "cause": "The region is checked only for its shape (`xx-name-N`), so `zz-nowhere-9` "
                  "reaches AWS calls: against AWS the endpoint does not resolve "
                  "(EndpointConnectionError, retried, then 503 Throttled); on the moto server 500 "
@@ -164,7 +163,7 @@ FINDINGS = [
         "match": r"truncated_form",
         "title": "A short cluster name equal to a long name's truncated form cannot be "
                  "provisioned",
-        "where": "chalicelib/naming.py (fit)",
+        "where": "chalicelib/core/naming.py (fit)",
         "cause": "Truncated names are `<prefix><first chars>-<10 hex of sha256>`; a 55-character "
                  "cluster named exactly that (a valid EKS name) gets the same rule name as the "
                  "100-character cluster, so the second one is refused with 409 ResourceNotOwned. "
@@ -478,7 +477,7 @@ def render(rows: list[dict], meta: dict) -> str:
       "clean state; teardown leaves nothing.")
     w("* **crash** — `Crash(BaseException)` raised just before the call (and every later call of "
       "that process). Expected: no resources without a record; a live lease is respected (409) "
-      "until it expires; after it expires, the scheduled reconcile (`Engine.sweep`) and, where "
+      "until it expires; after it expires, the scheduled reconcile (`usecases.sweep`) and, where "
       "the crash preceded the lease, the caller's retry converge to the clean state.")
     w("* **lost response** (writes only) — the first attempt reaches AWS and is applied, then "
       "the answer is lost (`ReadTimeoutError`) and botocore retries. Expected: absorbed like any "
@@ -534,7 +533,7 @@ def render(rows: list[dict], meta: dict) -> str:
     # -- races
     w("## Races")
     w("")
-    w("Over real HTTP against `chalice local` (threaded, one shared Engine) on a moto server, "
+    w("Over real HTTP against `chalice local` (threaded, one shared Kit) on a moto server, "
       "connections opened first and requests written at the same instant; plus the registry's "
       "conditional writes in process.")
     w("")
@@ -658,7 +657,7 @@ def render(rows: list[dict], meta: dict) -> str:
       "`before-send.*.*` answers an attempt with an `AWSResponse` in the service's wire protocol, "
       "or raises `ReadTimeoutError` / `Crash`). Nothing in `chalicelib/` or `app.py` is patched; "
       "retries are botocore's (`Settings.retry_mode`); time is moved with "
-      "`Engine(settings, clock=...)`.")
+      "`make_kit(settings, clock=...)`.")
     w("* Test-only patches of libraries (tests/reliability/harness.py, conftest.py): botocore's "
       "backoff sleeps 1/1000 of its computed delay; one botocore data loader per process; moto's "
       "KMS key generation and response-serializer alias lookup are memoized (speed only); two "

@@ -129,8 +129,8 @@ def portal_inbox(bus: str = "kip-portal") -> str:
 
 @pytest.fixture
 def engine(moto_env):
-    from chalicelib.usecases.clusters import Engine
-    return Engine(moto_env)
+    from tests.support.drive import make_kit
+    return make_kit(moto_env)
 
 
 @pytest.fixture
@@ -147,15 +147,15 @@ def api(moto_env):
     from chalice.test import Client
 
     import app as service_app
-    from chalicelib.usecases.clusters import Engine
-    service_app._engine = Engine(moto_env)
+    from tests.support.drive import make_kit
+    service_app._kit = make_kit(moto_env)
     with Client(service_app.app, stage_name="local") as client:
         yield client
-    service_app._engine = None
+    service_app._kit = None
 
 
 class Clock:
-    """A settable clock for Engine(settings, clock=...): tests move it past leases and windows."""
+    """A settable clock for make_kit(settings, clock=...): tests move it past leases and windows."""
 
     def __init__(self, now: float = 1_800_000_000.0) -> None:
         self.now = now

@@ -17,13 +17,13 @@ younger than the threshold is not yet a sign of trouble).
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 AGE_WINDOW = 15 * 60        # "Maximum over the last 15 minutes"
 AGE_PERIOD = 300            # SQS metrics are 1-minute; 5-minute buckets keep the answer small
 TRAFFIC_WINDOW = 60 * 60    # "messages deleted in the last hour"
 AGE, DELETED = "age", "deleted"
-CONSUMER_STATES = ("stale", "active", "idle", "unknown")
+ConsumerState = Literal["stale", "active", "idle", "unknown"]
 
 
 def metric_queries(queue_name: str) -> list[dict]:

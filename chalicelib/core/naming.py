@@ -21,7 +21,6 @@ CLUSTER_NAME_RE = re.compile(r"^[0-9A-Za-z][A-Za-z0-9_-]{0,99}$")
 # ASCII only ([0-9], not \d) and meant for fullmatch (so a trailing newline never passes).
 ACCOUNT_RE = re.compile(r"^[0-9]{12}$")
 REGION_RE = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[0-9]{1,2}$")
-PREFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,19}$")
 
 MANAGED_BY_TAG = "kip.io/managed-by"
 MANAGED_BY_VALUE = "karpenter-interruption-provisioner"

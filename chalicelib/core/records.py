@@ -215,7 +215,7 @@ class Effect:
         return cls(entry, tuple(sorted(fields.items())), key)
 
 
-def observed(names: naming.Names, obs: Observed, kinds: Iterable[str], role_name: str,
+def from_observed(names: naming.Names, obs: Observed, kinds: Iterable[str], role_name: str,
              role_arn: str, role_exists: bool, cid: Optional[naming.ClusterId] = None) -> Resources:
     """The record's resources as the run found them, before any action (alarms: the ones this
     cluster owns, when the run read them)."""
@@ -302,13 +302,13 @@ def known_role(record: Optional["ClusterRecord"], name: str) -> Optional[RoleInf
     return RoleInfo(name=name, arn=att.role_arn, path=path)
 
 
-def observed_teardown(names: naming.Names, obs: Observed, kinds: Iterable[str],
+def from_teardown(names: naming.Names, obs: Observed, kinds: Iterable[str],
                       attachment: Optional[AttachmentEntry],
                       cid: Optional[naming.ClusterId] = None) -> Resources:
     """As ``observed``, for a teardown: the role comes from the record, and every role that
     holds the policy is listed (the detaches remove them)."""
     att = attachment or AttachmentEntry()
-    res = observed(names, obs, kinds, att.role_name, att.role_arn, att.role_exists, cid)
+    res = from_observed(names, obs, kinds, att.role_name, att.role_arn, att.role_exists, cid)
     res.attachment.attached_roles = list(obs.policy.attached_roles)
     res.attachment.attached = att.role_name in obs.policy.attached_roles
     return res

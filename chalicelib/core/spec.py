@@ -9,10 +9,11 @@ from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 from pydantic import ValidationError as PydanticValidationError
-from pydantic import field_validator, model_validator
+from pydantic import ValidationInfo, field_validator, model_validator
 
 from chalicelib.core import naming, policies
-from chalicelib.config import ALL_EVENT_KINDS, STATUSES, Settings, get_settings
+from chalicelib.core.health import ConsumerState
+from chalicelib.config import ALL_EVENT_KINDS, STATUSES, Settings
 from chalicelib.errors import Forbidden, ValidationError
 
 DEFAULT_RETENTION = 1209600      # 14 days, the SQS maximum
@@ -141,18 +142,14 @@ class ClusterRequest(BaseModel):
 
     @field_validator("tags")
     @classmethod
-    def _tags(cls, v: Optional[dict[str, str]]) -> Optional[dict[str, str]]:
+    def _tags(cls, v: Optional[dict[str, str]], info: ValidationInfo) -> Optional[dict[str, str]]:
         for key, value in (v or {}).items():
             if not TAG_KEY_RE.fullmatch(key) or key.lower().startswith(RESERVED_TAG_PREFIXES):
                 raise ValueError(f"tag key {key[:40]!r} is not allowed")
             if not TAG_VALUE_RE.fullmatch(value):
                 raise ValueError(f"tag value for {key[:40]!r} is not allowed")
-        if v:
-            try:
-                defaults = get_settings().default_tags
-            except Exception:       # a bad environment fails elsewhere; build_spec checks again
-                defaults = {}
-            problem = tag_problem(v, defaults)
+        if v:       # (without a context, build_spec checks the merged tags again)
+            problem = tag_problem(v, (info.context or {}).get("default_tags") or {})
             if problem:
                 raise ValueError(problem)
         return v
@@ -173,7 +170,7 @@ class ListQuery(BaseModel):
     limit: StrictStr = Field(default="50", pattern=r"^[0-9]{1,3}$")
     next_token: Optional[StrictStr] = Field(default=None, max_length=4096)
     status: Optional[Literal[STATUSES]] = None  # type: ignore[valid-type]
-    consumer: Optional[Literal["stale", "active", "idle", "unknown"]] = None
+    consumer: Optional[ConsumerState] = None
 
     @field_validator("limit")
     @classmethod
@@ -208,6 +205,10 @@ AccountId = Annotated[StrictStr, Field(pattern=naming.ACCOUNT_RE.pattern)]
 RegionCode = Annotated[StrictStr, Field(pattern=naming.REGION_RE.pattern)]
 
 
+BackfillOutcome = Literal["provisioned", "would_provision", "already_managed", "opted_out",
+                          "auto_mode", "skipped", "failed"]
+
+
 class BackfillRequest(BaseModel):
     """The body of ``POST /backfill``: adopt every EKS cluster without a record in these
     account-regions (its opt-out tag honoured); ``dry_run`` changes nothing."""
@@ -229,14 +230,14 @@ def _field_of(loc: tuple) -> str:
     return ".".join(parts) if parts else "body"
 
 
-def parse(model: type, data: Any, where: str = "body") -> Any:
+def parse(model: type, data: Any, where: str = "body", context: Optional[dict] = None) -> Any:
     """Validate a decoded body or query against ``model``; every problem becomes a 400 naming
     the field and what is allowed."""
     if not isinstance(data, dict):
         raise ValidationError(f"the request {where} must be a JSON object", field=where,
                               allowed="a JSON object such as {\"cluster_name\": \"prod\"}")
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, context=context)
     except PydanticValidationError as exc:
         details = [_detail(model, err, where)
                    for err in exc.errors(include_url=False, include_input=False)]
@@ -259,8 +260,10 @@ def _detail(model: type, err: dict, where: str) -> dict:
     return {"field": fld[:60], "message": msg, "allowed": allowed}
 
 
-def parse_request(body: Any) -> ClusterRequest:
-    return parse(ClusterRequest, body)
+def parse_request(body: Any, default_tags: Optional[dict] = None) -> ClusterRequest:
+    """``default_tags``: the deployment's KIP_DEFAULT_TAGS, which the request's tags must leave
+    room for (passed in: this module reads no settings)."""
+    return parse(ClusterRequest, body, context={"default_tags": default_tags or {}})
 
 
 def validate_identity(cluster_name: Any, account_id: Any, region: Any, settings: Settings,

@@ -2,18 +2,16 @@
 
 No boto3, no chalice import: settings come in explicitly (:class:`JwtSettings`), the answer is a
 :class:`Principal` or a :class:`~chalicelib.errors.KipError` (401 :class:`Unauthorized`,
-403 :class:`Forbidden`, 503 :class:`AuthUnavailable`).
+503 :class:`AuthUnavailable`); a token without the write claim gets a policy that allows only
+the reads, so API Gateway answers its writes 403.
 
-Two ways to use it:
-
-* in a Chalice built-in authorizer (``@app.authorizer()``): :func:`authorizer_response`, i.e.
+How it is used: in a Chalice built-in authorizer (``@app.authorizer()``),
+:func:`authorizer_response`, i.e.
   :func:`verify_bearer` with ``auth_request.token`` (the raw ``Authorization`` header), then
   :func:`policy_for`, which returns
   the dict ``chalice.AuthResponse(...).to_dict(request)`` would. The policy covers every route the
   principal may call (reads; writes only with the write claim), because API Gateway caches an
-  authorizer's answer per token and reuses it for other methods and paths;
-* inside a route: :func:`authorize` with the request headers and HTTP method, which also refuses a
-  write without the write claim (403).
+  authorizer's answer per token and reuses it for other methods and paths.
 
 What is refused: a missing or malformed ``Authorization: Bearer`` header; any algorithm but RS256
 and ES256 (so ``none`` and HS256-with-the-public-key are refused before any key is looked up); a
@@ -38,11 +36,10 @@ from jwt.exceptions import (ExpiredSignatureError, ImmatureSignatureError, Inval
                             PyJWKClientConnectionError, PyJWKClientError, PyJWKSetError,
                             PyJWTError)
 
-from chalicelib.errors import AuthUnavailable, Forbidden, Unauthorized
+from chalicelib.errors import AuthUnavailable, Unauthorized
 
 ALGORITHMS = ("RS256", "ES256")
 REQUIRED_CLAIMS = ("exp", "iss", "aud", "sub")
-WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 READ_METHODS = ("GET", "HEAD", "OPTIONS")
 ALL_METHODS = READ_METHODS + ("POST", "PUT", "PATCH", "DELETE")
 MAX_TOKEN_BYTES = 16 * 1024
@@ -284,29 +281,6 @@ def _may_write(settings: JwtSettings, claims: Mapping[str, Any]) -> bool:
     if isinstance(value, (list, tuple)):
         return any(isinstance(item, str) and item == wanted for item in value)
     return False
-
-
-def _header(headers: Mapping[str, str], name: str) -> Optional[str]:
-    value = headers.get(name)
-    if value is not None:
-        return value
-    lower = name.lower()
-    for key, value in headers.items():
-        if key.lower() == lower:
-            return value
-    return None
-
-
-def authorize(settings: JwtSettings, headers: Mapping[str, str], method: str) -> Principal:
-    """Verify the request's bearer token; a write (POST/PUT/PATCH/DELETE) also needs the write
-    claim when one is configured (else :class:`Forbidden`, 403)."""
-    principal = verify_bearer(settings, _header(headers, "Authorization"))
-    if method.upper() in WRITE_METHODS and not principal.can_write:
-        claim, value = settings.write_requirement or ("", "")
-        raise Forbidden(f"{method.upper()} changes resources and needs the claim "
-                        f"{claim}={value} in the token; this token "
-                        f"(sub {principal.subject[:80]!r}) may only read", field=claim)
-    return principal
 
 
 # ------------------------------------------------------------------------------- API Gateway

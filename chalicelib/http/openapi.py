@@ -14,8 +14,8 @@ from pydantic import BaseModel, ConfigDict
 from pydantic.json_schema import models_json_schema
 
 from chalicelib.core.records import ClusterRecord
-from chalicelib.core.spec import (BackfillRequest, ClusterRequest, IdentityQuery, ListQuery, ReconcileBody,
-                             ReconcileQuery)
+from chalicelib.core.spec import (BackfillOutcome, BackfillRequest, ClusterRequest, IdentityQuery,
+                                  ListQuery, ReconcileBody, ReconcileQuery)
 
 
 class Action(BaseModel):
@@ -83,13 +83,12 @@ class ReconcileResult(BaseModel):
 
 
 class BackfillCluster(BaseModel):
-    """One cluster's outcome (chalicelib/backfill.py OUTCOMES)."""
+    """One cluster's outcome (``core.spec.BackfillOutcome``)."""
     cluster: str
     account_id: str
     region: str
     cluster_name: str
-    outcome: Literal["provisioned", "would_provision", "already_managed", "opted_out",
-                     "auto_mode", "skipped", "failed"]
+    outcome: BackfillOutcome
     status: Optional[str] = None        # the record's status (provisioned, already_managed)
     changed: Optional[bool] = None      # provisioned: whether anything was created or changed
     reason: Optional[str] = None        # opted_out, auto_mode, skipped

@@ -11,25 +11,25 @@ from __future__ import annotations
 import time
 from collections import Counter
 from concurrent.futures import wait
-from typing import Any, Iterable, Optional
+from typing import Iterable, Optional
 
 from chalicelib import aws, errors
 from chalicelib.core import naming, tenancy
 from chalicelib.converge.executor import Workers
 from chalicelib.core.spec import validate_identity
+from chalicelib.usecases import clusters, skeleton
+from chalicelib.usecases.kit import Kit
 
 AT_ONCE = 4             # clusters (and listings) in flight at once; each run has its own reads
 API_BUDGET = 20.0       # seconds: API Gateway cuts the request at 29 s; the rest is reported
-OUTCOMES = ("provisioned", "would_provision", "already_managed", "opted_out", "auto_mode",
-            "skipped", "failed")
 # Final answers that mean "this cluster cannot be adopted now", not a failure of kip's.
 SKIP_CODES = {"ClusterNotFound", "Conflict", "ProvisioningInProgress"}
 
 
-def check_scope(engine: Any, accounts: Iterable[str], regions: Iterable[str]) -> None:
+def check_scope(kit: Kit, accounts: Iterable[str], regions: Iterable[str]) -> None:
     """400 naming ``regions`` for a region kip cannot serve, 403 naming ``accounts`` for an
     account outside the allow-list; both before any AWS write."""
-    settings, own = engine.settings, aws.own_account(engine.settings)
+    settings, own = kit.settings, aws.own_account(kit.settings)
     for region in regions:
         try:
             validate_identity("backfill", own, region, settings,
@@ -38,21 +38,21 @@ def check_scope(engine: Any, accounts: Iterable[str], regions: Iterable[str]) ->
             raise errors.ValidationError(f"regions: {exc.message.split(': ', 1)[-1]}",
                                          field="regions", allowed=exc.allowed) from None
     for account in accounts:
-        tenancy.require_allowed(account, own, settings, engine.org.organization_of,
+        tenancy.require_allowed(account, own, settings, kit.org.organization_of,
                                 field="accounts")
 
 
-def run(engine: Any, accounts: list[str], regions: list[str], dry_run: bool = False,
+def run(kit: Kit, accounts: list[str], regions: list[str], dry_run: bool = False,
         source: str = "backfill", budget: Optional[float] = None,
         skip: frozenset = frozenset()) -> dict:
     """Every cluster of ``accounts`` x ``regions`` without a record (``skip``: keys known to have
     one), adopted; ``budget``: seconds after which no further cluster is started."""
-    check_scope(engine, accounts, regions)
+    check_scope(kit, accounts, regions)
     pool = Workers(AT_ONCE)
     try:
-        found, failures = discover(engine, accounts, regions, pool)
+        found, failures = discover(kit, accounts, regions, pool)
         deadline = None if budget is None else time.monotonic() + budget
-        runs = [pool.submit(_one, engine, a, r, n, dry_run, source, deadline)
+        runs = [pool.submit(_one, kit, a, r, n, dry_run, source, deadline)
                 for a, r, n in found if f"{a}/{r}/{n}" not in skip]
         clusters = [f.result() for f in runs]
     finally:
@@ -61,7 +61,7 @@ def run(engine: Any, accounts: list[str], regions: list[str], dry_run: bool = Fa
             "counts": dict(Counter(c["outcome"] for c in clusters))}
 
 
-def discover(engine: Any, accounts: list[str], regions: list[str],
+def discover(kit: Kit, accounts: list[str], regions: list[str],
              pool: Optional[Workers] = None) -> tuple[list[tuple[str, str, str]], list[dict]]:
     """(account, region, cluster name) of every EKS cluster in ``accounts`` x ``regions``
     (ListClusters through the member role, ``AT_ONCE`` at a time), and the account-regions
@@ -70,7 +70,7 @@ def discover(engine: Any, accounts: list[str], regions: list[str],
     pool = pool or Workers(AT_ONCE)
     try:
         pairs = [(a, r) for a in accounts for r in regions]
-        listings = [pool.submit(_list, engine, a, r) for a, r in pairs]
+        listings = [pool.submit(_list, kit, a, r) for a, r in pairs]
         wait(listings)
     finally:
         if own_pool:
@@ -88,27 +88,27 @@ def discover(engine: Any, accounts: list[str], regions: list[str],
     return found, failures
 
 
-def adoption_scope(engine: Any, problems: list) -> tuple[list[str], list[str]]:
+def adoption_scope(kit: Kit, problems: list) -> tuple[list[str], list[str]]:
     """The accounts and regions the sweep's adoption (KIP_ADOPT_EXISTING) covers: this account
     and KIP_ALLOWED_ACCOUNTS, or with only KIP_ORG_ID the organization's active accounts
     (``ListAccounts``), in KIP_ADOPT_REGIONS (default: kip's own region). A listing that fails
     is reported in ``problems``; this account is still covered."""
-    settings = engine.settings
+    settings = kit.settings
     own = aws.own_account(settings)
     members = settings.allowed_accounts
     if settings.org_id and not members:
         try:
-            members = frozenset(engine.org.member_accounts())
+            members = frozenset(kit.org.member_accounts())
         except errors.KipError as exc:
             problems.append({"cluster": "adoption", "code": exc.code, "message": exc.message})
     return [own, *sorted(members - {own})], list(settings.adopt_regions or (settings.region,))
 
 
-def _list(engine: Any, account: str, region: str) -> list[str]:
-    return aws.Target(account, region, engine.settings).list_clusters()
+def _list(kit: Kit, account: str, region: str) -> list[str]:
+    return aws.Target(account, region, kit.settings).list_clusters()
 
 
-def _one(engine: Any, account: str, region: str, name: str, dry_run: bool, source: str,
+def _one(kit: Kit, account: str, region: str, name: str, dry_run: bool, source: str,
          deadline: Optional[float]) -> dict:
     base = {"cluster": f"{account}/{region}/{name}", "account_id": account, "region": region,
             "cluster_name": name}
@@ -116,11 +116,11 @@ def _one(engine: Any, account: str, region: str, name: str, dry_run: bool, sourc
         return {**base, "outcome": "skipped", "reason": "not started within this request's time "
                 "budget; run the backfill again (clusters done by now are already_managed)"}
     try:
-        cid = engine.identity(name, account, region)
-        record = engine.registry.get(cid)
+        cid = skeleton.identity(kit, name, account, region)
+        record = kit.registry.get(cid)
         if record is not None:
             return {**base, "outcome": "already_managed", "status": record.status}
-        out = engine.adopt(cid, source, dry_run=dry_run)
+        out = clusters.adopt(kit, cid, source, dry_run=dry_run)
     except errors.AutoModeCluster as exc:
         return {**base, "outcome": "auto_mode", "reason": exc.message}
     except errors.KipError as exc:
@@ -129,7 +129,7 @@ def _one(engine: Any, account: str, region: str, name: str, dry_run: bool, sourc
         return {**base, "outcome": "failed", "code": exc.code, "message": exc.message}
     if out.opted_out:
         return {**base, "outcome": "opted_out",
-                "reason": f"the cluster's {engine.settings.opt_out_tag} tag opts it out"}
+                "reason": f"the cluster's {kit.settings.opt_out_tag} tag opts it out"}
     if dry_run:
         return {**base, "outcome": "would_provision",
                 "plan": [f"{a['op']} {a['name']}" for a in out.actions]}
@@ -137,11 +137,11 @@ def _one(engine: Any, account: str, region: str, name: str, dry_run: bool, sourc
             "changed": out.changed}
 
 
-def adopt_configured(engine: Any, summary: dict, known: set) -> None:
+def adopt_configured(kit: Kit, summary: dict, known: set) -> None:
     """The inline sweep's adoption of ``adoption_scope``; results go into its summary."""
-    accounts, regions = adoption_scope(engine, summary["errors"])
+    accounts, regions = adoption_scope(kit, summary["errors"])
     try:
-        result = run(engine, accounts, regions, source="reconcile", skip=frozenset(known))
+        result = run(kit, accounts, regions, source="reconcile", skip=frozenset(known))
     except errors.KipError as exc:
         summary["errors"].append({"cluster": "adoption", "code": exc.code,
                                   "message": exc.message})

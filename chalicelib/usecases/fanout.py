@@ -21,9 +21,10 @@ from typing import Any, Callable, Iterable, Optional
 
 from aws_lambda_powertools import Logger
 
-from chalicelib.usecases import queue_health as consumer, sweep as sweeper
 from chalicelib import errors
 from chalicelib.aws import worklist
+from chalicelib.usecases import backfill, clusters, queue_health, skeleton, sweep
+from chalicelib.usecases.kit import Kit
 
 log = Logger(service="kip", child=True)
 PAGE = 100              # records per page while fanning out (10 SendMessageBatch calls)
@@ -87,9 +88,9 @@ def pacer(settings: Any) -> Pacer:
 
 # ----------------------------------------------------------------------------- the schedule
 
-def schedule(engine: Any, remaining: Callable[[], float], token: Optional[str] = None) -> dict:
+def schedule(kit: Kit, remaining: Callable[[], float], token: Optional[str] = None) -> dict:
     """Fan the records out from ``token`` (None: the start, which also queues adoptions)."""
-    settings = engine.settings
+    settings = kit.settings
     summary: dict[str, list] = {"queued": [], "skipped": [], "unsent": [], "continued": [],
                                 "behind": [], "errors": []}
     known: set[str] = set()
@@ -97,8 +98,8 @@ def schedule(engine: Any, remaining: Callable[[], float], token: Optional[str] =
     if first and _still_queued(settings, summary):
         return summary
     while True:
-        items, token = engine.registry.page(PAGE, token, None)
-        now = engine.clock()
+        items, token = kit.registry.page(PAGE, token, None)
+        now = kit.clock()
         bodies = []
         for rec in items:
             known.add(rec.id)
@@ -106,25 +107,24 @@ def schedule(engine: Any, remaining: Callable[[], float], token: Optional[str] =
                 summary["skipped"].append(rec.id)
             else:
                 bodies.append({"kind": "reconcile", "id": rec.id})
-        _send_all(engine, bodies, summary)
+        _send_all(kit, bodies, summary)
         if not token:
             break
         if remaining() < MARGIN_SECONDS:
-            _send_all(engine, [{"kind": "continue", "token": token}], summary)
+            _send_all(kit, [{"kind": "continue", "token": token}], summary)
             summary["continued"].append(token)
             break
     if settings.adopt_existing and first and not summary["continued"]:
-        _send_all(engine, [{"kind": "adopt", "id": key}
-                           for key in _unknown(engine, known, summary["errors"])], summary)
+        _send_all(kit, [{"kind": "adopt", "id": key}
+                           for key in _unknown(kit, known, summary["errors"])], summary)
     return summary
 
 
-def _unknown(engine: Any, known: set, problems: list) -> list[str]:
+def _unknown(kit: Kit, known: set, problems: list) -> list[str]:
     """Clusters of the adoption's account-regions (as the inline sweep's, ``backfill``) that
     have no record; account-regions that could not be listed go to ``problems``."""
-    from chalicelib.usecases import backfill
-    accounts, regions = backfill.adoption_scope(engine, problems)
-    found, failures = backfill.discover(engine, accounts, regions)
+    accounts, regions = backfill.adoption_scope(kit, problems)
+    found, failures = backfill.discover(kit, accounts, regions)
     problems.extend({"cluster": f"{f['account_id']}/{f['region']}", "code": f["code"],
                      "message": f["message"]} for f in failures)
     return [key for a, r, n in found if (key := f"{a}/{r}/{n}") not in known]
@@ -151,12 +151,12 @@ def _still_queued(settings: Any, summary: dict) -> bool:
     return True
 
 
-def _send_all(engine: Any, bodies: list[dict], summary: dict) -> None:
+def _send_all(kit: Kit, bodies: list[dict], summary: dict) -> None:
     """Send in batches of 10, in parallel; entries SQS refused are resent, then reported."""
-    url = engine.settings.sweep_queue_url
+    url = kit.settings.sweep_queue_url
     batches = [bodies[i:i + worklist.BATCH] for i in range(0, len(bodies), worklist.BATCH)]
     for attempt in range(SEND_TRIES):
-        futures = [engine.workers.submit(worklist.send, engine.settings, url, b) for b in batches]
+        futures = [kit.workers.submit(worklist.send, kit.settings, url, b) for b in batches]
         failed = [body for f in futures for body in f.result()]
         summary["queued"].extend(b.get("id") or "continuation" for batch in batches
                                  for b in batch if b not in failed)
@@ -170,7 +170,7 @@ def _send_all(engine: Any, bodies: list[dict], summary: dict) -> None:
 
 # ----------------------------------------------------------------------------- the worker
 
-def work(engine: Any, messages: Iterable[tuple[str, str]],
+def work(kit: Kit, messages: Iterable[tuple[str, str]],
          remaining: Callable[[], float]) -> dict:
     """``messages``: (message id, body). Returns a summary whose ``failed`` ids SQS redelivers."""
     summary: dict[str, list] = {"repaired": [], "up_to_date": [], "adopted": [], "skipped": [],
@@ -180,7 +180,7 @@ def work(engine: Any, messages: Iterable[tuple[str, str]],
             summary["failed"].append(message_id)
             continue
         try:
-            _one(engine, _item(body), summary, remaining)
+            _one(kit, _item(body), summary, remaining)
         except errors.KipError as exc:
             key = "failed" if exc.retryable else "errors"
             summary["errors"].append({"message": message_id, "code": exc.code,
@@ -203,12 +203,12 @@ def _item(body: str) -> dict:
     return item
 
 
-def _one(engine: Any, item: dict, summary: dict, remaining: Callable[[], float]) -> None:
+def _one(kit: Kit, item: dict, summary: dict, remaining: Callable[[], float]) -> None:
     if item["kind"] == "continue":
         token = item.get("token")
         if not isinstance(token, str):
             raise errors.ValidationError("a continuation without a token", field="token")
-        out = schedule(engine, remaining, token)
+        out = schedule(kit, remaining, token)
         summary["continued"].append({"queued": len(out["queued"]),
                                      "continued": bool(out["continued"])})
         return
@@ -216,32 +216,32 @@ def _one(engine: Any, item: dict, summary: dict, remaining: Callable[[], float])
     if len(parts) != 3:
         raise errors.ValidationError("a work item without a cluster key", field="id")
     account, region, name = parts
-    cid = engine.identity(name, account, region)
-    pacer(engine.settings).wait(cid.account_id, cid.region)
+    cid = skeleton.identity(kit, name, account, region)
+    pacer(kit.settings).wait(cid.account_id, cid.region)
     try:
         if item["kind"] == "adopt":
-            if not engine.adopt(cid, "reconcile").opted_out:
+            if not clusters.adopt(kit, cid, "reconcile").opted_out:
                 summary["adopted"].append(cid.key)
             return
         # the health's metric read runs alongside the reconcile, not after it
-        metrics = consumer.start_metrics(engine, cid.account_id, cid.region,
-                                         engine.names(cid).queue)
-        out = sweeper.sweep_one(engine, cid, summary)       # a cluster gone: retired
+        metrics = queue_health.start_metrics(kit, cid.account_id, cid.region,
+                                         kit.names(cid).queue)
+        out = sweep.sweep_one(kit, cid, summary)       # a cluster gone: retired
     except (errors.InProgress, errors.RecordNotFound):  # another run has it / it is gone
         summary["skipped"].append(cid.key)
         return
     except errors.KipError:     # the reconcile failed: the consumer's health is read anyway
-        _health_as_stored(engine, cid, summary["health"])
+        _health_as_stored(kit, cid, summary["health"])
         raise
     if out is not None:         # health: the reconcile's queue reads, and GetMetricData
-        consumer.check(engine, out.record, summary["health"],
+        queue_health.check(kit, out.record, summary["health"],
                        {**out.queue_attributes, "metrics": metrics})
 
 
-def _health_as_stored(engine: Any, cid: Any, changed: list) -> None:
+def _health_as_stored(kit: Kit, cid: Any, changed: list) -> None:
     """Health from the record as stored, its queues read afresh (as the inline health pass
     reads every record, whatever its repair did); a failure here never hides the first one."""
     try:
-        consumer.check(engine, engine.registry.get(cid), changed)
+        queue_health.check(kit, kit.registry.get(cid), changed)
     except errors.KipError as exc:
         changed.append({"cluster": cid.key, "error": exc.code})

@@ -124,10 +124,3 @@ def alarms(target: Any, names: Names, workers: Workers) -> Callable[[], dict]:
         gather([described, *tags.values()])
         return {n: {**a, "tags": tags[n].result()} for n, a in described.result().items()}
     return result
-
-
-def observe(target: Any, names: Names, role_names: Iterable[str], workers: Workers,
-            purpose: Purpose) -> tuple[Observed, Located]:
-    """Both waves, for a caller with nothing to overlap them with."""
-    found = locate(target, names, role_names, workers)()
-    return detail(target, names, found, workers, purpose), found

@@ -10,40 +10,42 @@ as they are, and nothing extra has to be kept in step on provision and teardown.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
 from chalicelib.core import drift, naming
 from chalicelib import errors
 from chalicelib.aws import worklist
 from chalicelib.core.records import ClusterRecord
+from chalicelib.usecases import clusters
+from chalicelib.usecases.kit import Kit
 
 
-def owner(engine: Any, change: drift.Change) -> Optional[ClusterRecord]:
+def owner(kit: Kit, change: drift.Change) -> Optional[ClusterRecord]:
     """The record that names ``change.name``, or None when no cluster of kip's holds it."""
-    found = drift.lookup(change, engine.settings.prefix)
+    found = drift.lookup(change, kit.settings.prefix)
     if found is None:
         return None
     cids = [naming.ClusterId(found.account, found.region, c) for c in found.clusters]
-    futures = [engine.workers.submit(engine.registry.get, cid) for cid in cids]
+    futures = [kit.workers.submit(kit.registry.get, cid) for cid in cids]
     for future in futures:
         rec = future.result()
         if rec is not None and change.name in drift.recorded_names(rec.names):
             return rec
     if found.cut:
-        for item in worklist.records_by_cut(engine.settings, found.account, found.region, found.cut):
+        for item in worklist.records_by_cut(kit.settings, found.account, found.region, found.cut):
             if change.name in drift.recorded_names(item.get("names")):
                 return ClusterRecord.model_validate(item)
     return None
 
 
-def repair(engine: Any, change: drift.Change) -> dict:
+def repair(kit: Kit, change: drift.Change) -> dict:
     """Reconcile the owning cluster now. Another run holding the lease is fine: it converges the
     cluster from what it reads, which already includes this change or is followed by it."""
-    rec = owner(engine, change)
+    rec = owner(kit, change)
     if rec is None:
         return {"ignored": "no kip record names this resource", "resource": change.name}
     try:
-        out = engine.reconcile(rec.cid)
+        out = clusters.reconcile(kit, rec.cid)
     except errors.InProgress:
         return {"in_progress": rec.id, "resource": change.name}
     except errors.RecordNotFound:       # deleted between the read and the reconcile

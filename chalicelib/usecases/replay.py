@@ -21,8 +21,8 @@ kept, with the reason, instead of lost. Two message shapes arrive there:
 * EventBridge's target DLQ message: the body *is* the event; the reason is in the message
   attributes ``ERROR_CODE`` and ``ERROR_MESSAGE`` (and ``RULE_ARN``, ``TARGET_ARN``).
 
-``replay`` (called by the schedule, and by ``POST /failed-events/replay``) reads up to ``limit``
-messages and hands each event to ``handle`` -- the very function ``on_eks_event`` runs:
+``replay`` (called by the schedule, ``reconcile_all``) reads up to ``limit``
+messages and hands each event to ``handle`` -- ``app.handle_eks_event``, the body ``on_eks_event`` runs:
 
 * handled (provisioned, deleted, or ignored as final: opted out, failed call, unknown cluster):
   the message is deleted;
@@ -41,6 +41,7 @@ from typing import Any, Callable, Optional
 from aws_lambda_powertools import Logger
 
 from chalicelib import errors
+from chalicelib.usecases.kit import Kit
 
 log = Logger(service="kip", child=True)
 LIMIT = 50              # messages per schedule (a backlog drains over a few runs)
@@ -94,11 +95,11 @@ def parse(body: Any, attributes: Optional[dict] = None) -> FailedEvent:
                                         "EventBridge event")
 
 
-def replay(engine: Any, handle: Callable[[dict], dict], remaining: Callable[[], float],
+def replay(kit: Kit, handle: Callable[[dict], dict], remaining: Callable[[], float],
            limit: int = LIMIT) -> dict:
     """Replay up to ``limit`` queued failures through ``handle``; returns counts and details."""
     from chalicelib.aws import failed_events as queue
-    settings = engine.settings
+    settings = kit.settings
     url = settings.failed_events_queue_url
     summary: dict[str, Any] = {"replayed": 0, "dropped": 0, "still_failing": 0, "kept": 0,
                                "released": 0, "details": []}

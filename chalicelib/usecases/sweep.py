@@ -18,63 +18,64 @@ from typing import Any, Iterator
 from chalicelib import aws, errors
 from chalicelib.core import naming
 from chalicelib.aws import registry
+from chalicelib.usecases import backfill, clusters, teardown
+from chalicelib.usecases.kit import Kit
 
 
-def sweep(engine: Any, max_records: int = 1000) -> dict:
+def sweep(kit: Kit, max_records: int = 1000) -> dict:
     """Finish waiting/failed/crashed runs, repair drift, retire orphans, and (when enabled)
     adopt EKS clusters that have no record."""
     summary: dict[str, list] = {"repaired": [], "up_to_date": [], "errors": [],
                                 "skipped": [], "adopted": []}
     known: set[str] = set()
-    for rec in _records(engine, max_records):
+    for rec in _records(kit, max_records):
         known.add(rec.id)
-        if rec.lease_live(engine.clock()):
+        if rec.lease_live(kit.clock()):
             summary["skipped"].append(rec.id)
             continue
         try:
-            sweep_one(engine, rec.cid, summary, rec)
+            sweep_one(kit, rec.cid, summary, rec)
         except errors.KipError as exc:
             summary["errors"].append({"cluster": rec.id, "code": exc.code,
                                       "message": exc.message})
-    if engine.settings.adopt_existing:    # the configured account-regions, as a backfill
-        from chalicelib.usecases.backfill import adopt_configured
-        adopt_configured(engine, summary, known)
+    if kit.settings.adopt_existing:    # the configured account-regions, as a backfill
+        backfill.adopt_configured(kit, summary, known)
     return summary
 
 
-def _records(engine: Any, limit: int) -> Iterator[Any]:
+def _records(kit: Kit, limit: int) -> Iterator[Any]:
     token, seen = None, 0
     while seen < limit:
-        items, token = engine.list(limit=100, next_token=token)
+        items, token = clusters.page(kit, limit=100, next_token=token)
         yield from items[:limit - seen]
         seen += len(items)
         if not token:
             return
 
 
-def sweep_one(engine: Any, cid: naming.ClusterId, summary: dict, record: Any = None) -> Any:
+def sweep_one(kit: Kit, cid: naming.ClusterId, summary: dict, record: Any = None) -> Any:
     """Reconcile one record for the sweep (``record``: as already read, saves a read); an
     orphan is noted, then retired after the grace. Returns the run's Outcome (None for an
     orphan)."""
     try:
-        out = engine.reconcile(cid, record=record)
+        out = clusters.reconcile(kit, cid, record=record)
     except errors.ClusterNotFound:
-        _missing(engine, cid, summary)
+        _missing(kit, cid, summary)
         return None
     if out.record is not None and out.record.get("cluster_missing_since"):
-        engine.registry.note(out.record, {"cluster_missing_since": None})
+        kit.registry.note(out.record, {"cluster_missing_since": None})
     summary["repaired" if out.actions else "up_to_date"].append(cid.key)
     return out
 
 
-def _missing(engine: Any, cid: naming.ClusterId, summary: dict) -> None:
-    rec = engine.registry.get(cid)
+def _missing(kit: Kit, cid: naming.ClusterId, summary: dict) -> None:
+    rec = kit.registry.get(cid)
     if rec is None:
         return
-    now, grace = engine.clock(), engine.settings.orphan_grace_minutes * 60
+    now, grace = kit.clock(), kit.settings.orphan_grace_minutes * 60
     since = rec.get("cluster_missing_since")
     if since is None and grace > 0:
-        engine.registry.note(rec, {"cluster_missing_since": registry.iso(now)})
+        kit.registry.note(rec, {"cluster_missing_since": registry.iso(now)})
         summary.setdefault("orphans", []).append({"cluster": cid.key, "state": "missing",
                                                    "teardown_after_minutes": grace // 60})
         return
@@ -83,12 +84,12 @@ def _missing(engine: Any, cid: naming.ClusterId, summary: dict) -> None:
         summary.setdefault("orphans", []).append({"cluster": cid.key, "state": "missing",
                                                    "since": since})
         return
-    out = engine.teardown(cid, source="reconcile")
+    out = teardown.teardown(kit, cid, source="reconcile")
     summary.setdefault("orphans", []).append({"cluster": cid.key, "state": "torn_down",
                                                "missing_since": since,
                                                "removed": len(out.actions)})
     try:
-        aws.publish_status(engine.settings, {
+        aws.publish_status(kit.settings, {
             "cluster": cid.key, "cluster_name": cid.cluster_name, "account_id": cid.account_id,
             "region": cid.region, "status": "deleted", "previous_status": rec.status,
             "reason": "the EKS cluster no longer exists (missed DeleteCluster); torn down by "

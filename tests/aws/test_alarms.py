@@ -13,6 +13,7 @@ from chalicelib.core import naming
 from chalicelib.core.spec import ClusterRequest
 from tests.conftest import ACCOUNT, REGION, make_cluster, make_role
 from tests.reliability.harness import Strict
+from tests.support import drive
 
 CLUSTER = "payments-prod"
 STALE, DLQ = f"kip-{CLUSTER}-consumer-stale", f"kip-{CLUSTER}-dlq-not-empty"
@@ -20,10 +21,10 @@ STALE, DLQ = f"kip-{CLUSTER}-consumer-stale", f"kip-{CLUSTER}-dlq-not-empty"
 
 @pytest.fixture
 def engine(moto_env):
-    from chalicelib.usecases.clusters import Engine
+    from tests.support.drive import make_kit
     make_cluster(CLUSTER)
     make_role(f"KarpenterController-{CLUSTER}")
-    return Engine(dataclasses.replace(moto_env, alarms=True, stale_seconds=900))
+    return make_kit(dataclasses.replace(moto_env, alarms=True, stale_seconds=900))
 
 
 def described() -> dict:
@@ -38,7 +39,7 @@ def tags_of(name: str) -> dict:
 
 
 def test_provision_creates_both_alarms_on_the_queue_and_the_dlq(engine):
-    out = engine.provision(ClusterRequest(cluster_name=CLUSTER))
+    out = drive.provision(engine, ClusterRequest(cluster_name=CLUSTER))
     found = described()
     assert set(found) == {STALE, DLQ}
     stale, dlq = found[STALE], found[DLQ]
@@ -55,22 +56,22 @@ def test_provision_creates_both_alarms_on_the_queue_and_the_dlq(engine):
 
 
 def test_a_second_provision_changes_nothing_and_drift_is_repaired(engine):
-    engine.provision(ClusterRequest(cluster_name=CLUSTER))
-    again = engine.provision(ClusterRequest(cluster_name=CLUSTER))
+    drive.provision(engine, ClusterRequest(cluster_name=CLUSTER))
+    again = drive.provision(engine, ClusterRequest(cluster_name=CLUSTER))
     assert not [a for a in again.actions if a["resource"] == "alarm"]
     boto3.client("cloudwatch").put_metric_alarm(
         AlarmName=STALE, Namespace="AWS/SQS", MetricName="ApproximateAgeOfOldestMessage",
         Dimensions=[{"Name": "QueueName", "Value": f"kip-{CLUSTER}"}], Statistic="Maximum",
         Period=300, EvaluationPeriods=1, Threshold=99999, ComparisonOperator="GreaterThanThreshold")
     cid = naming.ClusterId(ACCOUNT, REGION, CLUSTER)
-    out = engine.reconcile(cid)
+    out = drive.reconcile(engine, cid)
     assert [a["name"] for a in out.actions if a["resource"] == "alarm"] == [STALE]
     assert described()[STALE]["Threshold"] == 900.0
 
 
 def test_teardown_removes_the_alarms(engine):
-    engine.provision(ClusterRequest(cluster_name=CLUSTER))
-    out = engine.teardown(naming.ClusterId(ACCOUNT, REGION, CLUSTER))
+    drive.provision(engine, ClusterRequest(cluster_name=CLUSTER))
+    out = drive.teardown(engine, naming.ClusterId(ACCOUNT, REGION, CLUSTER))
     assert {a["name"] for a in out.actions if a["resource"] == "alarm"} == {STALE, DLQ}
     assert described() == {}
 
@@ -80,21 +81,21 @@ def test_a_same_named_alarm_that_is_not_ours_is_refused_before_any_write(engine)
         AlarmName=STALE, Namespace="AWS/SQS", MetricName="X", Statistic="Maximum", Period=300,
         EvaluationPeriods=1, Threshold=1, ComparisonOperator="GreaterThanThreshold")
     with pytest.raises(errors.ResourceNotOwned) as err:
-        engine.provision(ClusterRequest(cluster_name=CLUSTER))
+        drive.provision(engine, ClusterRequest(cluster_name=CLUSTER))
     assert err.value.extra.get("resource") == STALE or STALE in err.value.message
     assert boto3.client("sqs").list_queues().get("QueueUrls", []) == []
 
 
 def test_an_alarm_already_gone_at_delete_is_success(engine):
-    engine.provision(ClusterRequest(cluster_name=CLUSTER))
+    drive.provision(engine, ClusterRequest(cluster_name=CLUSTER))
     gone = Strict("cloudwatch", "DeleteAlarms", None, "ResourceNotFound", "Alarm not found",
                   times=2, status=404)
-    out = engine.teardown(naming.ClusterId(ACCOUNT, REGION, CLUSTER))
+    out = drive.teardown(engine, naming.ClusterId(ACCOUNT, REGION, CLUSTER))
     assert gone.seen == 2 and out.record is None
 
 
 def test_the_record_lists_the_alarms_it_made(engine):
-    out = engine.provision(ClusterRequest(cluster_name=CLUSTER))
+    out = drive.provision(engine, ClusterRequest(cluster_name=CLUSTER))
     assert out.record.resources.alarms.keys() == {STALE, DLQ}
     assert all(a.exists for a in out.record.resources.alarms.values())
     assert set(out.record.public()["resources"]["alarms"]) == {STALE, DLQ}
@@ -102,83 +103,83 @@ def test_the_record_lists_the_alarms_it_made(engine):
 
 def off(engine):
     """The same table with KIP_ALARMS turned off."""
-    from chalicelib.usecases.clusters import Engine
-    return Engine(dataclasses.replace(engine.settings, alarms=False))
+    from tests.support.drive import make_kit
+    return make_kit(dataclasses.replace(engine.settings, alarms=False))
 
 
 def test_alarms_are_removed_once_kip_alarms_is_turned_off(engine):
-    engine.provision(ClusterRequest(cluster_name=CLUSTER))
-    out = off(engine).reconcile(naming.ClusterId(ACCOUNT, REGION, CLUSTER))
+    drive.provision(engine, ClusterRequest(cluster_name=CLUSTER))
+    out = drive.reconcile(off(engine), naming.ClusterId(ACCOUNT, REGION, CLUSTER))
     assert {a["name"] for a in out.actions if a["op"] == "delete_alarm"} == {STALE, DLQ}
     assert described() == {}
     assert out.record.resources.alarms == {} and "alarms" not in out.record.public()["resources"]
     # from then on a run does not look for alarms at all
     calls = []
     aws.add_hook("before-call.cloudwatch.*", lambda model=None, **_: calls.append(model.name))
-    off(engine).reconcile(naming.ClusterId(ACCOUNT, REGION, CLUSTER))
+    drive.reconcile(off(engine), naming.ClusterId(ACCOUNT, REGION, CLUSTER))
     assert calls == []
 
 
 def test_a_teardown_after_kip_alarms_was_turned_off_still_removes_them(engine):
-    engine.provision(ClusterRequest(cluster_name=CLUSTER))
-    out = off(engine).teardown(naming.ClusterId(ACCOUNT, REGION, CLUSTER))
+    drive.provision(engine, ClusterRequest(cluster_name=CLUSTER))
+    out = drive.teardown(off(engine), naming.ClusterId(ACCOUNT, REGION, CLUSTER))
     assert {a["name"] for a in out.actions if a["resource"] == "alarm"} == {STALE, DLQ}
     assert described() == {}
 
 
 def test_a_teardown_without_a_record_finds_the_clusters_alarms(engine):
-    engine.provision(ClusterRequest(cluster_name=CLUSTER))
+    drive.provision(engine, ClusterRequest(cluster_name=CLUSTER))
     cid = naming.ClusterId(ACCOUNT, REGION, CLUSTER)
     boto3.resource("dynamodb").Table(engine.settings.table_name).delete_item(
-        Key={"id": engine.describe(cid).id})
-    off(engine).teardown(cid)
+        Key={"id": drive.describe(engine, cid).id})
+    drive.teardown(off(engine), cid)
     assert described() == {}
 
 
 def test_a_stopped_teardown_records_which_alarms_are_left(engine):
-    engine.provision(ClusterRequest(cluster_name=CLUSTER))
+    drive.provision(engine, ClusterRequest(cluster_name=CLUSTER))
 
     Strict("cloudwatch", "DeleteAlarms", None, "AccessDenied", "not allowed", times=99,
            status=403)
     with pytest.raises(errors.KipError):
-        engine.teardown(naming.ClusterId(ACCOUNT, REGION, CLUSTER))
-    left = engine.describe(naming.ClusterId(ACCOUNT, REGION, CLUSTER))
+        drive.teardown(engine, naming.ClusterId(ACCOUNT, REGION, CLUSTER))
+    left = drive.describe(engine, naming.ClusterId(ACCOUNT, REGION, CLUSTER))
     assert left.status == "deleting" and set(left.resources.alarms) == {STALE, DLQ}
 
 
 def test_a_record_from_before_alarms_were_recorded_learns_them_on_its_next_run(engine):
     """Alarms made before records listed them are found by the next (no-op) reconcile, so
     turning KIP_ALARMS off afterwards still removes them."""
-    engine.provision(ClusterRequest(cluster_name=CLUSTER))
+    drive.provision(engine, ClusterRequest(cluster_name=CLUSTER))
     cid = naming.ClusterId(ACCOUNT, REGION, CLUSTER)
     table = boto3.resource("dynamodb").Table(engine.settings.table_name)
     table.update_item(Key={"id": cid.key}, UpdateExpression="REMOVE resources.alarms")
-    assert engine.describe(cid).resources.alarms == {}
-    out = engine.reconcile(cid)
+    assert drive.describe(engine, cid).resources.alarms == {}
+    out = drive.reconcile(engine, cid)
     assert out.actions == [] and set(out.record.resources.alarms) == {STALE, DLQ}
-    assert set(engine.describe(cid).resources.alarms) == {STALE, DLQ}
-    off(engine).reconcile(cid)
+    assert set(drive.describe(engine, cid).resources.alarms) == {STALE, DLQ}
+    drive.reconcile(off(engine), cid)
     assert described() == {}
 
 
 def test_alarms_deleted_by_hand_once_off_leave_the_record_and_stop_the_reads(engine):
-    engine.provision(ClusterRequest(cluster_name=CLUSTER))
+    drive.provision(engine, ClusterRequest(cluster_name=CLUSTER))
     boto3.client("cloudwatch").delete_alarms(AlarmNames=[STALE, DLQ])
     cid = naming.ClusterId(ACCOUNT, REGION, CLUSTER)
-    out = off(engine).reconcile(cid)
+    out = drive.reconcile(off(engine), cid)
     assert out.actions == [] and out.record.resources.alarms == {}
     calls = []
     aws.add_hook("before-call.cloudwatch.*", lambda model=None, **_: calls.append(model.name))
-    off(engine).reconcile(cid)
+    drive.reconcile(off(engine), cid)
     assert calls == []
 
 
 def test_a_teardown_without_recorded_alarms_still_finds_them(engine):
-    engine.provision(ClusterRequest(cluster_name=CLUSTER))
+    drive.provision(engine, ClusterRequest(cluster_name=CLUSTER))
     cid = naming.ClusterId(ACCOUNT, REGION, CLUSTER)
     boto3.resource("dynamodb").Table(engine.settings.table_name).update_item(
         Key={"id": cid.key}, UpdateExpression="REMOVE resources.alarms")
-    off(engine).teardown(cid)
+    drive.teardown(off(engine), cid)
     assert described() == {}
 
 

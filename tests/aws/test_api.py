@@ -237,16 +237,16 @@ def test_status_events_reach_the_portal_bus(moto_env, cluster):
     import dataclasses
 
     import app as service_app
-    from chalicelib.usecases.clusters import Engine
+    from tests.support.drive import make_kit
     sqs = boto3.client("sqs")
     url = portal_inbox()
-    service_app._engine = Engine(dataclasses.replace(moto_env, status_bus="kip-portal"))
+    service_app._kit = make_kit(dataclasses.replace(moto_env, status_bus="kip-portal"))
     try:
         with Client(service_app.app, stage_name="local") as client:
             assert post(client, "/clusters", {"cluster_name": cluster}).status_code == 201
             assert client.http.delete(f"/clusters/{cluster}").status_code == 200
     finally:
-        service_app._engine = None
+        service_app._kit = None
     msgs = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
     details = [json.loads(m["Body"]) for m in msgs]
     assert {d["detail-type"] for d in details} == {"Interruption Handling Status Changed"}

@@ -8,6 +8,7 @@ import pytest
 
 from chalicelib import aws
 from chalicelib.core.spec import ClusterRequest
+from tests.support import drive
 
 
 class Lag:
@@ -24,10 +25,10 @@ class Lag:
 
 @pytest.fixture
 def eng(moto_env, cluster, clock):
-    from chalicelib.usecases.clusters import Engine
+    from tests.support.drive import make_kit
     from tests.reliability.harness import moto_like_aws
     with moto_like_aws():       # moto's SetQueueAttributes would clear the policy; AWS does not
-        yield Engine(moto_env, clock=clock)
+        yield make_kit(moto_env, clock=clock)
 
 
 def writes(fn) -> list:
@@ -41,22 +42,22 @@ def writes(fn) -> list:
 
 def test_a_reconcile_right_after_an_update_neither_rewrites_nor_reports_drift(eng, cluster,
                                                                                 clock):
-    eng.provision(ClusterRequest(cluster_name=cluster, visibility_timeout_seconds=300))
-    out = eng.provision(ClusterRequest(cluster_name=cluster, visibility_timeout_seconds=120,
+    drive.provision(eng, ClusterRequest(cluster_name=cluster, visibility_timeout_seconds=300))
+    out = drive.provision(eng, ClusterRequest(cluster_name=cluster, visibility_timeout_seconds=120,
                                        message_retention_seconds=3600))
     assert [a["op"] for a in out.actions] == ["set_queue_attributes"]
     lag = Lag({"VisibilityTimeout": "300", "MessageRetentionPeriod": "1209600"})
     # within the minute: the old values show, and that is not drift
-    report = eng.reconcile(eng.identity(cluster), dry_run=True)
+    report = drive.reconcile(eng, drive.identity(eng, cluster), dry_run=True)
     assert report.actions == []
-    assert writes(lambda: eng.reconcile(eng.identity(cluster))) == []
+    assert writes(lambda: drive.reconcile(eng, drive.identity(eng, cluster))) == []
     # retention may lag 15 minutes: still not drift after 2
     clock.now += 120
     lag.old = {"MessageRetentionPeriod": "1209600"}
-    assert eng.reconcile(eng.identity(cluster), dry_run=True).actions == []
+    assert drive.reconcile(eng, drive.identity(eng, cluster), dry_run=True).actions == []
     # but an old value past its window is drift again (someone changed it back)
     clock.now += 15 * 60
-    assert [a["op"] for a in eng.reconcile(eng.identity(cluster), dry_run=True).actions] == [
+    assert [a["op"] for a in drive.reconcile(eng, drive.identity(eng, cluster), dry_run=True).actions] == [
         "set_queue_attributes"]
     lag.on = False
-    assert eng.reconcile(eng.identity(cluster), dry_run=True).actions == []
+    assert drive.reconcile(eng, drive.identity(eng, cluster), dry_run=True).actions == []

@@ -14,6 +14,7 @@ from chalicelib.core import naming
 from chalicelib.core.spec import ClusterRequest
 from tests.conftest import ACCOUNT, REGION, load_event, make_cluster
 from tests.reliability.harness import FAULT_URL, Strict
+from tests.support import drive
 
 CLUSTER = "payments-prod"
 ROLE = f"KarpenterController-{CLUSTER}"
@@ -22,8 +23,8 @@ ROLE = f"KarpenterController-{CLUSTER}"
 @pytest.fixture
 def fast(moto_env):
     """An engine that waits out eventual consistency quickly (the pauses are AWS's, not ours)."""
-    from chalicelib.usecases.clusters import Engine
-    return Engine(dataclasses.replace(moto_env, settle_seconds=0.05))
+    from tests.support.drive import make_kit
+    return make_kit(dataclasses.replace(moto_env, settle_seconds=0.05))
 
 
 def attached(role: str) -> list[str]:
@@ -38,7 +39,7 @@ def test_a_role_under_a_path_is_resolved_and_recorded_with_its_real_arn(engine, 
     iam = boto3.client("iam")
     arn = iam.create_role(RoleName=ROLE, Path="/teams/platform/", AssumeRolePolicyDocument="{}"
                           )["Role"]["Arn"]
-    out = engine.provision(ClusterRequest(cluster_name=CLUSTER))
+    out = drive.provision(engine, ClusterRequest(cluster_name=CLUSTER))
     assert out.record["resources"]["attachment"]["role_arn"] == arn
     assert out.record["status"] == "ready" and attached(ROLE)
 
@@ -48,7 +49,7 @@ def test_a_role_arn_with_the_wrong_path_is_refused_before_any_write(engine, moto
     boto3.client("iam").create_role(RoleName=ROLE, Path="/teams/platform/",
                                     AssumeRolePolicyDocument="{}")
     with pytest.raises(errors.ValidationError) as err:
-        engine.provision(ClusterRequest(cluster_name=CLUSTER,
+        drive.provision(engine, ClusterRequest(cluster_name=CLUSTER,
                                         controller_role=f"arn:aws:iam::{ACCOUNT}:role/{ROLE}"))
     assert err.value.field == "controller_role" and "/teams/platform/" in err.value.message
     assert boto3.client("sqs").list_queues().get("QueueUrls", []) == []
@@ -60,7 +61,7 @@ def test_attach_right_after_create_policy_waits_for_iam(fast, cluster):
     strict = Strict("iam", "AttachRolePolicy", "query", "NoSuchEntity",
                     "Policy arn:aws:iam::123456789012:policy/kip/x does not exist or is not "
                     "attachable.", times=2, status=404)
-    out = fast.provision(ClusterRequest(cluster_name=cluster))
+    out = drive.provision(fast, ClusterRequest(cluster_name=cluster))
     assert strict.seen == 3
     assert out.record["status"] == "ready" and out.record["resources"]["attachment"]["attached"]
 
@@ -69,21 +70,21 @@ def test_never_ready_before_the_attachment_exists(fast, cluster):
     Strict("iam", "AttachRolePolicy", "query", "NoSuchEntity", "not attachable", times=99,
            status=404)
     with pytest.raises(errors.AwsCallFailed):
-        fast.provision(ClusterRequest(cluster_name=cluster))
-    rec = fast.describe(fast.identity(cluster))
+        drive.provision(fast, ClusterRequest(cluster_name=cluster))
+    rec = drive.describe(fast, drive.identity(fast, cluster))
     assert rec["status"] == "failed" and not rec["resources"]["attachment"]["attached"]
 
 
 def test_get_policy_lagging_after_entity_already_exists_is_waited_for(fast, cluster):
-    fast.provision(ClusterRequest(cluster_name=cluster))
+    drive.provision(fast, ClusterRequest(cluster_name=cluster))
     # the record is lost, so the next run creates again and meets EntityAlreadyExists...
     boto3.client("dynamodb").delete_item(TableName=fast.settings.table_name, Key={
         "id": {"S": f"{ACCOUNT}/{REGION}/{cluster}"}})
     boto3.client("iam").delete_policy  # noqa: B018 (the policy stays: it is ours)
-    names = fast.names(fast.identity(cluster))
+    names = fast.names(drive.identity(fast, cluster))
     # ...while GetPolicy still says NoSuchEntity for a moment
     Strict("iam", "GetPolicy", "query", "NoSuchEntity", "not yet", times=2, status=404)
-    out = fast.provision(ClusterRequest(cluster_name=cluster))
+    out = drive.provision(fast, ClusterRequest(cluster_name=cluster))
     assert out.record["status"] == "ready"
     assert out.record["resources"]["policy"]["arn"] == names.policy_arn
 
@@ -96,13 +97,13 @@ def test_redrive_to_a_just_created_dlq_is_retried_within_the_request(fast, clust
                     "invalid. Reason: Dead letter target does not exist.", times=1)
     # the DLQ's own CreateQueue goes first and is the one answered: the queue's retry is the
     # point, so let the DLQ through by creating it beforehand
-    names = fast.names(fast.identity(cluster))
+    names = fast.names(drive.identity(fast, cluster))
     strict.times = 0
-    fast.provision(ClusterRequest(cluster_name=cluster, max_receive_count=3))
+    drive.provision(fast, ClusterRequest(cluster_name=cluster, max_receive_count=3))
     boto3.client("sqs").delete_queue(QueueUrl=boto3.client("sqs").get_queue_url(
         QueueName=names.queue)["QueueUrl"])
     strict.seen, strict.times = 0, 1
-    out = fast.reconcile(fast.identity(cluster))
+    out = drive.reconcile(fast, drive.identity(fast, cluster))
     assert strict.seen == 2 and out.record["status"] == "ready"
 
 
@@ -111,15 +112,15 @@ def test_queue_deleted_recently_is_503_with_retry_after(engine, cluster):
            "You must wait 60 seconds after deleting a queue before you can create another "
            "with the same name.", times=99)
     with pytest.raises(errors.Throttled) as err:
-        engine.provision(ClusterRequest(cluster_name=cluster))
+        drive.provision(engine, ClusterRequest(cluster_name=cluster))
     assert err.value.status == 503 and err.value.retry_after == 60
 
 
 # -- 5. PutRule ignores Tags on an existing rule; 9. per-entry failures ----------------------
 
 def test_changed_tags_reach_existing_rules_through_tag_resource(engine, cluster):
-    engine.provision(ClusterRequest(cluster_name=cluster, tags={"team": "a"}))
-    out = engine.provision(ClusterRequest(cluster_name=cluster, tags={"team": "b"},
+    drive.provision(engine, ClusterRequest(cluster_name=cluster, tags={"team": "a"}))
+    out = drive.provision(engine, ClusterRequest(cluster_name=cluster, tags={"team": "b"},
                                           event_kinds=["spot_interruption"]))
     ops = {(a["op"], a["name"]) for a in out.actions}
     assert ("tag_rule", f"kip-{cluster}-events") in ops
@@ -130,7 +131,7 @@ def test_changed_tags_reach_existing_rules_through_tag_resource(engine, cluster)
 
 
 def test_remove_targets_per_entry_failure_is_a_failure(engine, cluster):
-    engine.provision(ClusterRequest(cluster_name=cluster))
+    drive.provision(engine, ClusterRequest(cluster_name=cluster))
 
     def failed_entry(request, **_):
         url, request.url = request.url, FAULT_URL
@@ -142,9 +143,9 @@ def test_remove_targets_per_entry_failure_is_a_failure(engine, cluster):
         return AWSResponse(url, 200, {"Content-Type": "application/x-amz-json-1.1"}, _Raw(body))
     aws.add_hook("before-send.eventbridge.RemoveTargets", failed_entry)
     with pytest.raises(errors.AwsCallFailed) as err:
-        engine.teardown(engine.identity(cluster))
+        drive.teardown(engine, drive.identity(engine, cluster))
     assert err.value.extra["aws_code"] == "InternalFailure"
-    assert engine.describe(engine.identity(cluster))["status"] == "deleting"
+    assert drive.describe(engine, drive.identity(engine, cluster))["status"] == "deleting"
 
 
 # -- 6. a quota is not throttling --------------------------------------------------------------
@@ -153,7 +154,7 @@ def test_a_full_rule_quota_is_final_at_once_and_names_the_quota(engine, cluster)
     strict = Strict("eventbridge", "PutRule", "json", "LimitExceededException",
                     "The requested resource exceeds the maximum number allowed.", times=99)
     with pytest.raises(errors.QuotaExceeded) as err:
-        engine.provision(ClusterRequest(cluster_name=cluster, event_kinds=["spot_interruption"]))
+        drive.provision(engine, ClusterRequest(cluster_name=cluster, event_kinds=["spot_interruption"]))
     assert strict.seen == 1                       # no retries
     assert err.value.status == 409 and "L-244521F2" in err.value.message
     assert "300" in err.value.message
@@ -162,24 +163,24 @@ def test_a_full_rule_quota_is_final_at_once_and_names_the_quota(engine, cluster)
 # -- 9. a kip policy also attached to a user or group -----------------------------------------
 
 def test_teardown_detaches_the_policy_from_users_and_groups_too(engine, cluster):
-    out = engine.provision(ClusterRequest(cluster_name=cluster))
+    out = drive.provision(engine, ClusterRequest(cluster_name=cluster))
     arn = out.record["resources"]["policy"]["arn"]
     iam = boto3.client("iam")
     iam.create_user(UserName="someone")
     iam.attach_user_policy(UserName="someone", PolicyArn=arn)
     iam.create_group(GroupName="admins")
     iam.attach_group_policy(GroupName="admins", PolicyArn=arn)
-    engine.teardown(engine.identity(cluster))
+    drive.teardown(engine, drive.identity(engine, cluster))
     assert iam.list_policies(Scope="Local", PathPrefix="/kip/")["Policies"] == []
     with pytest.raises(errors.RecordNotFound):
-        engine.describe(engine.identity(cluster))
+        drive.describe(engine, drive.identity(engine, cluster))
 
 
 # -- 10. partitions ---------------------------------------------------------------------------
 
 def test_a_region_of_another_partition_is_a_400(engine):
     with pytest.raises(errors.ValidationError) as err:
-        engine.identity(CLUSTER, ACCOUNT, "cn-north-1")
+        drive.identity(engine, CLUSTER, ACCOUNT, "cn-north-1")
     assert err.value.field == "region" and "partition" in err.value.message
 
 
@@ -203,15 +204,15 @@ def test_list_tokens_are_bound_to_their_filter_and_integrity_protected(api, moto
 # -- 16. a foreign target on a kip rule --------------------------------------------------------
 
 def test_a_foreign_target_on_a_kip_rule_is_drift_and_is_removed(engine, cluster):
-    engine.provision(ClusterRequest(cluster_name=cluster))
+    drive.provision(engine, ClusterRequest(cluster_name=cluster))
     events = boto3.client("events")
     rule = f"kip-{cluster}-events"
     events.put_targets(Rule=rule, Targets=[{"Id": "eavesdropper", "Arn":
                                             f"arn:aws:sqs:{REGION}:{ACCOUNT}:elsewhere"}])
-    report = engine.reconcile(engine.identity(cluster), dry_run=True)
+    report = drive.reconcile(engine, drive.identity(engine, cluster), dry_run=True)
     assert any(a["op"] == "remove_targets" and a["params"]["ids"] == ["eavesdropper"]
                for a in report.actions)
-    engine.reconcile(engine.identity(cluster))
+    drive.reconcile(engine, drive.identity(engine, cluster))
     assert [t["Id"] for t in events.list_targets_by_rule(Rule=rule)["Targets"]] == \
         [naming.TARGET_ID]
 
@@ -251,15 +252,15 @@ def test_no_aws_attempt_starts_after_the_request_budget_but_the_record_is_writte
                                                                                   cluster):
     with aws.request_budget(0.0, 3):
         with pytest.raises(errors.Throttled) as err:
-            engine.provision(ClusterRequest(cluster_name=cluster))
+            drive.provision(engine, ClusterRequest(cluster_name=cluster))
     assert err.value.extra["aws_code"] == "RequestBudgetExceeded" and err.value.retry_after
     # outside a request nothing is capped: the next run converges
-    assert engine.provision(ClusterRequest(cluster_name=cluster)).record["status"] == "ready"
+    assert drive.provision(engine, ClusterRequest(cluster_name=cluster)).record["status"] == "ready"
 
 
 def test_in_progress_retry_after_reflects_a_run_not_the_lease(engine, cluster):
-    cid = engine.identity(cluster)
+    cid = drive.identity(engine, cluster)
     engine.registry.acquire(cid, "someone-else", None, {"status": "provisioning"})
     with pytest.raises(errors.InProgress) as err:
-        engine.provision(ClusterRequest(cluster_name=cluster))
+        drive.provision(engine, ClusterRequest(cluster_name=cluster))
     assert 1 <= err.value.retry_after <= 10 < engine.settings.lease_seconds

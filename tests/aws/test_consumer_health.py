@@ -13,6 +13,7 @@ import pytest
 from chalicelib import aws
 from tests.conftest import make_cluster, make_role, portal_inbox, put_metric
 from tests.reliability.harness import FAULT_URL, fake_error
+from tests.support import drive
 
 JSON = {"Content-Type": "application/json"}
 CLUSTER = "payments-prod"
@@ -126,8 +127,8 @@ def test_the_dlq_depth_is_reported(api):
 
 def _sweep():
     import app as service_app
-    from chalicelib.usecases import queue_health as consumer
-    return consumer.sweep(service_app.engine())
+    from chalicelib.usecases import queue_health
+    return queue_health.sweep(service_app.kit())
 
 
 def test_sweep_records_stale_clusters_and_the_list_filters_on_them(api):
@@ -181,10 +182,10 @@ def test_status_events_when_a_consumer_turns_stale_and_when_the_dlq_fills(moto_e
     from chalice.test import Client
 
     import app as service_app
-    from chalicelib.usecases.clusters import Engine
+    from tests.support.drive import make_kit
     sqs = boto3.client("sqs")
     inbox = portal_inbox()
-    service_app._engine = Engine(dataclasses.replace(moto_env, status_bus="kip-portal"))
+    service_app._kit = make_kit(dataclasses.replace(moto_env, status_bus="kip-portal"))
     try:
         with Client(service_app.app, stage_name="local") as client:
             rec = provision(client)
@@ -194,7 +195,7 @@ def test_status_events_when_a_consumer_turns_stale_and_when_the_dlq_fills(moto_e
             _sweep()
             _sweep()                                            # unchanged: no second event
     finally:
-        service_app._engine = None
+        service_app._kit = None
     msgs = sqs.receive_message(QueueUrl=inbox, MaxNumberOfMessages=10)["Messages"]
     details = [json.loads(m["Body"])["detail"] for m in msgs]
     changes = sorted(d["change"] for d in details if "change" in d)
@@ -236,7 +237,7 @@ def test_the_jwt_subject_is_recorded_and_sent_with_status_events(api, caller_con
     # a sweep (nobody asked) keeps the last caller
     _sweep()
     import app as service_app
-    service_app.engine().sweep()
+    drive.sweep(service_app.kit())
     assert api.http.get(f"/clusters/{CLUSTER}").json_body["requested_by"] == "user:alice"
 
 
@@ -244,10 +245,10 @@ def test_the_iam_caller_arn_is_recorded_on_teardown_events(moto_env, caller_cont
     from chalice.test import Client
 
     import app as service_app
-    from chalicelib.usecases.clusters import Engine
+    from tests.support.drive import make_kit
     sqs = boto3.client("sqs")
     inbox = portal_inbox()
-    service_app._engine = Engine(dataclasses.replace(moto_env, status_bus="kip-portal"))
+    service_app._kit = make_kit(dataclasses.replace(moto_env, status_bus="kip-portal"))
     bob, carol = ("arn:aws:iam::123456789012:user/bob",
                   "arn:aws:sts::123456789012:assumed-role/ops/carol")
     caller_context["identity"] = {"userArn": bob}
@@ -257,7 +258,7 @@ def test_the_iam_caller_arn_is_recorded_on_teardown_events(moto_env, caller_cont
             caller_context["identity"] = {"userArn": carol}
             assert client.http.delete(f"/clusters/{CLUSTER}").status_code == 200
     finally:
-        service_app._engine = None
+        service_app._kit = None
     details = [json.loads(m["Body"])["detail"] for m in
                sqs.receive_message(QueueUrl=inbox, MaxNumberOfMessages=10)["Messages"]]
     assert [(d["status"], d["requested_by"]) for d in details] == [

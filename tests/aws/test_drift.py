@@ -9,6 +9,7 @@ import boto3
 import pytest
 
 from tests.conftest import ACCOUNT, REGION, load_event, make_cluster, make_role
+from tests.support import drive
 
 HUMAN = f"arn:aws:sts::{ACCOUNT}:assumed-role/platform-admin/someone"
 KIP_LAMBDA_ROLE = f"arn:aws:iam::{ACCOUNT}:role/kip-prod-DefaultRole-ABC"
@@ -128,7 +129,7 @@ def test_resources_kip_does_not_record_are_ignored(api, provisioned, engine):
         out, _ = invoke(api, cloudtrail("events", "DisableRule", {"name": name}))
         assert "ignored" in out, out
         assert "repaired" not in out
-    assert [r.id for r in engine.list()[0]] == [f"{ACCOUNT}/{REGION}/payments-prod"]
+    assert [r.id for r in drive.page(engine)[0]] == [f"{ACCOUNT}/{REGION}/payments-prod"]
 
 
 @pytest.mark.parametrize("event", [

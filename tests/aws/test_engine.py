@@ -17,8 +17,9 @@ from moto import mock_aws
 from chalicelib import aws, errors
 from chalicelib.core import naming, policies
 from chalicelib.config import ALL_EVENT_KINDS, get_settings
-from chalicelib.usecases.clusters import Engine
+from tests.support.drive import make_kit
 from chalicelib.core.spec import ClusterRequest
+from tests.support import drive
 from tests.conftest import (ACCOUNT, REGION, Calls, SHARED_EVENTS, load_event, make_cluster, make_key,
                             make_role)
 
@@ -242,7 +243,7 @@ def provision_clean_cluster() -> tuple[list[tuple], dict, dict]:
             make_cluster(CLUSTER)
             make_role(ROLE)
             writes = WriteRecorder()
-            out = Engine(settings).provision(req())
+            out = drive.provision(make_kit(settings), req())
             return list(writes.calls), snapshot(), out.record
         finally:
             aws.reset()
@@ -265,7 +266,7 @@ EXPECTED_WRITES = sorted(
 
 def test_provision_creates_the_queue_and_its_dlq(engine, cluster):
     # when
-    out = engine.provision(req())
+    out = drive.provision(engine, req())
 
     # then
     attrs = queue_attributes(QUEUE)
@@ -295,7 +296,7 @@ def test_provision_creates_the_queue_and_its_dlq(engine, cluster):
 
 def test_provision_creates_one_rule_for_every_kind_targeting_the_queue(engine, cluster):
     # when
-    engine.provision(req())
+    drive.provision(engine, req())
 
     # then
     events = client("events")
@@ -311,7 +312,7 @@ def test_provision_creates_one_rule_for_every_kind_targeting_the_queue(engine, c
 
 def test_provision_creates_the_controller_policy_and_attaches_it(engine, cluster):
     # when
-    engine.provision(req())
+    drive.provision(engine, req())
 
     # then
     policies = list_kip_policies()
@@ -327,10 +328,10 @@ def test_provision_creates_the_controller_policy_and_attaches_it(engine, cluster
 
 def test_provision_records_the_cluster_as_ready(engine, cluster):
     # when
-    out = engine.provision(req())
+    out = drive.provision(engine, req())
 
     # then
-    rec = engine.describe(cid())
+    rec = drive.describe(engine, cid())
     assert rec == out.record
     assert rec["status"] == "ready"
     assert rec["karpenter"]["settings.interruptionQueue"] == QUEUE
@@ -346,11 +347,11 @@ def test_provision_records_the_cluster_as_ready(engine, cluster):
 
 def test_second_provision_makes_no_write_calls_and_returns_the_same_record(engine, cluster):
     # given
-    first = engine.provision(req())
+    first = drive.provision(engine, req())
     calls = Calls()
 
     # when
-    second = engine.provision(req())
+    second = drive.provision(engine, req())
 
     # then
     assert calls.names, "the hook must see the reads"
@@ -366,7 +367,7 @@ def test_dry_run_plans_everything_and_writes_nothing(engine, cluster):
     calls = Calls()
 
     # when
-    out = engine.provision(req(dry_run=True))
+    out = drive.provision(engine, req(dry_run=True))
 
     # then
     assert out.dry_run is True
@@ -378,11 +379,11 @@ def test_dry_run_plans_everything_and_writes_nothing(engine, cluster):
 
 def test_retention_change_updates_the_queue_in_place(engine, cluster):
     # given
-    engine.provision(req())
+    drive.provision(engine, req())
     before = snapshot()
 
     # when
-    out = engine.provision(req(message_retention_seconds=3600))
+    out = drive.provision(engine, req(message_retention_seconds=3600))
 
     # then
     assert [(a["id"], a["params"]["attributes"]) for a in out.actions] == [
@@ -400,11 +401,11 @@ def test_retention_change_updates_the_queue_in_place(engine, cluster):
 
 def test_event_kinds_subset_narrows_the_one_rule(engine, cluster):
     # given
-    engine.provision(req())
+    drive.provision(engine, req())
     queue_policy = queue_attributes(QUEUE)["Policy"]
 
     # when
-    out = engine.provision(req(event_kinds=["spot_interruption", "scheduled_change"]))
+    out = drive.provision(engine, req(event_kinds=["spot_interruption", "scheduled_change"]))
 
     # then
     assert list_rule_names() == [RULE]
@@ -414,18 +415,18 @@ def test_event_kinds_subset_narrows_the_one_rule(engine, cluster):
     assert out.record["resources"]["rule"]["exists"]
     assert out.record["event_kinds"] == ["spot_interruption", "scheduled_change"]
     # and back again
-    engine.provision(req())
+    drive.provision(engine, req())
     assert json.loads(client("events").describe_rule(Name=RULE)["EventPattern"]) == \
         policies.interruption_pattern(ALL_EVENT_KINDS)
 
 
 def test_kms_key_adds_a_policy_version_with_decrypt(engine, cluster):
     # given
-    engine.provision(req())
+    drive.provision(engine, req())
     key_arn = make_key(Description="karpenter")["Arn"]
 
     # when
-    out = engine.provision(req(kms_key_id=key_arn))
+    out = drive.provision(engine, req(kms_key_id=key_arn))
 
     # then
     assert out.record["status"] == "ready"
@@ -449,7 +450,7 @@ def test_kms_key_by_alias_is_resolved_to_the_key_arn(engine, cluster):
     kms.create_alias(AliasName="alias/karpenter", TargetKeyId=key_arn)
 
     # when
-    engine.provision(req(kms_key_id="alias/karpenter"))
+    drive.provision(engine, req(kms_key_id="alias/karpenter"))
 
     # then
     assert queue_attributes(QUEUE)["KmsMasterKeyId"] == key_arn
@@ -460,7 +461,7 @@ def test_kms_key_by_alias_is_resolved_to_the_key_arn(engine, cluster):
 def test_unknown_kms_key_is_a_validation_error_and_creates_nothing(engine, cluster):
     # when
     with pytest.raises(errors.ValidationError) as exc:
-        engine.provision(req(kms_key_id="alias/does-not-exist"))
+        drive.provision(engine, req(kms_key_id="alias/does-not-exist"))
 
     # then
     assert exc.value.field == "kms_key_id"
@@ -469,13 +470,13 @@ def test_unknown_kms_key_is_a_validation_error_and_creates_nothing(engine, clust
 
 def test_policy_versions_are_pruned_to_at_most_five(engine, cluster):
     # given
-    engine.provision(req())
+    drive.provision(engine, req())
     key_arn = make_key()["Arn"]
     iam = client("iam")
 
     # when: eight document changes
     for i in range(8):
-        engine.provision(req(kms_key_id=key_arn if i % 2 == 0 else None))
+        drive.provision(engine, req(kms_key_id=key_arn if i % 2 == 0 else None))
 
         # then
         versions = iam.list_policy_versions(PolicyArn=POLICY_ARN)["Versions"]
@@ -490,7 +491,7 @@ def test_missing_role_waits_then_reconcile_attaches(engine):
     make_cluster(CLUSTER)
 
     # when
-    out = engine.provision(req())
+    out = drive.provision(engine, req())
 
     # then
     assert out.record["status"] == "waiting_for_role"
@@ -502,7 +503,7 @@ def test_missing_role_waits_then_reconcile_attaches(engine):
     make_role(ROLE)
 
     # when
-    out = engine.reconcile(cid())
+    out = drive.reconcile(engine, cid())
 
     # then
     assert [a["id"] for a in out.actions] == ["attach"]
@@ -513,11 +514,11 @@ def test_missing_role_waits_then_reconcile_attaches(engine):
 def test_waiting_for_role_is_stable_without_writes(engine):
     # given
     make_cluster(CLUSTER)
-    engine.provision(req())
+    drive.provision(engine, req())
     calls = Calls()
 
     # when
-    out = engine.provision(req())
+    out = drive.provision(engine, req())
 
     # then
     assert calls.writes == []
@@ -531,7 +532,7 @@ def test_missing_cluster_creates_nothing(engine):
 
     # when
     with pytest.raises(errors.ClusterNotFound) as exc:
-        engine.provision(req())
+        drive.provision(engine, req())
 
     # then
     assert exc.value.code == "ClusterNotFound"
@@ -548,7 +549,7 @@ def test_deleting_cluster_is_refused(engine, cluster):
 
     # when
     with pytest.raises(errors.Conflict) as exc:
-        engine.provision(req())
+        drive.provision(engine, req())
 
     # then
     assert exc.value.status == 409
@@ -563,7 +564,7 @@ def test_bad_role_fails_before_any_aws_call(engine, cluster, role):
 
     # when
     with pytest.raises((errors.Forbidden, errors.ValidationError)) as exc:
-        engine.provision(req(controller_role=role))
+        drive.provision(engine, req(controller_role=role))
 
     # then
     assert exc.value.field == "controller_role"
@@ -579,7 +580,7 @@ def test_untagged_same_named_queue_is_not_touched(engine, cluster):
 
     # when
     with pytest.raises(errors.ResourceNotOwned) as exc:
-        engine.provision(req())
+        drive.provision(engine, req())
 
     # then
     assert exc.value.code == "ResourceNotOwned"
@@ -599,11 +600,11 @@ def test_after_a_refusal_the_cluster_can_be_provisioned_at_once(engine, cluster)
     sqs = client("sqs")
     sqs.create_queue(QueueName=QUEUE)
     with pytest.raises(errors.ResourceNotOwned):
-        engine.provision(req())
+        drive.provision(engine, req())
     sqs.delete_queue(QueueUrl=queue_url(QUEUE))
 
     # when
-    out = engine.provision(req())
+    out = drive.provision(engine, req())
 
     # then
     assert out.record["status"] == "ready"
@@ -611,14 +612,14 @@ def test_after_a_refusal_the_cluster_can_be_provisioned_at_once(engine, cluster)
 
 def test_refusal_on_an_existing_record_keeps_the_record(engine, cluster):
     # given: a ready cluster whose queue someone replaced with their own
-    first = engine.provision(req())
+    first = drive.provision(engine, req())
     sqs = client("sqs")
     sqs.delete_queue(QueueUrl=queue_url(QUEUE))
     sqs.create_queue(QueueName=QUEUE)
 
     # when
     with pytest.raises(errors.ResourceNotOwned):
-        engine.provision(req(visibility_timeout_seconds=60))
+        drive.provision(engine, req(visibility_timeout_seconds=60))
 
     # then
     rec = engine.registry.get(cid())
@@ -633,16 +634,16 @@ def test_cluster_named_like_another_clusters_dlq_gets_its_own_queues(engine):
     for name in ("payments", "payments-dlq"):
         make_cluster(name)
         make_role(f"KarpenterController-{name}")
-    engine.provision(req("payments"))
+    drive.provision(engine, req("payments"))
 
     # when
-    other = engine.provision(req("payments-dlq"))
+    other = drive.provision(engine, req("payments-dlq"))
 
     # then both own separate queues, and tearing one down leaves the other whole
     assert other.record["status"] == "ready"
     assert other.record["names"]["queue"] == "kip-payments-dlq"
-    engine.teardown(engine.identity("payments-dlq"))
-    assert engine.provision(req("payments")).changed is False
+    drive.teardown(engine, drive.identity(engine, "payments-dlq"))
+    assert drive.provision(engine, req("payments")).changed is False
 
 
 # ------------------------------------------------------------------------------ drift
@@ -678,7 +679,7 @@ DRIFTS["all"] = ([f for fs, _ in DRIFTS.values() for f in fs],
 @pytest.mark.parametrize("drift", list(DRIFTS))
 def test_reconcile_dry_run_reports_drift_then_reconcile_repairs_it(engine, cluster, drift):
     # given
-    engine.provision(req())
+    drive.provision(engine, req())
     clean = snapshot()
     for make_drift in DRIFTS[drift][0]:
         make_drift()
@@ -686,7 +687,7 @@ def test_reconcile_dry_run_reports_drift_then_reconcile_repairs_it(engine, clust
     calls = Calls()
 
     # when
-    out = engine.reconcile(cid(), dry_run=True)
+    out = drive.reconcile(engine, cid(), dry_run=True)
 
     # then: reported, nothing changed
     assert out.dry_run is True
@@ -696,29 +697,29 @@ def test_reconcile_dry_run_reports_drift_then_reconcile_repairs_it(engine, clust
     assert engine.registry.get(cid()) == record
 
     # when
-    out = engine.reconcile(cid())
+    out = drive.reconcile(engine, cid())
 
     # then: repaired
     assert {a["id"] for a in out.actions} == DRIFTS[drift][1]
     assert snapshot() == clean
     assert out.record["status"] == "ready"
-    assert engine.reconcile(cid()).actions == []
+    assert drive.reconcile(engine, cid()).actions == []
 
 
 def test_reconcile_without_a_record_is_not_found(engine, cluster):
     # when / then
     with pytest.raises(errors.RecordNotFound):
-        engine.reconcile(cid())
+        drive.reconcile(engine, cid())
 
 
 # ------------------------------------------------------------------------------ teardown
 
 def test_teardown_leaves_nothing(engine, cluster):
     # given
-    engine.provision(req())
+    drive.provision(engine, req())
 
     # when
-    out = engine.teardown(cid())
+    out = drive.teardown(engine, cid())
 
     # then
     assert out.changed is True
@@ -726,20 +727,20 @@ def test_teardown_leaves_nothing(engine, cluster):
     assert_nothing_managed()
     assert engine.registry.get(cid()) is None
     with pytest.raises(errors.RecordNotFound):
-        engine.describe(cid())
+        drive.describe(engine, cid())
 
 
 def test_teardown_removes_old_policy_versions_and_every_attachment(engine, cluster):
     # given
-    engine.provision(req())
-    engine.provision(req(max_receive_count=9))      # same policy document: no new version
+    drive.provision(engine, req())
+    drive.provision(engine, req(max_receive_count=9))      # same policy document: no new version
     key_arn = make_key()["Arn"]
-    engine.provision(req(kms_key_id=key_arn))       # v2
+    drive.provision(engine, req(kms_key_id=key_arn))       # v2
     make_role("KarpenterController-extra")
     client("iam").attach_role_policy(RoleName="KarpenterController-extra", PolicyArn=POLICY_ARN)
 
     # when
-    engine.teardown(cid())
+    drive.teardown(engine, cid())
 
     # then
     assert_nothing_managed()
@@ -763,11 +764,11 @@ def delete_policy_by_hand() -> None:
                                      drop_rule, detach, delete_policy_by_hand])
 def test_teardown_after_a_resource_was_deleted_by_hand(engine, cluster, by_hand):
     # given
-    engine.provision(req())
+    drive.provision(engine, req())
     by_hand()
 
     # when
-    engine.teardown(cid())
+    drive.teardown(engine, cid())
 
     # then
     assert_nothing_managed()
@@ -783,7 +784,7 @@ def test_teardown_after_a_resource_was_deleted_by_hand(engine, cluster, by_hand)
 ])
 def test_teardown_treats_gone_during_the_run_as_done(engine, cluster, operation, remove):
     # given: the resource disappears between observing it and deleting it
-    engine.provision(req())
+    drive.provision(engine, req())
     lock, fired = threading.Lock(), []
 
     def vanish(params, model, **kw):
@@ -794,7 +795,7 @@ def test_teardown_treats_gone_during_the_run_as_done(engine, cluster, operation,
     aws.add_hook("before-parameter-build.*.*", vanish)
 
     # when
-    engine.teardown(cid())
+    drive.teardown(engine, cid())
 
     # then
     assert fired
@@ -804,13 +805,13 @@ def test_teardown_treats_gone_during_the_run_as_done(engine, cluster, operation,
 
 def test_teardown_never_deletes_an_untagged_same_named_queue(engine, cluster):
     # given: after provisioning, someone replaced the queue with their own
-    engine.provision(req())
+    drive.provision(engine, req())
     delete_queue_by_hand()
     client("sqs").create_queue(QueueName=QUEUE, tags={"team": "someone-else"})
     theirs = queue_attributes(QUEUE)
 
     # when
-    out = engine.teardown(cid())
+    out = drive.teardown(engine, cid())
 
     # then
     assert [(s["resource"], s["name"]) for s in out.skipped] == [("queue", QUEUE)]
@@ -825,7 +826,7 @@ def test_teardown_without_a_record_leaves_an_untagged_queue_alone(engine, cluste
 
     # when
     with pytest.raises(errors.RecordNotFound):
-        engine.teardown(cid())
+        drive.teardown(engine, cid())
 
     # then
     assert [u.rsplit("/", 1)[1] for u in list_queue_urls()] == [QUEUE]
@@ -833,13 +834,13 @@ def test_teardown_without_a_record_leaves_an_untagged_queue_alone(engine, cluste
 
 def test_teardown_without_a_record_removes_tagged_leftovers(engine, cluster):
     # given: a run that created resources but lost its record
-    engine.provision(req())
+    drive.provision(engine, req())
     rec = engine.registry.get(cid())
     client("dynamodb").delete_item(TableName=engine.settings.table_name,
                                    Key={"id": {"S": rec["id"]}})
 
     # when
-    engine.teardown(cid())
+    drive.teardown(engine, cid())
 
     # then
     assert_nothing_managed()
@@ -866,7 +867,7 @@ def test_failure_at_each_write_call_is_recorded_and_the_next_run_converges(
 
     # when
     with pytest.raises(errors.AwsCallFailed) as exc:
-        engine.provision(req())
+        drive.provision(engine, req())
 
     # then
     assert exc.value.code == "AwsCallFailed"
@@ -889,19 +890,19 @@ def test_failure_at_each_write_call_is_recorded_and_the_next_run_converges(
     assert res["attachment"]["attached"] == (ROLE in state["attachments"])
 
     # when
-    out = engine.provision(req())
+    out = drive.provision(engine, req())
 
     # then
     assert out.record["status"] == "ready"
     assert "last_error" not in out.record
     assert snapshot() == clean_run[1]
-    assert engine.provision(req()).actions == []
+    assert drive.provision(engine, req()).actions == []
 
 
 def test_crash_while_saving_the_record_is_recovered_after_the_lease_expires(moto_env, clean_run):
     # given: the record write after the AWS calls fails, as if the Lambda died there
     clock = Clock()
-    engine = Engine(moto_env, clock=clock)
+    engine = make_kit(moto_env, clock=clock)
     make_cluster(CLUSTER)
     make_role(ROLE)
     puts = []
@@ -913,15 +914,15 @@ def test_crash_while_saving_the_record_is_recovered_after_the_lease_expires(moto
                 raise ClientError({"Error": {"Code": "AccessDenied", "Message": "x"}}, "PutItem")
     aws.add_hook("before-call.dynamodb.PutItem", fail_second_put)
     with pytest.raises(errors.AwsCallFailed):
-        engine.provision(req())
+        drive.provision(engine, req())
     rec = engine.registry.get(cid())
     assert rec["status"] == "provisioning" and rec["lease_owner"]
 
     # when / then: the lease protects the crashed run until it expires
     with pytest.raises(errors.InProgress):
-        engine.provision(req())
+        drive.provision(engine, req())
     clock.advance(engine.settings.lease_seconds + 1)
-    out = engine.provision(req())
+    out = drive.provision(engine, req())
 
     # then
     assert out.record["status"] == "ready"
@@ -933,7 +934,7 @@ def test_crash_while_saving_the_record_is_recovered_after_the_lease_expires(moto
 @pytest.mark.parametrize("sample", SAMPLE_EVENTS)
 def test_sample_event_arrives_in_the_cluster_queue(engine, cluster, sample):
     # given
-    engine.provision(req())
+    drive.provision(engine, req())
     event = load_event(sample)
 
     # when
@@ -966,7 +967,7 @@ UNRELATED = [
 
 def test_unrelated_events_do_not_arrive(engine, cluster):
     # given
-    engine.provision(req())
+    drive.provision(engine, req())
 
     # when
     out = client("events").put_events(Entries=[
@@ -982,7 +983,7 @@ def test_unrelated_events_do_not_arrive(engine, cluster):
 
 def test_disabled_kind_does_not_arrive(engine, cluster):
     # given
-    engine.provision(req(event_kinds=["spot_interruption"]))
+    drive.provision(engine, req(event_kinds=["spot_interruption"]))
     event = load_event("ec2-rebalance-recommendation.json")
 
     # when
@@ -1005,7 +1006,7 @@ def test_cluster_names_of_any_length_provision_and_tear_down(engine, length):
     make_role(role)
 
     # when
-    out = engine.provision(req(name, controller_role=role))
+    out = drive.provision(engine, req(name, controller_role=role))
 
     # then
     assert out.record["status"] == "ready"
@@ -1016,7 +1017,7 @@ def test_cluster_names_of_any_length_provision_and_tear_down(engine, length):
     assert attached(role) == [n["policy_arn"]]
 
     # when
-    engine.teardown(cid(name))
+    drive.teardown(engine, cid(name))
 
     # then
     assert_nothing_managed(role=role)
@@ -1028,9 +1029,9 @@ def test_long_names_differing_at_the_end_live_side_by_side(engine):
     for name, role in ((a, "KarpenterController-a"), (b, "KarpenterController-b")):
         make_cluster(name)
         make_role(role)
-    engine.provision(req(a, controller_role="KarpenterController-a"))
+    drive.provision(engine, req(a, controller_role="KarpenterController-a"))
     only_a = snapshot()
-    engine.provision(req(b, controller_role="KarpenterController-b"))
+    drive.provision(engine, req(b, controller_role="KarpenterController-b"))
 
     # then
     assert len(list_queue_urls()) == 4
@@ -1038,12 +1039,12 @@ def test_long_names_differing_at_the_end_live_side_by_side(engine):
     assert len(list_kip_policies()) == 2
 
     # when
-    engine.teardown(cid(b))
+    drive.teardown(engine, cid(b))
 
     # then
     assert snapshot() == only_a
-    assert engine.describe(cid(a))["status"] == "ready"
-    assert engine.reconcile(cid(a)).actions == []
+    assert drive.describe(engine, cid(a))["status"] == "ready"
+    assert drive.reconcile(engine, cid(a)).actions == []
 
 
 # ------------------------------------------------------------------------------ leases
@@ -1055,7 +1056,7 @@ def clock():
 
 @pytest.fixture
 def clocked(moto_env, clock):
-    return Engine(moto_env, clock=clock)
+    return make_kit(moto_env, clock=clock)
 
 
 def test_second_acquire_while_the_lease_is_live_is_in_progress(clocked):
@@ -1134,14 +1135,14 @@ def test_provision_while_another_run_holds_the_lease(clocked, clock, cluster):
 
     # when / then
     with pytest.raises(errors.InProgress):
-        clocked.provision(req())
+        drive.provision(clocked, req())
     assert_nothing_managed()
     with pytest.raises(errors.InProgress):
-        clocked.teardown(cid())
+        drive.teardown(clocked, cid())
 
     # when: the other run died
     clock.advance(clocked.settings.lease_seconds + 1)
-    out = clocked.provision(req())
+    out = drive.provision(clocked, req())
 
     # then
     assert out.record["status"] == "ready"
@@ -1149,7 +1150,7 @@ def test_provision_while_another_run_holds_the_lease(clocked, clock, cluster):
 
 def test_lease_is_released_after_every_run(clocked, cluster):
     # when
-    clocked.provision(req())
+    drive.provision(clocked, req())
 
     # then
     rec = clocked.registry.get(cid())
@@ -1182,7 +1183,7 @@ def test_cross_account_provision_goes_through_sts(engine):
                  lambda params, **kw: assumed.append(params["RoleArn"]))
 
     # when
-    out = engine.provision(req(account_id=OTHER_ACCOUNT))
+    out = drive.provision(engine, req(account_id=OTHER_ACCOUNT))
 
     # then
     assert assumed == [f"arn:aws:iam::{OTHER_ACCOUNT}:role/kip-provisioner"]
@@ -1198,7 +1199,7 @@ def test_cross_account_provision_goes_through_sts(engine):
     assert engine.registry.get(cid(account=OTHER_ACCOUNT))["status"] == "ready"
 
     # when
-    engine.teardown(cid(account=OTHER_ACCOUNT))
+    drive.teardown(engine, cid(account=OTHER_ACCOUNT))
 
     # then
     assert_nothing_managed(other)
@@ -1208,7 +1209,7 @@ def test_cross_account_provision_goes_through_sts(engine):
 def test_cross_account_missing_cluster_is_not_found(engine, cluster):
     # when / then: a cluster of the same name in our own account does not count
     with pytest.raises(errors.ClusterNotFound):
-        engine.provision(req(account_id=OTHER_ACCOUNT))
+        drive.provision(engine, req(account_id=OTHER_ACCOUNT))
     assert_nothing_managed(other_account_session())
 
 

@@ -49,11 +49,11 @@ def queue(api, moto_env, monkeypatch):
     import app as service_app
     # chalice.test's Lambda context leaves 3 s (its default), less than the replay's margin
     monkeypatch.setattr(failed_events, "MARGIN_SECONDS", 0.0)
-    from chalicelib.usecases.clusters import Engine
+    from tests.support.drive import make_kit
     url = boto3.client("sqs").create_queue(
         QueueName="kip_failed-events-test",
         Attributes={"VisibilityTimeout": "600", "MessageRetentionPeriod": "1209600"})["QueueUrl"]
-    service_app._engine = Engine(dataclasses.replace(moto_env, failed_events_queue_url=url))
+    service_app._kit = make_kit(dataclasses.replace(moto_env, failed_events_queue_url=url))
     return url
 
 
@@ -76,15 +76,16 @@ def test_a_create_cluster_lambda_gave_up_on_is_provisioned_by_the_schedule(api, 
     # given a CreateCluster whose trigger run failed (a transient error, before any record)
     make_cluster("payments-prod")
     make_role("KarpenterController-payments-prod")
-    engine = service_app._engine
+    engine = service_app._kit
 
-    real_adopt, down = engine.adopt, [True]
+    from chalicelib.usecases import clusters
+    real_adopt, down = clusters.adopt, [True]
 
     def flaky(*a, **kw):
         if down[0]:
             raise errors.AwsCallFailed("eks:DescribeCluster: connection reset")
         return real_adopt(*a, **kw)
-    monkeypatch.setattr(engine, "adopt", flaky)
+    monkeypatch.setattr(clusters, "adopt", flaky)
     with pytest.raises(errors.AwsCallFailed):
         api.lambda_.invoke("on_eks_event", create_event())
     assert api.http.get("/clusters/payments-prod").status_code == 404
@@ -131,7 +132,8 @@ def test_a_still_failing_event_stays_on_the_queue(api, queue, monkeypatch):
 
     def still_down(*a, **kw):
         raise errors.Throttled("sqs:CreateQueue throttled")
-    monkeypatch.setattr(service_app._engine, "adopt", still_down)
+    from chalicelib.usecases import clusters
+    monkeypatch.setattr(clusters, "adopt", still_down)
     # when
     out = api.lambda_.invoke("reconcile_all", SCHEDULE).payload["failed_events"]
     # then it is left (hidden for the visibility timeout, back at the next schedule)
@@ -147,7 +149,8 @@ def test_after_k_receives_a_failing_event_is_kept_for_a_human(api, queue, monkey
 
     def still_down(*a, **kw):
         raise errors.AwsCallFailed("still down")
-    monkeypatch.setattr(service_app._engine, "adopt", still_down)
+    from chalicelib.usecases import clusters
+    monkeypatch.setattr(clusters, "adopt", still_down)
     monkeypatch.setattr(failed_events, "KEEP_AFTER", 1)
     out = api.lambda_.invoke("reconcile_all", SCHEDULE).payload["failed_events"]
     assert (out["kept"], out["still_failing"]) == (1, 0)
@@ -177,15 +180,15 @@ def test_final_outcomes_and_malformed_messages_are_deleted_and_logged(api, queue
 def test_the_local_stage_has_no_replay(api, moto_env):
     summary = api.lambda_.invoke("reconcile_all", SCHEDULE).payload
     assert "failed_events" not in summary
-    from chalicelib.usecases.clusters import Engine
-    assert failed_events.replay(Engine(moto_env), lambda e: {}, lambda: 60.0)["enabled"] is False
+    from tests.support.drive import make_kit
+    assert failed_events.replay(make_kit(moto_env), lambda e: {}, lambda: 60.0)["enabled"] is False
 
 
 def test_messages_not_reached_in_time_are_released_at_once(api, queue):
     import app as service_app
     put(queue, destination_record(create_event()))
     clock = iter([5.0, -1.0])     # time enough to receive, none left to replay
-    out = failed_events.replay(service_app._engine, lambda e: {}, lambda: next(clock, -1.0))
+    out = failed_events.replay(service_app._kit, lambda e: {}, lambda: next(clock, -1.0))
     assert out["released"] == 1 and out["replayed"] == 0
     assert counts(queue) == (1, 0)          # visible again for the next run
 

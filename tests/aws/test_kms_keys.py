@@ -16,6 +16,7 @@ from chalicelib import aws, errors
 from chalicelib.core import kms
 from chalicelib.core.spec import ClusterRequest
 from tests.conftest import ACCOUNT, REGION, key_policy, make_key
+from tests.support import drive
 
 CLUSTER = "payments-prod"
 QUEUE = "kip-payments-prod"
@@ -54,7 +55,7 @@ def queues() -> list[str]:
 def refused(engine, key_id: str) -> errors.ValidationError:
     writes = Writes()
     with pytest.raises(errors.ValidationError) as exc:
-        engine.provision(ClusterRequest(cluster_name=CLUSTER, kms_key_id=key_id))
+        drive.provision(engine, ClusterRequest(cluster_name=CLUSTER, kms_key_id=key_id))
     err = exc.value
     assert err.status == 400 and err.field == "kms_key_id"
     assert writes.names == [], "a refused key must be refused before any AWS write"
@@ -176,7 +177,7 @@ def test_correctly_set_up_key_provisions_ready(engine, cluster):
     key = make_key(Description="karpenter")
 
     # when
-    out = engine.provision(ClusterRequest(cluster_name=CLUSTER, kms_key_id=key["Arn"]))
+    out = drive.provision(engine, ClusterRequest(cluster_name=CLUSTER, kms_key_id=key["Arn"]))
 
     # then
     assert out.record["status"] == "ready"
@@ -194,5 +195,5 @@ def test_key_granted_through_wildcards_provisions_ready(engine, cluster):
              "Principal": {"Service": ["sns.amazonaws.com", "events.amazonaws.com"]},
              "Action": ["kms:GenerateDataKey*", "kms:Decrypt"], "Resource": "*"}
     key = make_key(Policy=key_policy(grant, grant_eventbridge=False))
-    out = engine.provision(ClusterRequest(cluster_name=CLUSTER, kms_key_id=key["KeyId"]))
+    out = drive.provision(engine, ClusterRequest(cluster_name=CLUSTER, kms_key_id=key["KeyId"]))
     assert out.record["status"] == "ready"

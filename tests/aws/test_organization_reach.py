@@ -16,6 +16,7 @@ import pytest
 from tests.reliability.harness import Strict
 from tests.aws.test_triggers import SAMPLE_ACCOUNT, sample
 from tests.conftest import ACCOUNT, REGION, make_cluster, make_role
+from tests.support import drive
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 MEMBER = "210987654321"
@@ -77,18 +78,18 @@ def client_with(moto_env):
     from chalice.test import Client
 
     import app as service_app
-    from chalicelib.usecases.clusters import Engine
+    from tests.support.drive import make_kit
     clients = []
 
     def make(**overrides):
-        service_app._engine = Engine(dataclasses.replace(moto_env, **overrides))
+        service_app._kit = make_kit(dataclasses.replace(moto_env, **overrides))
         client = Client(service_app.app, stage_name="local")
         clients.append(client)
         return client.__enter__()
     yield make
     for c in clients:
         c.__exit__(None, None, None)
-    service_app._engine = None
+    service_app._kit = None
 
 
 def post(client, path, body):
@@ -165,20 +166,20 @@ def test_backfill_bad_input_is_400_naming_the_field_before_any_write(client_with
 
 
 def test_sweep_adopts_clusters_of_configured_account_regions(moto_env):
-    from chalicelib.usecases.clusters import Engine
+    from tests.support.drive import make_kit
     make_cluster("legacy")
     make_role("KarpenterController-legacy")
     west = make_member_cluster(MEMBER, REGION, "shop")
     oregon = make_member_cluster(MEMBER, OTHER_REGION, "search")
-    engine = Engine(dataclasses.replace(moto_env, adopt_existing=True,
+    engine = make_kit(dataclasses.replace(moto_env, adopt_existing=True,
                                         allowed_accounts=frozenset({MEMBER}),
                                         adopt_regions=(REGION, OTHER_REGION)))
-    summary = engine.sweep()
+    summary = drive.sweep(engine)
     assert sorted(summary["adopted"]) == [f"{ACCOUNT}/{REGION}/legacy", f"{MEMBER}/{REGION}/shop",
                                           f"{MEMBER}/{OTHER_REGION}/search"]
     assert summary["errors"] == []
     assert "kip-shop" in queues(west) and "kip-search" in queues(oregon)
-    again = engine.sweep()
+    again = drive.sweep(engine)
     assert again["adopted"] == [] and len(again["up_to_date"]) == 3
 
 
@@ -290,7 +291,7 @@ def test_own_account_is_always_allowed(client_with, cluster):
 
 def test_org_id_membership_is_checked_with_describe_account_and_cached(moto_env):
     from chalicelib import aws, errors
-    from chalicelib.usecases.clusters import Engine
+    from tests.support.drive import make_kit
     orgs = boto3.client("organizations")
     org = orgs.create_organization(FeatureSet="ALL")["Organization"]["Id"]
     member = orgs.create_account(Email="m@example.com",
@@ -298,20 +299,20 @@ def test_org_id_membership_is_checked_with_describe_account_and_cached(moto_env)
     calls = []
     aws.add_hook("before-parameter-build.organizations.DescribeAccount",
                  lambda params, **_: calls.append(params["AccountId"]))
-    engine = Engine(dataclasses.replace(moto_env, org_id=org))
+    engine = make_kit(dataclasses.replace(moto_env, org_id=org))
     # a member of the organization is allowed; asked once per process
     for _ in range(3):
-        assert engine.identity("shop", member).account_id == member
+        assert drive.identity(engine, "shop", member).account_id == member
     assert calls == [member]
     # an account outside it is refused, naming the account and the field
     with pytest.raises(errors.Forbidden) as exc:
-        engine.identity("shop", "999999999999")
+        drive.identity(engine, "shop", "999999999999")
     assert exc.value.field == "account_id" and "999999999999" in exc.value.message
     # the own account and listed accounts never need Organizations
-    listed = Engine(dataclasses.replace(moto_env, org_id=org,
+    listed = make_kit(dataclasses.replace(moto_env, org_id=org,
                                         allowed_accounts=frozenset({MEMBER})))
-    listed.identity("shop")
-    listed.identity("shop", MEMBER)
+    drive.identity(listed, "shop")
+    drive.identity(listed, "shop", MEMBER)
     assert calls == [member, "999999999999"]
 
 
@@ -329,7 +330,7 @@ def test_with_only_an_org_id_the_sweep_discovers_accounts_with_list_accounts(mot
     still sends only ``Status``). A suspended account is left out; the listing fills the
     membership cache, so no DescribeAccount follows."""
     from chalicelib import aws
-    from chalicelib.usecases.clusters import Engine
+    from tests.support.drive import make_kit
     org, member = _org_with_member()
     make_member_cluster(member, REGION, "shop")
 
@@ -343,23 +344,23 @@ def test_with_only_an_org_id_the_sweep_discovers_accounts_with_list_accounts(mot
     described = []
     aws.add_hook("before-parameter-build.organizations.DescribeAccount",
                  lambda params, **_: described.append(params["AccountId"]))
-    engine = Engine(dataclasses.replace(moto_env, adopt_existing=True, org_id=org))
+    engine = make_kit(dataclasses.replace(moto_env, adopt_existing=True, org_id=org))
     assert engine.org.member_accounts() == sorted([ACCOUNT, member])
-    summary = engine.sweep()
+    summary = drive.sweep(engine)
     assert summary["adopted"] == [f"{member}/{REGION}/shop"] and summary["errors"] == []
     assert "kip-shop" in queues(member_session(member, REGION)) and described == []
 
 
 def test_a_refused_list_accounts_is_a_sweep_error_that_says_where_kip_must_run(moto_env):
-    from chalicelib.usecases.clusters import Engine
+    from tests.support.drive import make_kit
     org, member = _org_with_member()
     make_member_cluster(member, REGION, "shop")
     make_cluster("own")
     make_role("KarpenterController-own")
     Strict("organizations", "ListAccounts", "json", "AccessDeniedException",
            "not the management account", times=99)
-    engine = Engine(dataclasses.replace(moto_env, adopt_existing=True, org_id=org))
-    summary = engine.sweep()
+    engine = make_kit(dataclasses.replace(moto_env, adopt_existing=True, org_id=org))
+    summary = drive.sweep(engine)
     assert [e["code"] for e in summary["errors"]] == ["Forbidden"]
     assert "delegated administrator" in summary["errors"][0]["message"]
     assert queues(member_session(member, REGION)) == []
@@ -372,14 +373,14 @@ def test_the_fan_out_schedule_adopts_across_the_organizations_accounts(moto_env)
     a record in every account-region of the adoption, not only kip's own."""
     from chalicelib.usecases import fanout
     from chalicelib.aws import worklist
-    from chalicelib.usecases.clusters import Engine
+    from tests.support.drive import make_kit
     org, member = _org_with_member()
     make_member_cluster(member, REGION, "shop")
     make_member_cluster(member, OTHER_REGION, "search")
     make_cluster("own")
     make_role("KarpenterController-own")
     url = worklist.create_work_queue(moto_env, "kip_sweep-org")
-    engine = Engine(dataclasses.replace(moto_env, adopt_existing=True, org_id=org,
+    engine = make_kit(dataclasses.replace(moto_env, adopt_existing=True, org_id=org,
                                         adopt_regions=(REGION, OTHER_REGION),
                                         sweep_mode="fanout", sweep_queue_url=url))
     out = fanout.schedule(engine, remaining=lambda: 900.0)
@@ -394,12 +395,12 @@ def test_the_fan_out_schedule_adopts_across_the_organizations_accounts(moto_env)
 
 def test_org_check_that_organizations_refuses_is_403_never_allowed(moto_env):
     from chalicelib import errors
-    from chalicelib.usecases.clusters import Engine
+    from tests.support.drive import make_kit
     Strict("organizations", "DescribeAccount", "json", "AccessDeniedException",
            "not the management account", times=99)
-    engine = Engine(dataclasses.replace(moto_env, org_id="o-abcdefghij"))
+    engine = make_kit(dataclasses.replace(moto_env, org_id="o-abcdefghij"))
     with pytest.raises(errors.Forbidden) as exc:
-        engine.identity("shop", MEMBER)
+        drive.identity(engine, "shop", MEMBER)
     assert "delegated administrator" in exc.value.message
     assert exc.value.extra["aws_code"] == "AccessDeniedException"
 

@@ -7,17 +7,18 @@ import boto3
 
 from chalicelib.core.spec import ClusterRequest
 from tests.conftest import Clock, make_cluster, make_role
+from tests.support import drive
 
 
 def engine(settings, clock, **overrides):
-    from chalicelib.usecases.clusters import Engine
-    return Engine(dataclasses.replace(settings, **overrides), clock=clock)
+    from tests.support.drive import make_kit
+    return make_kit(dataclasses.replace(settings, **overrides), clock=clock)
 
 
 def orphan(name: str, eng) -> None:
     make_cluster(name)
     make_role(f"KarpenterController-{name}")
-    eng.provision(ClusterRequest(cluster_name=name))
+    drive.provision(eng, ClusterRequest(cluster_name=name))
     boto3.client("eks").delete_cluster(name=name)        # ...and the event never came
 
 
@@ -26,39 +27,39 @@ def test_the_sweep_retires_a_record_whose_cluster_is_gone_after_the_grace(moto_e
     eng = engine(moto_env, clock, orphan_grace_minutes=30)
     orphan("gone", eng)
     # first sweep: noted, nothing removed, no error line every run
-    summary = eng.sweep()
+    summary = drive.sweep(eng)
     assert summary["errors"] == []
-    assert summary["orphans"] == [{"cluster": eng.identity("gone").key, "state": "missing",
+    assert summary["orphans"] == [{"cluster": drive.identity(eng, "gone").key, "state": "missing",
                                    "teardown_after_minutes": 30}]
-    assert eng.describe(eng.identity("gone"))["cluster_missing_since"]
+    assert drive.describe(eng, drive.identity(eng, "gone"))["cluster_missing_since"]
     assert boto3.client("sqs").list_queues().get("QueueUrls")
     # within the grace: still waiting
     clock.now += 29 * 60
-    assert eng.sweep()["orphans"][0]["state"] == "missing"
+    assert drive.sweep(eng)["orphans"][0]["state"] == "missing"
     # after it: torn down
     clock.now += 2 * 60
-    summary = eng.sweep()
+    summary = drive.sweep(eng)
     assert summary["orphans"][0]["state"] == "torn_down" and summary["orphans"][0]["removed"]
     assert boto3.client("sqs").list_queues().get("QueueUrls", []) == []
     assert boto3.client("events").list_rules(NamePrefix="kip-")["Rules"] == []
     assert boto3.client("iam").list_policies(Scope="Local", PathPrefix="/kip/")["Policies"] == []
-    assert eng.list()[0] == []
+    assert drive.page(eng)[0] == []
 
 
 def test_grace_zero_retires_on_the_first_sweep_that_sees_it(moto_env):
     eng = engine(moto_env, Clock(), orphan_grace_minutes=0)
     orphan("gone", eng)
-    assert eng.sweep()["orphans"][0]["state"] == "torn_down"
-    assert eng.list()[0] == []
+    assert drive.sweep(eng)["orphans"][0]["state"] == "torn_down"
+    assert drive.page(eng)[0] == []
 
 
 def test_a_cluster_that_comes_back_clears_the_mark(moto_env):
     clock = Clock()
     eng = engine(moto_env, clock)
     orphan("flaky", eng)
-    eng.sweep()
+    drive.sweep(eng)
     make_cluster("flaky")
     clock.now += 60 * 60
-    summary = eng.sweep()
+    summary = drive.sweep(eng)
     assert "orphans" not in summary
-    assert "cluster_missing_since" not in eng.describe(eng.identity("flaky"))
+    assert "cluster_missing_since" not in drive.describe(eng, drive.identity(eng, "flaky"))

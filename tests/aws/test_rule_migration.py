@@ -18,6 +18,7 @@ from chalicelib.config import ALL_EVENT_KINDS
 from chalicelib.converge.migration import POLICY_SETTLE_SECONDS
 from chalicelib.core.spec import ClusterRequest
 from tests.conftest import SHARED_EVENTS, load_event
+from tests.support import drive
 
 CLUSTER = "payments-prod"
 SAMPLES = sorted(p.name for p in SHARED_EVENTS.glob("*.json")
@@ -26,8 +27,8 @@ SAMPLES = sorted(p.name for p in SHARED_EVENTS.glob("*.json")
 
 @pytest.fixture
 def eng(moto_env, cluster, clock):
-    from chalicelib.usecases.clusters import Engine
-    return Engine(moto_env, clock=clock)
+    from tests.support.drive import make_kit
+    return make_kit(moto_env, clock=clock)
 
 
 def writes_of(engine, fn):
@@ -41,8 +42,8 @@ def writes_of(engine, fn):
 
 def make_legacy(engine) -> naming.Names:
     """Turn a fresh provision into what the five-rule version left behind."""
-    cid = engine.identity(CLUSTER)
-    engine.provision(ClusterRequest(cluster_name=CLUSTER))
+    cid = drive.identity(engine, CLUSTER)
+    drive.provision(engine, ClusterRequest(cluster_name=CLUSTER))
     legacy = naming.names_for(cid, engine.settings.prefix, engine.settings.iam_path, legacy=True)
     events, sqs, ddb = boto3.client("events"), boto3.client("sqs"), boto3.client("dynamodb")
     events.remove_targets(Rule=legacy.rule, Ids=[naming.TARGET_ID])
@@ -57,7 +58,7 @@ def make_legacy(engine) -> naming.Names:
     sqs.set_queue_attributes(QueueUrl=url, Attributes={"Policy": json.dumps(
         policies.queue_policy(legacy.queue_arn, list(legacy.rule_arns.values())))})
     # the record of that version: names without the one rule, resources per kind
-    rec = engine.describe(cid).item()
+    rec = drive.describe(engine, cid).item()
     old = {k: v for k, v in legacy.to_dict().items() if k not in ("rule", "rule_arn")}
     resources = dict(rec["resources"])
     resources.pop("rule", None)
@@ -106,8 +107,8 @@ def deliverable_kinds(names: naming.Names) -> set[str]:
 
 
 def test_a_new_cluster_gets_one_rule_for_every_kind(eng):
-    out = eng.provision(ClusterRequest(cluster_name=CLUSTER))
-    names = eng.names(eng.identity(CLUSTER))
+    out = drive.provision(eng, ClusterRequest(cluster_name=CLUSTER))
+    names = eng.names(drive.identity(eng, CLUSTER))
     rules = boto3.client("events").list_rules(NamePrefix="kip-")["Rules"]
     assert [r["Name"] for r in rules] == [names.rule]
     assert out.record["resources"]["rule"]["exists"] and out.record["resources"]["rules"] == {}
@@ -116,24 +117,24 @@ def test_a_new_cluster_gets_one_rule_for_every_kind(eng):
 
 def test_five_rule_cluster_moves_to_one_rule_without_a_gap(eng, clock):
     legacy = make_legacy(eng)
-    cid = eng.identity(CLUSTER)
+    cid = drive.identity(eng, CLUSTER)
     assert deliverable_kinds(legacy) == set(SAMPLES)                       # before
 
     # phase 1: the one rule is added and allowed; the old rules stay
-    eng.reconcile(cid)
+    drive.reconcile(eng, cid)
     rules = {r["Name"] for r in boto3.client("events").list_rules(NamePrefix="kip-")["Rules"]}
     assert rules == {legacy.rule, *legacy.rules.values()}
     assert deliverable_kinds(legacy) == set(SAMPLES)
-    rec = eng.describe(cid)
+    rec = drive.describe(eng, cid)
     assert rec["rule_migration_since"] and rec["names"]["rules"]
 
     # within SQS's propagation window nothing more happens (and nothing is written)
     clock.now += POLICY_SETTLE_SECONDS - 5
-    assert writes_of(eng, lambda: eng.reconcile(cid)) == []
+    assert writes_of(eng, lambda: drive.reconcile(eng, cid)) == []
 
     # phase 2: old rules removed, then the policy names only the one rule
     clock.now += 10
-    out = eng.reconcile(cid)
+    out = drive.reconcile(eng, cid)
     rules = {r["Name"] for r in boto3.client("events").list_rules(NamePrefix="kip-")["Rules"]}
     assert rules == {legacy.rule}
     assert deliverable_kinds(legacy) == set(SAMPLES)                       # after
@@ -141,14 +142,14 @@ def test_five_rule_cluster_moves_to_one_rule_without_a_gap(eng, clock):
     assert "rule_migration_since" not in out.record
 
     # and the cluster is steady: the next reconcile writes nothing
-    assert writes_of(eng, lambda: eng.reconcile(cid)) == []
-    eng.teardown(cid)
+    assert writes_of(eng, lambda: drive.reconcile(eng, cid)) == []
+    drive.teardown(eng, cid)
     assert boto3.client("events").list_rules(NamePrefix="kip-")["Rules"] == []
 
 
 def test_teardown_of_a_five_rule_cluster_removes_the_old_rules_too(eng):
     legacy = make_legacy(eng)
-    eng.teardown(eng.identity(CLUSTER))
+    drive.teardown(eng, drive.identity(eng, CLUSTER))
     assert boto3.client("events").list_rules(NamePrefix="kip-")["Rules"] == []
     assert legacy.rules
 

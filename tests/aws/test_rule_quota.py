@@ -12,11 +12,12 @@ from chalicelib.core import quota
 from chalicelib.core.spec import ClusterRequest
 from tests.conftest import make_cluster, make_role
 from tests.reliability.harness import FAULT_URL, _Raw
+from tests.support import drive
 
 
 def engine_with(settings, **overrides):
-    from chalicelib.usecases.clusters import Engine
-    return Engine(dataclasses.replace(settings, **overrides))
+    from tests.support.drive import make_kit
+    return make_kit(dataclasses.replace(settings, **overrides))
 
 
 def other_rules(n: int) -> None:
@@ -42,7 +43,7 @@ def test_a_new_rule_that_would_eat_the_reserve_is_refused_before_anything_is_cre
     other_rules(5)
     eng = engine_with(moto_env, rule_quota=25, rule_reserve=20)
     with pytest.raises(quota.RuleQuotaExceeded) as err:
-        eng.provision(ClusterRequest(cluster_name="a"))
+        drive.provision(eng, ClusterRequest(cluster_name="a"))
     e = err.value
     assert e.status == 409 and e.code == "RuleQuotaExceeded" and not e.retryable
     assert "5 of 25 in use" in e.message and "L-244521F2" in e.message
@@ -50,15 +51,15 @@ def test_a_new_rule_that_would_eat_the_reserve_is_refused_before_anything_is_cre
     assert boto3.client("sqs").list_queues().get("QueueUrls", []) == []
     assert boto3.client("iam").list_policies(Scope="Local", PathPrefix="/kip/")["Policies"] == []
     with pytest.raises(errors.RecordNotFound):          # the lease was given back
-        eng.describe(eng.identity("a"))
+        drive.describe(eng, drive.identity(eng, "a"))
 
 
 def test_clusters_that_have_their_rule_are_not_affected_by_a_full_quota(moto_env):
     clusters("a")
     eng = engine_with(moto_env, rule_quota=25, rule_reserve=20)
-    eng.provision(ClusterRequest(cluster_name="a"))
+    drive.provision(eng, ClusterRequest(cluster_name="a"))
     other_rules(10)
-    assert eng.reconcile(eng.identity("a")).record["status"] == "ready"
+    assert drive.reconcile(eng, drive.identity(eng, "a")).record["status"] == "ready"
 
 
 def test_the_count_is_read_once_per_account_region_and_kept_up_to_date(moto_env):
@@ -66,10 +67,10 @@ def test_the_count_is_read_once_per_account_region_and_kept_up_to_date(moto_env)
     listed = calls("ListRules")
     eng = engine_with(moto_env, rule_quota=23, rule_reserve=20)   # room for 3 rules in all
     other_rules(1)
-    eng.provision(ClusterRequest(cluster_name="a"))
-    eng.provision(ClusterRequest(cluster_name="b"))
+    drive.provision(eng, ClusterRequest(cluster_name="a"))
+    drive.provision(eng, ClusterRequest(cluster_name="b"))
     with pytest.raises(quota.RuleQuotaExceeded):
-        eng.provision(ClusterRequest(cluster_name="c"))           # someone, a, b: full
+        drive.provision(eng, ClusterRequest(cluster_name="c"))           # someone, a, b: full
     assert len(listed) == 1
 
 
@@ -85,7 +86,7 @@ def test_service_quotas_wins_when_it_can_be_read(moto_env):
     other_rules(3)
     eng = engine_with(moto_env, rule_quota=500, rule_reserve=5)
     with pytest.raises(quota.RuleQuotaExceeded) as err:
-        eng.provision(ClusterRequest(cluster_name="a"))
+        drive.provision(eng, ClusterRequest(cluster_name="a"))
     assert "3 of 8 in use (Service Quotas)" in err.value.message
 
 

@@ -9,6 +9,7 @@ import boto3
 import pytest
 
 from tests.conftest import ACCOUNT, REGION, make_cluster, make_role, put_metric
+from tests.support import drive
 
 SCHEDULED = {"version": "0", "id": "x", "detail-type": "Scheduled Event", "source": "aws.events",
              "account": ACCOUNT, "time": "2026-11-20T10:00:00Z", "region": REGION,
@@ -23,7 +24,7 @@ def fanout(api, moto_env, monkeypatch):
     url = worklist.create_work_queue(moto_env, "kip_sweep-test")
     settings = dataclasses.replace(moto_env, sweep_mode="fanout", sweep_queue_url=url)
     monkeypatch.setattr(service_app, "settings", settings)
-    service_app._engine.settings = settings
+    monkeypatch.setattr(service_app, "_kit", dataclasses.replace(service_app.kit(), settings=settings))
     # chalice.test's LambdaContext reports a 3 s budget; Lambda reports the function's timeout
     monkeypatch.setattr(service_app, "_remaining", lambda event: (lambda: 900.0))
     return url
@@ -54,7 +55,7 @@ def test_schedule_queues_one_item_per_record(api, fanout, monkeypatch):
     import app as service_app
     from chalicelib.usecases import fanout as fan
     monkeypatch.setattr(fan, "PAGE", 10)             # several pages, several batches
-    keys = seed(service_app._engine, 25)
+    keys = seed(service_app._kit, 25)
     summary = api.lambda_.invoke("reconcile_all", SCHEDULED).payload
     assert sorted(summary["queued"]) == keys
     items = [json.loads(m["body"]) for m in drain(fanout)]
@@ -66,7 +67,7 @@ def test_a_schedule_out_of_time_leaves_a_continuation_the_worker_resumes(api, fa
     import app as service_app
     from chalicelib.usecases import fanout as fan
     monkeypatch.setattr(fan, "PAGE", 10)
-    engine = service_app._engine
+    engine = service_app._kit
     keys = seed(engine, 25)
     out = fan.schedule(engine, remaining=lambda: 5.0)        # under the margin after page 1
     assert len(out["queued"]) == 10 + 1 and out["continued"]
@@ -86,7 +87,7 @@ def test_entries_sqs_refuses_with_http_200_are_resent(api, fanout):
     import app as service_app
     from chalicelib import aws
     from chalicelib.usecases import fanout as fan
-    engine = service_app._engine
+    engine = service_app._kit
     keys = seed(engine, 12)
     refused = []
 
@@ -111,16 +112,17 @@ def test_worker_repairs_and_reports_only_retryable_failures(api, fanout, monkeyp
     make_role("KarpenterController-drifted")
     assert api.http.post("/clusters", body=json.dumps({"cluster_name": "drifted"}),
                          headers={"Content-Type": "application/json"}).status_code == 201
-    names = service_app._engine.describe(service_app._engine.identity("drifted")).names
+    names = drive.describe(service_app._kit, drive.identity(service_app._kit, "drifted")).names
     rule = names.get("rule") or sorted(names["rules"].values())[0]
     boto3.client("events").remove_targets(Rule=rule, Ids=["KarpenterInterruptionQueueTarget"])
-    real = service_app._engine.reconcile
+    from chalicelib.usecases import clusters
+    real = clusters.reconcile
 
-    def flaky(cid, **kw):
+    def flaky(kit, cid, **kw):
         if cid.cluster_name == "throttled":
             raise errors.Throttled("slow down")
-        return real(cid, **kw)
-    monkeypatch.setattr(service_app._engine, "reconcile", flaky)
+        return real(kit, cid, **kw)
+    monkeypatch.setattr(clusters, "reconcile", flaky)
     event = api.events.generate_sqs_event([
         json.dumps({"kind": "reconcile", "id": f"{ACCOUNT}/{REGION}/drifted"}),
         "not json",
@@ -138,7 +140,7 @@ def test_worker_repairs_and_reports_only_retryable_failures(api, fanout, monkeyp
 def test_worker_hands_back_what_its_time_budget_cannot_reach(api, fanout):
     from chalicelib.usecases import fanout as fan
     import app as service_app
-    out = fan.work(service_app._engine, [("m1", json.dumps({"kind": "reconcile",
+    out = fan.work(service_app._kit, [("m1", json.dumps({"kind": "reconcile",
                                                              "id": f"{ACCOUNT}/{REGION}/x"}))],
                    remaining=lambda: 1.0)
     assert out["failed"] == ["m1"]
@@ -149,8 +151,8 @@ def test_a_schedule_skips_its_pass_while_the_last_pass_is_still_queued(api, fano
     behind the first: the schedule waits for the queue to drain."""
     import app as service_app
     from chalicelib.usecases import fanout as fan
-    keys = seed(service_app._engine, 12)
-    assert len(fan.schedule(service_app._engine, remaining=lambda: 900.0)["queued"]) == 12
+    keys = seed(service_app._kit, 12)
+    assert len(fan.schedule(service_app._kit, remaining=lambda: 900.0)["queued"]) == 12
     behind = api.lambda_.invoke("reconcile_all", SCHEDULED).payload
     assert behind["queued"] == [] and behind["behind"] == [12]
     assert sorted(json.loads(m["body"])["id"] for m in drain(fanout)) == keys
@@ -162,20 +164,20 @@ def test_the_worker_records_each_reconciled_clusters_consumer_health(api, fanout
     """Health is read per work item (the schedule's inline health pass stopped at 1,000
     records); a queue nobody reads turns the consumer stale on the record."""
     import app as service_app
-    engine = service_app._engine
+    engine = service_app._kit
     for name in ("quiet", "busy"):
         make_cluster(name)
         make_role(f"KarpenterController-{name}")
         assert api.http.post("/clusters", body=json.dumps({"cluster_name": name}),
                              headers={"Content-Type": "application/json"}).status_code == 201
-    busy = engine.describe(engine.identity("busy"))
+    busy = drive.describe(engine, drive.identity(engine, "busy"))
     boto3.client("sqs").send_message(QueueUrl=busy.resources.queue.url, MessageBody="{}")
     put_metric(busy.resources.queue.name, "ApproximateAgeOfOldestMessage", 3600.0)
     event = api.events.generate_sqs_event(
         [json.dumps({"kind": "reconcile", "id": f"{ACCOUNT}/{REGION}/{n}"})
          for n in ("quiet", "busy")], queue_name="kip_sweep-test")
     assert api.lambda_.invoke("sweep_worker", event).payload == {"batchItemFailures": []}
-    states = {n: engine.describe(engine.identity(n)).health for n in ("quiet", "busy")}
+    states = {n: drive.describe(engine, drive.identity(engine, n)).health for n in ("quiet", "busy")}
     assert states["busy"].consumer == "stale" and states["busy"].backlog == 1
     assert states["quiet"].consumer in ("idle", "unknown")
     # the schedule no longer runs a health pass of its own in fan-out mode
@@ -195,10 +197,10 @@ def test_an_up_to_date_work_item_costs_ten_calls_with_its_health(api, fanout):
     assert api.http.post("/clusters", body=json.dumps({"cluster_name": "steady"}),
                          headers={"Content-Type": "application/json"}).status_code == 201
     item = json.dumps({"kind": "reconcile", "id": f"{ACCOUNT}/{REGION}/steady"})
-    fan.work(service_app._engine, [("m0", item)], lambda: 900.0)    # first health: recorded
+    fan.work(service_app._kit, [("m0", item)], lambda: 900.0)    # first health: recorded
     calls = collections.Counter()
     aws.add_hook("before-call.*.*", lambda model=None, **_: calls.update([model.name]))
-    out = fan.work(service_app._engine, [("m1", item)], lambda: 900.0)
+    out = fan.work(service_app._kit, [("m1", item)], lambda: 900.0)
     assert out["up_to_date"] == [f"{ACCOUNT}/{REGION}/steady"] and out["failed"] == []
     assert sum(calls.values()) <= 10, calls
     assert calls["GetQueueAttributes"] == 2 and calls["GetMetricData"] == 1
@@ -208,29 +210,31 @@ def test_a_cluster_whose_repair_fails_still_gets_its_health_read(api, fanout, mo
     import app as service_app
     from chalicelib import errors
     from chalicelib.usecases import fanout as fan
-    engine = service_app._engine
+    engine = service_app._kit
     make_cluster("stuck")
     make_role("KarpenterController-stuck")
     assert api.http.post("/clusters", body=json.dumps({"cluster_name": "stuck"}),
                          headers={"Content-Type": "application/json"}).status_code == 201
 
-    def refused(cid, **_):
+    from chalicelib.usecases import clusters
+
+    def refused(kit, cid, **_):
         raise errors.Forbidden("an SCP denies the repair")
-    monkeypatch.setattr(engine, "reconcile", refused)
+    monkeypatch.setattr(clusters, "reconcile", refused)
     item = json.dumps({"kind": "reconcile", "id": f"{ACCOUNT}/{REGION}/stuck"})
     out = fan.work(engine, [("m0", item)], lambda: 900.0)
     assert [e["code"] for e in out["errors"]] == ["Forbidden"] and out["failed"] == []
-    assert out["health"] and engine.describe(engine.identity("stuck")).health is not None
+    assert out["health"] and drive.describe(engine, drive.identity(engine, "stuck")).health is not None
 
 
 def test_an_unreadable_queue_depth_never_stops_a_pass(api, fanout):
     import app as service_app
     from chalicelib.usecases import fanout as fan
     from tests.reliability.harness import Strict
-    keys = seed(service_app._engine, 3)
+    keys = seed(service_app._kit, 3)
     Strict("sqs", "GetQueueAttributes", None, "AccessDenied", "not allowed", times=99,
            status=403)
-    out = fan.schedule(service_app._engine, remaining=lambda: 900.0)
+    out = fan.schedule(service_app._kit, remaining=lambda: 900.0)
     assert sorted(out["queued"]) == keys and out["behind"] == []
 
 
@@ -239,18 +243,18 @@ def test_health_reads_the_recorded_queues_metrics_when_the_naming_has_changed(ap
     whose recorded queue is another (KIP_PREFIX changed since) is read again for its own."""
     import app as service_app
     from chalicelib.usecases import fanout as fan
-    from chalicelib.usecases.clusters import Engine
-    engine = service_app._engine
+    from tests.support.drive import make_kit
+    engine = service_app._kit
     make_cluster("renamed")
     make_role("KarpenterController-renamed")
     assert api.http.post("/clusters", body=json.dumps({"cluster_name": "renamed"}),
                          headers={"Content-Type": "application/json"}).status_code == 201
-    queue = engine.describe(engine.identity("renamed")).resources.queue
+    queue = drive.describe(engine, drive.identity(engine, "renamed")).resources.queue
     boto3.client("sqs").send_message(QueueUrl=queue.url, MessageBody="{}")
     put_metric(queue.name, "ApproximateAgeOfOldestMessage", 3600.0)
-    other = Engine(dataclasses.replace(engine.settings, prefix="other-"))
-    assert other.names(other.identity("renamed")).queue != queue.name
+    other = make_kit(dataclasses.replace(engine.settings, prefix="other-"))
+    assert other.names(drive.identity(other, "renamed")).queue != queue.name
     item = json.dumps({"kind": "reconcile", "id": f"{ACCOUNT}/{REGION}/renamed"})
     out = fan.work(other, [("m0", item)], lambda: 900.0)
     assert out["failed"] == [] and out["errors"] == []
-    assert other.describe(other.identity("renamed")).health.consumer == "stale"
+    assert drive.describe(other, drive.identity(other, "renamed")).health.consumer == "stale"

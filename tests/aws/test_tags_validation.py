@@ -9,9 +9,10 @@ import boto3
 
 from chalicelib import errors
 from chalicelib.config import Settings
-from chalicelib.usecases.clusters import Engine
+from tests.support.drive import make_kit
 from chalicelib.core.spec import ClusterRequest
 from tests.conftest import REGION, Calls
+from tests.support import drive
 
 JSON = {"Content-Type": "application/json"}
 
@@ -40,12 +41,12 @@ def test_tag_keys_differing_only_in_case_are_a_400_before_any_aws_call(api, clus
 def test_a_case_clash_with_a_default_tag_writes_nothing(moto_env, cluster):
     # given: an engine whose settings carry KIP_DEFAULT_TAGS team=platform
     settings = Settings(**{**moto_env.__dict__, "default_tags": {"team": "platform"}})
-    engine = Engine(settings)
+    engine = make_kit(settings)
     calls = Calls()
 
     # when
     try:
-        engine.provision(ClusterRequest(cluster_name=cluster, tags={"Team": "payments"}))
+        drive.provision(engine, ClusterRequest(cluster_name=cluster, tags={"Team": "payments"}))
         raise AssertionError("expected a 400")
     except errors.ValidationError as exc:
         err = exc
@@ -59,7 +60,7 @@ def test_a_case_clash_with_a_default_tag_writes_nothing(moto_env, cluster):
 
 
 def test_the_same_tags_spelled_once_provision_ready(engine, cluster):
-    out = engine.provision(ClusterRequest(cluster_name=cluster, tags={"Team": "a", "env": "b"}))
+    out = drive.provision(engine, ClusterRequest(cluster_name=cluster, tags={"Team": "a", "env": "b"}))
     assert out.record["status"] == "ready"
     sqs = boto3.client("sqs", region_name=REGION)
     url = sqs.get_queue_url(QueueName=f"kip-{cluster}")["QueueUrl"]

@@ -7,6 +7,7 @@ import boto3
 import pytest
 
 from tests.conftest import ACCOUNT, REGION, load_event, make_cluster, make_role
+from tests.support import drive
 
 SAMPLE_ACCOUNT = "111122223333"      # the account in the shared CloudTrail samples
 
@@ -114,14 +115,14 @@ def test_sweep_attaches_once_the_role_exists_and_repairs_drift(client, moto_env)
 def test_sweep_adopts_existing_clusters_when_enabled(moto_env):
     import dataclasses
 
-    from chalicelib.usecases.clusters import Engine
+    from tests.support.drive import make_kit
     make_cluster("legacy")
     make_role("KarpenterController-legacy")
     make_cluster("private", tags={"kip.io/opt-out": "true"})
-    engine = Engine(dataclasses.replace(moto_env, adopt_existing=True))
-    summary = engine.sweep()
+    engine = make_kit(dataclasses.replace(moto_env, adopt_existing=True))
+    summary = drive.sweep(engine)
     assert summary["adopted"] == [f"{ACCOUNT}/{REGION}/legacy"]
-    assert engine.describe(engine.identity("legacy"))["source"] == "reconcile"
+    assert drive.describe(engine, drive.identity(engine, "legacy"))["source"] == "reconcile"
     # the second sweep has nothing to adopt and nothing to repair
-    again = engine.sweep()
+    again = drive.sweep(engine)
     assert again["adopted"] == [] and again["up_to_date"] == [f"{ACCOUNT}/{REGION}/legacy"]

@@ -89,10 +89,10 @@ def api(sc):
     from chalice.test import Client
 
     import app as service_app
-    service_app._engine = sc.engine()
+    service_app._kit = sc.engine()
     with Client(service_app.app, stage_name="local") as client:
         yield client
-    service_app._engine = None
+    service_app._kit = None
 
 
 @pytest.fixture(scope="session")

@@ -42,7 +42,7 @@ from botocore.exceptions import ReadTimeoutError
 from chalicelib import aws, errors
 from chalicelib.core import naming
 from chalicelib.config import Settings
-from chalicelib.usecases.clusters import Engine
+from tests.support.drive import make_kit
 from chalicelib.core.spec import ClusterRequest, build_spec, resolve_role
 from tests.conftest import ACCOUNT, REGION, key_policy
 
@@ -73,6 +73,7 @@ if not hasattr(_botocore_session.create_loader, "cache_info"):
 # moto generates an RSA private key for every KMS key, symmetric ones included (~45 ms each);
 # the key material is never used here, so one per key spec is generated and reused.
 import moto.kms.models as _moto_kms  # noqa: E402
+from tests.support import drive
 
 if not hasattr(_moto_kms.generate_private_key, "cache_info"):
     _moto_kms.generate_private_key = functools.lru_cache(maxsize=None)(
@@ -142,7 +143,7 @@ class Crash(BaseException):
 
 
 class FakeClock:
-    """Engine(settings, clock=...) reads time from this; the test moves it past a lease."""
+    """make_kit(settings, clock=...) reads time from this; the test moves it past a lease."""
 
     def __init__(self, start: Optional[float] = None) -> None:
         self.now = float(start if start is not None else time.time())
@@ -570,7 +571,7 @@ def world(settings: Optional[Settings] = None) -> Iterator["Scenario"]:
 
 class Scenario:
     """The cluster ``payments-prod`` with its controller role and a customer KMS key (so every
-    kind of call, kms:DescribeKey included, is made), driven through Engine directly."""
+    kind of call, kms:DescribeKey included, is made), driven through the use cases directly."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -579,15 +580,15 @@ class Scenario:
         self.cid = naming.ClusterId(ACCOUNT, REGION, CLUSTER)
         self.names = naming.names_for(self.cid, settings.prefix, settings.iam_path)
         self.kms_arn: Optional[str] = None
-        self._engines: list[Engine] = []
+        self._engines: list = []
 
     # -- world ------------------------------------------------------------------------------
-    def engine(self) -> Engine:
-        e = Engine(self.settings, clock=self.clock)
+    def engine(self) -> Any:
+        e = make_kit(self.settings, clock=self.clock)
         self._engines.append(e)
         return e
 
-    def crash(self, phase: str, label: str) -> Engine:
+    def crash(self, phase: str, label: str) -> Any:
         """Run ``phase`` in a fresh engine whose process 'dies' just before ``label``: the crash
         propagates, the dead process's other threads stop, and the injector is reset."""
         import pytest
@@ -639,7 +640,7 @@ class Scenario:
         kms.create_alias(AliasName=KMS_ALIAS, TargetKeyId=key["KeyId"])
         self.kms_arn = key["Arn"]
         if phase in ("reconcile", "teardown"):
-            self.engine().provision(self.request())
+            drive.provision(self.engine(), self.request())
         if phase == "reconcile":
             self.drift()
         self.tap.reset()
@@ -661,14 +662,14 @@ class Scenario:
                                   SetAsDefault=True)
         iam.detach_role_policy(RoleName=ROLE, PolicyArn=n.policy_arn)
 
-    def run(self, phase: str, engine: Optional[Engine] = None) -> Any:
+    def run(self, phase: str, engine: Optional[Any] = None) -> Any:
         engine = engine or self.engine()
         if phase == "provision":
-            return engine.provision(self.request())
+            return drive.provision(engine, self.request())
         if phase == "reconcile":
-            return engine.reconcile(self.cid)
+            return drive.reconcile(engine, self.cid)
         if phase == "teardown":
-            return engine.teardown(self.cid)
+            return drive.teardown(engine, self.cid)
         raise ValueError(phase)
 
     def run_again(self, phase: str, may_wait_for_lease: bool) -> str:
@@ -691,7 +692,7 @@ class Scenario:
     def teardown_leaves_nothing(self) -> list[str]:
         """Tear down (without a fault) and return what is left; [] = nothing."""
         with contextlib.suppress(errors.RecordNotFound):     # nothing there at all
-            self.engine().teardown(self.cid)
+            drive.teardown(self.engine(), self.cid)
         return self.leftovers()
 
     def record_vs_reality(self, record: dict) -> list[str]:

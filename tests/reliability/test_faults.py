@@ -14,6 +14,7 @@ from chalicelib import errors
 from chalicelib.core import naming
 from tests.reliability import harness
 from tests.reliability.harness import RECORD_WRITES, Fault, operation_of, snake
+from tests.support import drive
 
 JSON = {"Content-Type": "application/json"}
 
@@ -178,7 +179,7 @@ def test_crash_between_calls_then_reconcile_after_lease_expiry_converges(sc, cra
         notes.append(f"record {rec['status']}, no lease")
     # then, once the lease expired, the scheduled reconcile (and the caller's retry) converge
     sc.expire_lease()
-    summary = sc.engine().sweep()
+    summary = drive.sweep(sc.engine())
     assert not summary["errors"], summary["errors"]
     if phase == "provision" and sc.record() is None:
         sc.run("provision")

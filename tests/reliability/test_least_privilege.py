@@ -20,10 +20,11 @@ import pytest
 
 from chalicelib import errors
 from chalicelib.core import naming, policies
-from chalicelib.usecases.clusters import Engine
+from tests.support.drive import make_kit
 from chalicelib.core.spec import ClusterRequest
 from tests.reliability import harness
 from tests.reliability.harness import ACCOUNT, REGION
+from tests.support import drive
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 JSON = {"Content-Type": "application/json"}
@@ -46,7 +47,7 @@ def _grants(document: dict) -> set[tuple]:
 
 
 def _provision(sc, **request) -> object:
-    return sc.engine().provision(ClusterRequest(cluster_name=harness.CLUSTER, **request))
+    return drive.provision(sc.engine(), ClusterRequest(cluster_name=harness.CLUSTER, **request))
 
 
 # ----------------------------------------------------------------------------- documents
@@ -149,7 +150,7 @@ def test_a_custom_role_pattern_refuses_the_default_role(record_property):
             sc.run("provision")
         assert sc.leftovers() == []
         harness.make_role("eks-payments-prod-karpenter")
-        out = sc.engine().provision(ClusterRequest(cluster_name=harness.CLUSTER,
+        out = drive.provision(sc.engine(), ClusterRequest(cluster_name=harness.CLUSTER,
                                                    controller_role="eks-payments-prod-karpenter"))
         assert out.record["resources"]["attachment"]["role_name"] == "eks-payments-prod-karpenter"
     record_property("least_privilege", {"check": "KIP_ROLE_PATTERN=eks-*-karpenter",
@@ -283,9 +284,9 @@ def test_the_service_policy_allows_every_call_it_makes_and_nothing_broad(sc, sta
     sc.drift()
     sc.run("reconcile")
     engine = sc.engine()
-    engine.list(limit=10)
-    engine.list(limit=10, status="ready")
-    engine.sweep()
+    drive.page(engine, limit=10)
+    drive.page(engine, limit=10, status="ready")
+    drive.sweep(engine)
     sc.run("teardown")
     denied, used = [], set()
     for label, params in sc.tap.requests:
@@ -337,7 +338,7 @@ def _state_of(sc, cid: naming.ClusterId) -> dict:
 def _provision_cluster(sc, name: str, region: str = REGION):
     harness.make_cluster(name, region)
     harness.make_role(f"KarpenterController-{name}")
-    return Engine(sc.settings, clock=sc.clock).provision(
+    return drive.provision(make_kit(sc.settings, clock=sc.clock), 
         ClusterRequest(cluster_name=name, region=region))
 
 
@@ -350,10 +351,10 @@ def test_two_100_char_names_differing_at_the_end_never_touch_each_other(sc, reco
     # the role names would be longer than 64: name shorter roles in the request
     harness.make_role("KarpenterController-long-a")
     harness.make_role("KarpenterController-long-b")
-    engine = Engine(sc.settings, clock=sc.clock)
-    engine.provision(ClusterRequest(cluster_name=a, controller_role="KarpenterController-long-a"))
+    engine = make_kit(sc.settings, clock=sc.clock)
+    drive.provision(engine, ClusterRequest(cluster_name=a, controller_role="KarpenterController-long-a"))
     a_before = _state_of(sc, _cid(a))
-    engine.provision(ClusterRequest(cluster_name=b, controller_role="KarpenterController-long-b"))
+    drive.provision(engine, ClusterRequest(cluster_name=b, controller_role="KarpenterController-long-b"))
     b_before = _state_of(sc, _cid(b))
     na, nb = (naming.names_for(_cid(x), "kip-", "/kip/") for x in (a, b))
     def flat(names: naming.Names) -> set:
@@ -365,7 +366,7 @@ def test_two_100_char_names_differing_at_the_end_never_touch_each_other(sc, reco
     # provisioning b changed nothing of a's
     assert not harness.diff(a_before, {**_state_of(sc, _cid(a))})
     # tearing a down leaves b exactly as it was
-    engine.teardown(_cid(a))
+    drive.teardown(engine, _cid(a))
     assert not harness.diff(b_before, _state_of(sc, _cid(b)))
     a_after = _state_of(sc, _cid(a))
     assert not (a_after["queues"] or a_after["rules"] or a_after["policies"] or a_after["record"])
@@ -409,11 +410,11 @@ def test_same_cluster_name_in_two_regions_are_isolated(sc, record_property):
     sc.tap.reset()
     _provision_cluster(sc, "shared-name", REGION)
     harness.make_cluster("shared-name", "us-east-1")
-    Engine(sc.settings, clock=sc.clock).provision(
+    drive.provision(make_kit(sc.settings, clock=sc.clock), 
         ClusterRequest(cluster_name="shared-name", region="us-east-1"))
     east_before = _state_of(sc, _cid("shared-name", "us-east-1"))
     assert len(east_before["policies"]) == 1 and east_before["attachments"]
-    Engine(sc.settings, clock=sc.clock).teardown(_cid("shared-name", REGION))
+    drive.teardown(make_kit(sc.settings, clock=sc.clock), _cid("shared-name", REGION))
     assert not harness.diff(east_before, _state_of(sc, _cid("shared-name", "us-east-1")))
     record_property("least_privilege", {"check": "one cluster name in two regions",
                                         "result": "two policies (region in the name); teardown "
@@ -428,7 +429,7 @@ def test_a_cluster_named_like_another_clusters_dlq_is_isolated_and_provisionable
     out = _provision_cluster(sc, "prod-dlq")
     assert out.record["status"] == "ready"
     assert not harness.diff(prod_before, _state_of(sc, _cid("prod")))
-    Engine(sc.settings, clock=sc.clock).teardown(_cid("prod-dlq"))
+    drive.teardown(make_kit(sc.settings, clock=sc.clock), _cid("prod-dlq"))
     assert not harness.diff(prod_before, _state_of(sc, _cid("prod")))
     record_property("least_privilege", {"check": "clusters 'prod' and 'prod-dlq'",
                                         "result": "both provisioned, neither touches the other"})
@@ -442,15 +443,15 @@ def test_a_short_name_equal_to_a_long_names_truncated_form_is_provisionable(sc,
     short_name = long_name[:44] + "-" + naming.short_hash(long_name)
     harness.make_role("KarpenterController-long")
     harness.make_cluster(long_name)
-    engine = Engine(sc.settings, clock=sc.clock)
-    engine.provision(ClusterRequest(cluster_name=long_name,
+    engine = make_kit(sc.settings, clock=sc.clock)
+    drive.provision(engine, ClusterRequest(cluster_name=long_name,
                                     controller_role="KarpenterController-long"))
     long_before = _state_of(sc, _cid(long_name))
     outcome = "provisioned"
     harness.make_cluster(short_name)
     harness.make_role("KarpenterController-short")
     try:
-        engine.provision(ClusterRequest(cluster_name=short_name,
+        drive.provision(engine, ClusterRequest(cluster_name=short_name,
                                         controller_role="KarpenterController-short"))
     except errors.ResourceNotOwned as exc:
         outcome = f"409 ResourceNotOwned on {exc.extra.get('resource')}"

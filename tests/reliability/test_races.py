@@ -1,5 +1,5 @@
 """Races: concurrent requests for one cluster over real HTTP (chalice local serves each request
-on its own thread, sharing one Engine, as a warm Lambda container would not but a portal backend
+on its own thread, sharing one Kit, as a warm Lambda container would not but a portal backend
 or `chalice local` does), a stale writer, and a crashed run's lease being taken over."""
 from __future__ import annotations
 

@@ -55,3 +55,10 @@ def test_jwt_auth_puts_an_authorizer_on_every_route():
                          timeout=60)
     assert out.returncode == 0, out.stderr[-500:]
     assert out.stdout.split()[1] == "True", out.stdout
+
+
+@pytest.mark.parametrize("value", ["", "-kip", "kip prefix", "k" * 21, "kip/", "kíp-"])
+def test_a_prefix_outside_its_pattern_is_refused_naming_the_variable(value):
+    # KIP_PREFIX starts every name kip makes: one that breaks a name limit or charset stops the app
+    with pytest.raises(ValueError, match="KIP_PREFIX"):
+        Settings.from_env({"KIP_PREFIX": value})

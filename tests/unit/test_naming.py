@@ -4,6 +4,8 @@ from __future__ import annotations
 import re
 
 import pytest
+
+from chalicelib.config import PREFIX_RE
 from hypothesis import given, settings, strategies as st
 
 from chalicelib.core import naming
@@ -161,7 +163,7 @@ def test_a_prefix_that_leaves_no_room_is_refused():
 @pytest.mark.parametrize("prefix", ["k", "kip-", "A" * 20])
 def test_every_allowed_prefix_keeps_100_char_names_within_limits(prefix):
     # given
-    assert naming.PREFIX_RE.match(prefix)
+    assert PREFIX_RE.fullmatch(prefix)
 
     # when
     n = names("z" * 100, prefix=prefix)
