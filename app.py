@@ -282,25 +282,30 @@ def on_eks_event(event: Any) -> dict:
 def handle_eks_event(raw: dict) -> dict:
     """on_eks_event's body, also run on each replayed failed event."""
     from chalicelib.core.events import parse_eks_event
-    from chalicelib.usecases import clusters, teardown
+    from chalicelib.usecases import lifecycle
     ev = parse_eks_event(raw)
     if ev.ignored:
-        logger.info("EKS event ignored", extra={"reason": ev.ignored})
+        level = logger.warning if "envelope" in ev.ignored else logger.info
+        level("EKS event ignored", extra={"reason": ev.ignored})
         return {"ignored": ev.ignored}
     try:
         cid = _identity(ev.cluster_name, ev.account_id, ev.region)
         logger.append_keys(trigger=ev.name)
-        if ev.name == "DeleteCluster":
-            out = teardown.teardown(kit(), cid, source="eks-event")
-            metrics.add_metric(name="TornDown", unit=MetricUnit.Count, value=1)
-            return {"deleted": cid.key, "removed": len(out.actions)}
-        out = clusters.adopt(kit(), cid, source="eks-event")   # honours the opt-out tag
-        if out.opted_out:
-            return {"ignored": "cluster opted out", "cluster": cid.key}
-        metrics.add_metric(name="Provisioned", unit=MetricUnit.Count, value=1)
-        return {"provisioned": cid.key, "status": out.record.status}
+        if ev.name == "DeleteCluster":     # acted on only if EKS confirms (core.generations)
+            out = lifecycle.cluster_deleted(kit(), cid, ev)
+        else:
+            out = lifecycle.cluster_created(kit(), cid, ev)
     except errors.KipError as exc:  # the record already says what exists; the sweep finishes
+        if not exc.retryable and exc.status in (400, 403, 409):
+            metrics.add_metric(name="Blocked", unit=MetricUnit.Count, value=1)
         return _retried_or_ignored(exc, "trigger failed", "trigger not acted on")
+    for key, metric in (("deleted", "TornDown"), ("held", "TeardownHeld"),
+                        ("provisioned", "Provisioned")):
+        if key in out:
+            metrics.add_metric(name=metric, unit=MetricUnit.Count, value=1)
+    if out.get("verdict"):
+        metrics.add_metric(name="StaleEventIgnored", unit=MetricUnit.Count, value=1)
+    return out
 
 
 def _retried_or_ignored(exc: errors.KipError, failed: str, ignored: str) -> dict:

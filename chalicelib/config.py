@@ -13,7 +13,13 @@ from functools import lru_cache
 
 # A record's status: "deleting" also marks a teardown that stopped part way (it is finished, never
 # undone, by the next DELETE, reconcile or scheduled sweep).
-STATUSES = ("provisioning", "ready", "waiting_for_role", "failed", "deleting")
+# blocked: an automatic path (trigger, backfill, adoption) could not provision the cluster (quota,
+# name clash, role name, account refused); the record says why and the sweep retries it.
+# teardown_held: an event-driven teardown past KIP_TEARDOWN_BUDGET per hour, waiting for an
+# operator's release or the sweep's second look after the hour.
+# unreachable: kip's role in the cluster's account is missing or refuses AssumeRole.
+STATUSES = ("provisioning", "ready", "waiting_for_role", "failed", "deleting", "blocked",
+            "teardown_held", "unreachable")
 
 ALL_EVENT_KINDS = (
     "spot_interruption",
@@ -83,6 +89,7 @@ class Settings:
     api_max_attempts: int = 3       # attempts per AWS call within an API request
     full_check_hours: float = 24    # in-sync reconciles read tags too once a full look is older
     orphan_grace_minutes: int = 30  # a record's EKS cluster missing this long: torn down
+    teardown_budget: int = 10       # automatic teardowns per hour per deployment; then held
     settle_seconds: float = 6.0     # waiting, within a run, for IAM/SQS eventual consistency
     # Organization reach (chalicelib/tenancy.py): accounts kip may act in besides its own; empty
     # with no org id = any account (the local stage only: deployed stages require one of them).
@@ -155,6 +162,7 @@ class Settings:
             alarms=_bool(env.get("KIP_ALARMS"), False),
             settle_seconds=float(env.get("KIP_SETTLE_SECONDS") or 6.0),
             orphan_grace_minutes=_int(env, "KIP_ORPHAN_GRACE_MINUTES", 30),
+            teardown_budget=_int(env, "KIP_TEARDOWN_BUDGET", 10),
             full_check_hours=float(env.get("KIP_FULL_CHECK_HOURS") or 24),
             api_budget_seconds=float(env.get("KIP_API_BUDGET_SECONDS") or 12),
             api_max_attempts=_int(env, "KIP_API_MAX_ATTEMPTS", 3),

@@ -95,6 +95,20 @@ class StaleWrite(Conflict):
     retryable = True
 
 
+class PreconditionRequired(KipError):
+    """RFC 6585: a change that needs ``If-Match`` (the record's ETag) came without it."""
+    status = 428
+    code = "PreconditionRequired"
+    retryable = False
+
+
+class PreconditionFailed(KipError):
+    """RFC 9110: ``If-Match`` names a version of the record that is no longer current."""
+    status = 412
+    code = "PreconditionFailed"
+    retryable = False
+
+
 class Throttled(KipError):
     status = 503
     code = "Throttled"

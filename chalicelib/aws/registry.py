@@ -168,6 +168,29 @@ class Registry:
             return False
         return True
 
+    def block(self, cid: ClusterId, fields: dict) -> Optional[ClusterRecord]:
+        """Write a ``blocked`` record (no lease: nothing exists to guard) where the cluster has
+        none, or has only a blocked one; a record of any other status is left as it is (its own
+        last_error says what failed). None when another run wrote first."""
+        current = self.get(cid)
+        if current is not None and current.status != "blocked":
+            return None
+        item = {**(current.item() if current else {}), **fields, "id": cid.key,
+                "account_id": cid.account_id, "region": cid.region,
+                "cluster_name": cid.cluster_name, "status": "blocked",
+                "version": (current.version if current else 0) + 1, "write_id": new_token(),
+                "lease_owner": None, "lease_expires": None}
+        if current is not None:
+            item["created_at"] = current.created_at or item.get("created_at")
+        record = ClusterRecord.model_validate(item)
+        cond, values = (("attribute_not_exists(id)", {}) if current is None else
+                        ("version = :v", {":v": current.version}))
+        try:
+            self.store.put(record.item(), cond, values)
+        except ConditionFailed:
+            return None
+        return record
+
     def note(self, record: ClusterRecord, fields: dict) -> bool:
         """Set (or, with None, remove) top-level ``fields`` of ``record`` as read, without a
         lease or a version bump; False when the record moved on meanwhile."""

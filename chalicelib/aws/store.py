@@ -101,9 +101,12 @@ class Store:
         kw: dict[str, Any] = {"TableName": self.table, "Limit": limit}
         if start:
             kw["ExclusiveStartKey"] = _to_ddb(start)
+        # counters (``spend``) share the table; only records have a cluster name
+        kw.update(FilterExpression="attribute_exists(#n)", ExpressionAttributeNames={"#n": "cluster_name"})
         if consumer:
-            kw.update(FilterExpression="#h.#c = :c",
-                      ExpressionAttributeNames={"#h": "health", "#c": "consumer"},
+            kw.update(FilterExpression="attribute_exists(#n) AND #h.#c = :c",
+                      ExpressionAttributeNames={"#n": "cluster_name", "#h": "health",
+                                                "#c": "consumer"},
                       ExpressionAttributeValues={":c": {"S": consumer}})
         if status:
             kw.update(IndexName=self.STATUS_INDEX,
@@ -141,6 +144,21 @@ class Store:
                    ConditionExpression="attribute_exists(id) AND version = :v",
                    ExpressionAttributeNames=names,
                    ExpressionAttributeValues=_to_ddb({**values, ":v": version}))
+
+    def spend(self, key: str, limit: int, expires_at: int) -> bool:
+        """Take one unit of the counter item ``key`` unless ``limit`` are already taken (one
+        conditional UpdateItem, so every container shares the count); False when spent. The
+        item carries ``expires_at`` for the table's TTL. Counter ids start with ``#``, which no
+        record id does, and have no ``cluster_name``: pages of records leave them out."""
+        try:
+            self._cond("dynamodb:UpdateItem", self._c().update_item, TableName=self.table,
+                       Key={"id": {"S": key}}, UpdateExpression="ADD used :one SET expires_at = :x",
+                       ConditionExpression="attribute_not_exists(used) OR used < :limit",
+                       ExpressionAttributeValues=_to_ddb({":one": 1, ":limit": limit,
+                                                          ":x": expires_at}))
+        except ConditionFailed:
+            return False
+        return True
 
     def create_table(self) -> None:
         """For the local stack and tests; deployed stages get the table from CloudFormation."""

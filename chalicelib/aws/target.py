@@ -53,9 +53,12 @@ class _Reads:
         if r is None:
             return None
         c = r["cluster"]
+        created = c.get("createdAt")
         return ClusterState(name=c["name"], arn=c.get("arn"), status=c.get("status"),
                             version=c.get("version"), tags=c.get("tags") or {},
-                            auto_mode=bool((c.get("computeConfig") or {}).get("enabled")))
+                            auto_mode=bool((c.get("computeConfig") or {}).get("enabled")),
+                            created_at=created.timestamp() if hasattr(created, "timestamp")
+                            else created)
 
     def list_clusters(self) -> list[str]:
         paginator = self._c("eks").get_paginator("list_clusters")

@@ -66,9 +66,11 @@ class ClusterState:
     version: Optional[str] = None
     tags: dict = field(default_factory=dict)
     auto_mode: bool = False         # computeConfig.enabled: EKS Auto Mode handles interruptions
+    created_at: Optional[float] = None   # createdAt (epoch seconds): tells generations apart
 
     def summary(self) -> dict:
         return {"arn": self.arn, "status": self.status, "version": self.version,
+                **({"created_at": self.created_at} if self.created_at is not None else {}),
                 **({"auto_mode": True} if self.auto_mode else {})}
 
 

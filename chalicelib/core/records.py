@@ -79,7 +79,7 @@ class LastError(_Entry):
     code: Optional[str] = None
     message: str
     at: str
-    during: Literal["provisioning", "teardown"]
+    during: Literal["provisioning", "teardown", "admission"]
 
 
 class Karpenter(_Entry):
@@ -97,6 +97,9 @@ class EksCluster(_Entry):
     arn: Optional[str] = None
     status: Optional[str] = None
     version: Optional[str] = None
+    # DescribeCluster's createdAt (epoch seconds) of the cluster generation kip wired: an event
+    # about an older generation (deleted, re-created under the same name and ARN) is stale
+    created_at: Optional[float] = None
     # EKS Auto Mode turned on after kip took the cluster on: its resources are kept (self-managed
     # Karpenter may still run during the move); DELETE the cluster's record once it is gone.
     auto_mode: Optional[bool] = None
@@ -142,6 +145,7 @@ class ClusterRecord(BaseModel):
     tag_keys: Optional[list[str]] = None  # the tag keys kip applied (removed when unwanted)
     verified_at: Optional[str] = None   # the last full look at every resource (tags included)
     cluster_missing_since: Optional[str] = None  # the sweep found the EKS cluster gone (orphan)
+    held_at: Optional[str] = None       # teardown_held: when the teardown budget held it
     rule_migration_since: Optional[str] = None  # when the queue policy first allowed the one rule
     created_at: Optional[str] = None
     updated_at: Optional[str] = None

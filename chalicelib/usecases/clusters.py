@@ -16,7 +16,7 @@ from chalicelib.converge import migration, planner
 from chalicelib.converge.executor import execute, preview
 from chalicelib.core import naming, records
 from chalicelib.core.observed import Observed
-from chalicelib.core.records import ClusterRecord, EksCluster
+from chalicelib.core.records import ClusterRecord, EksCluster, LastError
 from chalicelib.core.spec import ClusterRequest, DesiredSpec, build_spec, is_opted_out, resolve_role
 from chalicelib.usecases import skeleton, teardown
 from chalicelib.usecases.kit import Kit
@@ -32,12 +32,34 @@ def provision(kit: Kit, cid: naming.ClusterId, req: ClusterRequest, source: str 
     return _converge(kit, cid, req, source, _refuse_unusable_cluster, requested_by)
 
 
+# An automatic path meets these before anything exists: the cluster keeps a ``blocked`` record
+# that says why, and the sweep tries again (quota room freed, clash removed, role named).
+BLOCKING = (errors.QuotaExceeded, errors.ResourceNotOwned, errors.ValidationError,
+            errors.Forbidden)
+
+
 def adopt(kit: Kit, cid: naming.ClusterId, source: str, dry_run: bool = False) -> Outcome:
     """Provision a cluster found without kip being asked (EKS event, sweep, backfill): its
-    opt-out tag is honoured."""
+    opt-out tag is honoured. One that cannot be provisioned keeps a ``blocked`` record."""
     req = ClusterRequest(cluster_name=cid.cluster_name, account_id=cid.account_id,
                          region=cid.region, dry_run=dry_run)
-    return _converge(kit, cid, req, source, _opted_out_or_unusable)
+    try:
+        return _converge(kit, cid, req, source, _opted_out_or_unusable)
+    except BLOCKING as exc:
+        if not dry_run:
+            _block(kit, cid, req, source, exc)
+        raise
+
+
+def _block(kit: Kit, cid: naming.ClusterId, req: ClusterRequest, source: str,
+           exc: errors.KipError) -> None:
+    """Record a cluster an automatic path could not provision, when it has no record yet (or
+    only a blocked one): status ``blocked``, the error's code and message."""
+    error = LastError(step="admission", call=type(exc).__name__, resource=cid.key,
+                      code=exc.code, message=exc.message, at=registry.iso(kit.clock()),
+                      during="admission")
+    kit.registry.block(cid, {"source": source, "request": req.model_dump(exclude_none=True, exclude={"dry_run"}),
+                             "last_error": error.model_dump(), **kit.recorder.stamps(None)})
 
 
 def reconcile(kit: Kit, cid: naming.ClusterId, dry_run: bool = False,

@@ -40,7 +40,7 @@ from typing import Any, Callable, Optional
 
 from aws_lambda_powertools import Logger
 
-from chalicelib import errors
+from chalicelib import aws, errors
 from chalicelib.usecases.kit import Kit
 
 log = Logger(service="kip", child=True)
@@ -64,8 +64,30 @@ def _is_event(value: Any) -> bool:
         "detail-type" in value and "source" in value
 
 
-def parse(body: Any, attributes: Optional[dict] = None) -> FailedEvent:
-    """Pure: a queue message body (+ its string message attributes) -> the event and reason."""
+CONDITIONS = ("RetriesExhausted", "EventAgeExceeded")
+TRIGGER_NAMES = ("on_eks_event", "OnEksEvent")   # chalice deploy / the packaged template
+
+
+def is_trigger(function_arn: Any, account: str, region: str) -> bool:
+    """Pure: ``function_arn`` (an invocation record's requestContext.functionArn, with or
+    without a version) names kip's EKS trigger function in kip's own account and region."""
+    if not isinstance(function_arn, str):
+        return False
+    parts = function_arn.split(":")
+    if len(parts) not in (7, 8) or parts[:3] != ["arn", parts[1], "lambda"] or \
+            parts[5] != "function":
+        return False
+    return parts[3] == region and parts[4] == account and \
+        any(name in parts[6] for name in TRIGGER_NAMES)
+
+
+def parse(body: Any, attributes: Optional[dict] = None,
+          trigger: Callable[[Any], bool] = lambda arn: True) -> FailedEvent:
+    """Pure: a queue message body (+ its string message attributes) -> the event and reason.
+
+    Only Lambda's own failure records of kip's trigger (``trigger(functionArn)``) carry an event
+    to replay; anything else -- a raw SendMessage, an EventBridge-shaped body, a record of
+    another function -- is refused (logged and dropped by ``replay``)."""
     attributes = attributes or {}
     try:
         doc = json.loads(body) if isinstance(body, (str, bytes)) else body
@@ -75,6 +97,9 @@ def parse(body: Any, attributes: Optional[dict] = None) -> FailedEvent:
         return FailedEvent(None, "unknown", "the message body is not a JSON object")
     if "requestPayload" in doc or "requestContext" in doc:
         context = doc.get("requestContext") if isinstance(doc.get("requestContext"), dict) else {}
+        if not trigger(context.get("functionArn")) or context.get("condition") not in CONDITIONS:
+            return FailedEvent(None, "unknown", "an invocation record that is not Lambda's "
+                                                "failure record of kip's EKS trigger")
         response = doc.get("responsePayload")
         if isinstance(response, dict):
             reason = f"{response.get('errorType') or 'Error'}: {response.get('errorMessage')}"
@@ -87,12 +112,10 @@ def parse(body: Any, attributes: Optional[dict] = None) -> FailedEvent:
                                context.get("condition"), doc.get("timestamp"))
         return FailedEvent(payload, "lambda-destination", reason[:500],
                            context.get("condition"), doc.get("timestamp"))
-    if _is_event(doc):
-        reason = f"{attributes.get('ERROR_CODE') or 'EventBridge delivery failed'}: " \
-                 f"{attributes.get('ERROR_MESSAGE') or ''}".rstrip(": ")
-        return FailedEvent(doc, "eventbridge-dlq", reason[:500])
-    return FailedEvent(None, "unknown", "neither a Lambda invocation record nor an "
-                                        "EventBridge event")
+    if _is_event(doc):      # anyone allowed to SendMessage could write this: never replayed
+        return FailedEvent(None, "eventbridge-dlq", "an EventBridge event body, not Lambda's "
+                                                    "failure record of kip's EKS trigger")
+    return FailedEvent(None, "unknown", "not a Lambda invocation record")
 
 
 def replay(kit: Kit, handle: Callable[[dict], dict], remaining: Callable[[], float],
@@ -124,13 +147,16 @@ def replay(kit: Kit, handle: Callable[[dict], dict], remaining: Callable[[], flo
 def _one(settings: Any, url: str, queue: Any, message: dict, handle: Callable[[dict], dict],
          summary: dict) -> None:
     attrs = {k: queue.attribute(message, k) for k in ("ERROR_CODE", "ERROR_MESSAGE")}
-    failed = parse(message.get("Body"), attrs)
+    own = aws.own_account(settings)
+    failed = parse(message.get("Body"), attrs,
+                   lambda arn: is_trigger(arn, own, settings.region))
     receives = int((message.get("Attributes") or {}).get("ApproximateReceiveCount") or 1)
     where = {"message_id": message.get("MessageId"), "origin": failed.origin,
              "first_failure": failed.reason, "condition": failed.condition,
              "failed_at": failed.failed_at, "receives": receives}
     if failed.event is None:
-        log.error("failed EKS event malformed; deleted", extra=where)
+        log.error("failed-events message refused (not a failure record of kip's trigger); "
+                  "deleted", extra=where)
         queue.delete(settings, url, message["ReceiptHandle"])
         summary["dropped"] += 1
         summary["details"].append({**where, "outcome": "malformed"})

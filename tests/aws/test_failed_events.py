@@ -11,6 +11,7 @@ import pytest
 from chalicelib import errors
 from chalicelib.usecases import replay as failed_events
 from tests.conftest import ACCOUNT, REGION, load_event, make_cluster, make_role
+from tests.support.events import eks_event
 
 SCHEDULE = {"version": "0", "id": "x", "detail-type": "Scheduled Event", "source": "aws.events",
             "account": ACCOUNT, "time": "2026-11-20T10:00:00Z", "region": REGION,
@@ -106,21 +107,43 @@ def test_a_create_cluster_lambda_gave_up_on_is_provisioned_by_the_schedule(api, 
     assert counts(queue) == (0, 0)      # handled: deleted
 
 
-def test_a_rule_target_dead_letter_is_replayed_too(api, queue):
-    # given EventBridge could not invoke the function: the DLQ body is the event itself
+@pytest.mark.parametrize("forged", [
+    "event",                # an EventBridge-shaped body (any SendMessage can write one)
+    "other-function",       # Lambda's record shape, but of another function
+    "other-account",        # ... of a function named like kip's trigger, in another account
+    "no-condition",         # ... without Lambda's failure condition
+])
+def test_a_message_that_is_not_lambdas_failure_record_of_the_trigger_changes_nothing(
+        api, queue, caplog, forged):
+    # given a live cluster kip wired, and a DeleteCluster for it written straight to the queue
     make_cluster("orders")
     make_role("KarpenterController-orders")
-    put(queue, create_event("orders"), ERROR_CODE="SDK_CLIENT_ERROR",
-        ERROR_MESSAGE="Unable to invoke Lambda function", RULE_ARN="arn:aws:events:x")
+    assert api.http.post("/clusters", body=json.dumps({"cluster_name": "orders"}),
+                         headers={"Content-Type": "application/json"}).status_code == 201
+    boto3.client("eks").delete_cluster(name="orders")       # even once EKS no longer has it
+    event = eks_event("DeleteCluster", "orders", ACCOUNT, REGION)
+    record = destination_record(event)
+    context = record["requestContext"]
+    if forged == "event":
+        body = event
+    elif forged == "other-function":
+        context["functionArn"] = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:someone-else"
+        body = record
+    elif forged == "other-account":
+        context["functionArn"] = context["functionArn"].replace(ACCOUNT, "999999999999")
+        body = record
+    else:
+        context.pop("condition")
+        body = record
+    put(queue, body, ERROR_CODE="SDK_CLIENT_ERROR", RULE_ARN="arn:aws:events:x")
     # when
     out = api.lambda_.invoke("reconcile_all", SCHEDULE).payload["failed_events"]
-    # then
-    assert out["replayed"] == 1
-    assert out["details"][0]["origin"] == "eventbridge-dlq"
-    assert out["details"][0]["first_failure"] == \
-        "SDK_CLIENT_ERROR: Unable to invoke Lambda function"
+    # then it is logged and dropped; the cluster's wiring and record are untouched
+    assert (out["dropped"], out["replayed"]) == (1, 0), out
     assert api.http.get("/clusters/orders").json_body["status"] == "ready"
+    assert boto3.client("sqs").get_queue_url(QueueName="kip-orders")["QueueUrl"]
     assert counts(queue) == (0, 0)
+    assert any("refused" in r.getMessage() for r in caplog.records)
 
 
 def test_a_still_failing_event_stays_on_the_queue(api, queue, monkeypatch):
@@ -174,7 +197,7 @@ def test_final_outcomes_and_malformed_messages_are_deleted_and_logged(api, queue
     assert sorted(d["outcome"] for d in out["details"]) == \
         ["ignored", "ignored", "malformed", "malformed", "malformed"]
     assert counts(queue) == (0, 0)
-    assert sum("failed EKS event malformed" in r.getMessage() for r in caplog.records) == 3
+    assert sum("refused" in r.getMessage() for r in caplog.records) == 3
 
 
 def test_the_local_stage_has_no_replay(api, moto_env):
@@ -198,6 +221,11 @@ def test_parse_reads_both_shapes_and_refuses_the_rest():
     got = failed_events.parse(json.dumps(destination_record(event, "KeyError", "'x'")))
     assert (got.event, got.origin, got.reason) == (event, "lambda-destination", "KeyError: 'x'")
     got = failed_events.parse(json.dumps(event), {"ERROR_CODE": "THROTTLING"})
-    assert (got.origin, got.reason) == ("eventbridge-dlq", "THROTTLING")
+    assert (got.event, got.origin) == (None, "eventbridge-dlq")     # never replayed
+    arn = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:kip-prod-OnEksEvent-AbC12:$LATEST"
+    assert failed_events.is_trigger(arn, ACCOUNT, REGION)
+    assert not failed_events.is_trigger(arn, "999999999999", REGION)
+    assert not failed_events.is_trigger(arn.replace("OnEksEvent", "Other"), ACCOUNT, REGION)
+    assert not failed_events.is_trigger("arn:aws:lambda:x", ACCOUNT, REGION)
     for bad in ("", "[]", "null", json.dumps({"requestContext": {}}), json.dumps({"detail": 1})):
         assert failed_events.parse(bad).event is None

@@ -8,6 +8,7 @@ import pytest
 
 from tests.conftest import ACCOUNT, REGION, load_event, make_cluster, make_role
 from tests.support import drive
+from tests.support.events import eks_event
 
 SAMPLE_ACCOUNT = "111122223333"      # the account in the shared CloudTrail samples
 
@@ -54,8 +55,10 @@ def test_create_cluster_event_provisions_in_the_events_account_through_sts(clien
     assert boto3.client("sqs").list_queues().get("QueueUrls", []) == []   # not in our account
     rec = client.http.get(f"/clusters/payments-prod?account_id={SAMPLE_ACCOUNT}").json_body
     assert rec["source"] == "eks-event" and rec["status"] == "ready"
-    # and DeleteCluster tears it all down
-    out = client.lambda_.invoke("on_eks_event", sample("cloudtrail-eks-delete-cluster.json")).payload
+    # and once EKS has deleted the cluster, DeleteCluster tears it all down
+    sess.client("eks").delete_cluster(name="payments-prod")
+    out = client.lambda_.invoke("on_eks_event", eks_event(
+        "DeleteCluster", "payments-prod", SAMPLE_ACCOUNT, REGION)).payload
     assert out["deleted"] == f"{SAMPLE_ACCOUNT}/{REGION}/payments-prod"
     assert sess.client("sqs").list_queues().get("QueueUrls", []) == []
     assert sess.client("events").list_rules(NamePrefix="kip-")["Rules"] == []
