@@ -6,7 +6,8 @@ STAMP    := $(VENV)/.installed
 MOTO_PORT ?= 5000
 API_PORT  ?= 8000
 LATENCY_MS ?= 50
-PYTEST_ARGS ?= -n 2
+# loadgroup: the tests of the built package share one worker, so the package is built once
+PYTEST_ARGS ?= -n 2 --dist loadgroup
 
 .PHONY: venv test demo local bench package deploy openapi clean
 
@@ -37,8 +38,7 @@ PARTITION ?= aws
 
 package: venv
 	rm -rf build/package
-	AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} $(BIN)/chalice package --stage $(STAGE) --merge-template .chalice/resources-$(STAGE).json build/package
-	$(BIN)/python scripts/package.py --stage $(STAGE) --partition $(PARTITION) build/package/sam.json
+	$(BIN)/python scripts/package.py --build --stage $(STAGE) --partition $(PARTITION) build/package
 	@ls -l build/package
 
 # Everything, the records table included, through one CloudFormation stack (kip-$(STAGE)).
