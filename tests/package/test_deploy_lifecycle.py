@@ -236,3 +236,26 @@ def test_bootstrap_creates_a_versioned_encrypted_private_tls_only_bucket(aws, pa
     assert all(block.values()) and len(block) == 4
     policy = json.loads(s3.get_bucket_policy(Bucket="kip-code-eu")["Policy"])
     assert policy["Statement"][0]["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+
+
+def test_an_update_without_changes_is_a_no_op(aws, package_dir):
+    cfn = boto3.client("cloudformation", region_name=REGION)
+    lines: list[str] = []
+    with Stubber(cfn) as stub:
+        stub.add_response("describe_stacks", stack("UPDATE_COMPLETE", Parameters=[
+            {"ParameterKey": "OrgId", "ParameterValue": "o-abcdefghij"}]))
+        stub.add_response("create_change_set", {"Id": CS_ID, "StackId": STACK_ID}, {
+            "StackName": STACK, "ChangeSetName": ANY, "ChangeSetType": "UPDATE",
+            "Capabilities": ANY, "TemplateBody": ANY, "Tags": ANY, "Description": ANY,
+            "Parameters": [{"ParameterKey": "OrgId", "UsePreviousValue": True}]})
+        failed = {"Status": "FAILED", "StatusReason": "The submitted information didn't contain "
+                                                      "changes. Submit different information "
+                                                      "to create a change set."}
+        stub.add_response("describe_change_set", failed)          # the waiter: FAILED
+        stub.add_response("describe_change_set", failed)          # the script reads why
+        stub.add_response("delete_change_set", {}, {"ChangeSetName": CS_ID, "StackName": STACK})
+        stub.add_response("describe_stacks", stack("UPDATE_COMPLETE"))
+        result = deploy.deploy(args(package_dir), session=Session(
+            s3=boto3.client("s3", region_name=REGION), cloudformation=cfn), out=lines.append)
+        stub.assert_no_pending_responses()
+    assert result == {"changed": False, "outputs": {}} and "no changes to deploy" in lines
