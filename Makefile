@@ -6,9 +6,10 @@ STAMP    := $(VENV)/.installed
 MOTO_PORT ?= 5000
 API_PORT  ?= 8000
 LATENCY_MS ?= 50
-PYTEST_ARGS ?= -n 2
+# loadgroup: the tests of the built package share one worker, so the package is built once
+PYTEST_ARGS ?= -n 2 --dist loadgroup
 
-.PHONY: venv test demo local bench package deploy openapi clean
+.PHONY: venv test demo local bench package deploy bootstrap openapi clean
 
 venv: $(STAMP)
 
@@ -37,14 +38,21 @@ PARTITION ?= aws
 
 package: venv
 	rm -rf build/package
-	AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} $(BIN)/chalice package --stage $(STAGE) --merge-template .chalice/resources-$(STAGE).json build/package
-	$(BIN)/python scripts/package.py --stage $(STAGE) --partition $(PARTITION) build/package/sam.json
+	$(BIN)/python scripts/package.py --build --stage $(STAGE) --partition $(PARTITION) build/package
 	@ls -l build/package
 
 # Everything, the records table included, through one CloudFormation stack (kip-$(STAGE)).
-# Needs KIP_DEPLOY_BUCKET (an S3 bucket for the code); DRY_RUN=1 only prints the plan.
+# Needs KIP_DEPLOY_BUCKET (the code bucket: `make bootstrap` creates it once per account-region),
+# ORG_ID and/or ALLOWED_ACCOUNTS on the first deploy (later deploys keep the previous values), the
+# external id in KIP_DEPLOY_EXTERNAL_ID (optional); DRY_RUN=1 only prints the plan.
+# docs/DEPLOY.md has the whole sequence.
 deploy: package
-	$(BIN)/python scripts/deploy.py --stage $(STAGE) $(if $(DRY_RUN),--dry-run)
+	$(BIN)/python scripts/deploy.py --stage $(STAGE) $(if $(DRY_RUN),--dry-run) \
+		$(if $(ORG_ID),--org-id $(ORG_ID)) $(if $(ALLOWED_ACCOUNTS),--allowed-accounts $(ALLOWED_ACCOUNTS)) \
+		$(if $(ALARM_TOPIC_ARN),--alarm-topic-arn $(ALARM_TOPIC_ARN))
+
+bootstrap: venv
+	$(BIN)/python scripts/deploy.py --bootstrap --stage $(STAGE)
 
 openapi: venv
 	$(BIN)/python -c 'import json; from chalicelib.http.openapi import document; print(json.dumps(document(), indent=2))' > docs/openapi.json

@@ -14,9 +14,10 @@ from typing import Any, Callable, Optional
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from chalice import Chalice, ConvertToMiddleware, CORSConfig, IAMAuthorizer, Rate, Response
+from chalice.app import Request
 
 from chalicelib import errors
-from chalicelib.config import get_settings
+from chalicelib.config import get_settings, with_external_id
 from chalicelib.core.policies import EKS_EVENT_PATTERN, drift_event_pattern
 
 settings = get_settings()
@@ -38,8 +39,24 @@ def tracing(event: Any, get_response: Callable[..., Any]) -> Any:
     return _tracing(event, get_response)
 
 
+def refuse_unconfigured(event: Any, get_response: Callable[..., Any]) -> Any:
+    """Fail closed at run time: a deployed stage (KIP_REQUIRE_ACCOUNT_LIST) without an account
+    list or org id answers every invocation with a refusal that names the settings. The lists are
+    stack parameters, so packaging (which imports this module) works without them."""
+    if settings.reach_refusal is None:
+        return get_response(event)
+    logger.error(f"kip is not configured: {settings.reach_refusal}",
+                 extra={"code": "NotConfigured"})
+    exc = errors.KipError(f"kip is not configured: {settings.reach_refusal}")
+    exc.code, exc.status = "NotConfigured", 503
+    if isinstance(event, Request):
+        return error_response(exc)
+    raise exc       # an event: Lambda retries it, then keeps it (failed-events queue / DLQ)
+
+
 # Powertools' decorators take (event, context); Chalice handlers take one argument, so they are
 # registered as middleware that Chalice runs around every handler.
+app.register_middleware(refuse_unconfigured)
 app.register_middleware(ConvertToMiddleware(
     functools.partial(logger.inject_lambda_context, clear_state=True)))
 app.register_middleware(ConvertToMiddleware(metrics.log_metrics))
@@ -87,7 +104,11 @@ def kit() -> Any:
     global _kit
     if _kit is None:
         from chalicelib.usecases.kit import build
-        _kit = build(settings)
+        if settings.reach_refusal:      # never act with no account list (see refuse_unconfigured)
+            raise errors.KipError(f"kip is not configured: {settings.reach_refusal}")
+        # the external id from Secrets Manager (KIP_EXTERNAL_ID_SECRET_ARN), read once per cold
+        # start
+        _kit = build(with_external_id(settings))
     return _kit
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 # A record's status: "deleting" also marks a teardown that stopped part way (it is finished, never
@@ -64,6 +64,9 @@ class Settings:
     role_pattern: str = ""          # fnmatch pattern of role names we may attach to
     cross_account_role: str = "kip-provisioner"
     external_id: str | None = None
+    # KIP_EXTERNAL_ID_SECRET_ARN: a Secrets Manager secret holding the external id (the packaged
+    # template creates it from a NoEcho parameter); read once, at the first invocation
+    external_id_secret_arn: str | None = None
     account_id: str | None = None   # the service's own account; resolved via STS when unset
     region: str = "us-east-1"
     opt_out_tag: str = "kip.io/opt-out"
@@ -94,6 +97,9 @@ class Settings:
     # Organization reach (chalicelib/tenancy.py): accounts kip may act in besides its own; empty
     # with no org id = any account (the local stage only: deployed stages require one of them).
     allowed_accounts: frozenset = frozenset()
+    # set when KIP_REQUIRE_ACCOUNT_LIST=true and neither list is given: every handler refuses to
+    # run with this message (app.py); packaging and `import app` still work
+    reach_refusal: str | None = None
     org_id: str | None = None       # o-...: members verified with organizations:DescribeAccount
     adopt_regions: tuple = ()       # the sweep's adoption (KIP_ADOPT_EXISTING); empty = own region
     # The sweep (chalicelib/fanout.py): "fanout" sends one work item per record to the SQS queue
@@ -132,7 +138,7 @@ class Settings:
         for pair in filter(None, (env.get("KIP_DEFAULT_TAGS") or "").split(",")):
             key, _, value = pair.partition("=")
             tags[key.strip()] = value.strip()
-        allowed, org_id, adopt_regions = _organization_reach(env)
+        allowed, org_id, adopt_regions, refusal = _organization_reach(env)
         return cls(
             prefix=_prefix(env),
             table_name=env.get("KIP_TABLE_NAME", "kip-clusters"),
@@ -141,6 +147,7 @@ class Settings:
             role_pattern=env.get("KIP_ROLE_PATTERN", ""),
             cross_account_role=env.get("KIP_CROSS_ACCOUNT_ROLE", "kip-provisioner"),
             external_id=env.get("KIP_EXTERNAL_ID") or None,
+            external_id_secret_arn=(env.get("KIP_EXTERNAL_ID_SECRET_ARN") or "").strip() or None,
             account_id=env.get("KIP_ACCOUNT_ID") or None,
             region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
             opt_out_tag=env.get("KIP_OPT_OUT_TAG", "kip.io/opt-out"),
@@ -169,6 +176,7 @@ class Settings:
             rule_quota=_int(env, "KIP_RULE_QUOTA", 0) or None,
             rule_reserve=_int(env, "KIP_RULE_RESERVE", 20),
             allowed_accounts=allowed, org_id=org_id, adopt_regions=adopt_regions,
+            reach_refusal=refusal,
             **_sweep_settings(env),
             failed_events_queue_url=(env.get("KIP_FAILED_EVENTS_QUEUE_URL") or "").strip()
             or None,
@@ -185,20 +193,25 @@ def _csv(env: dict, name: str, pattern: str, example: str) -> tuple:
 
 
 def _organization_reach(env: dict) -> tuple:
-    """KIP_ALLOWED_ACCOUNTS, KIP_ORG_ID and KIP_ADOPT_REGIONS; a stage with
-    KIP_REQUIRE_ACCOUNT_LIST=true (dev, prod) refuses to start without an account list or org id."""
+    """KIP_ALLOWED_ACCOUNTS, KIP_ORG_ID and KIP_ADOPT_REGIONS. A stage with
+    KIP_REQUIRE_ACCOUNT_LIST=true (dev, prod) and neither list gets a refusal message instead of
+    an error here: the lists are deploy-time inputs (stack parameters), so `chalice package` must
+    import app.py without them, and the deployed handlers refuse to run (fail closed) until they
+    are set (``Settings.reach_refusal``, checked by app.py on every invocation)."""
     allowed = frozenset(_csv(env, "KIP_ALLOWED_ACCOUNTS", r"[0-9]{12}", "111122223333"))
     org_id = (env.get("KIP_ORG_ID") or "").strip() or None
     if org_id is not None and not re.fullmatch(r"o-[a-z0-9]{10,32}", org_id):
         raise ValueError(f"KIP_ORG_ID: {org_id[:40]!r} is not an organization id (o- and 10-32 "
                          "lowercase letters or digits, as organizations:DescribeOrganization "
                          "reports it)")
+    refusal = None
     if _bool(env.get("KIP_REQUIRE_ACCOUNT_LIST"), False) and not (allowed or org_id):
-        raise ValueError("KIP_REQUIRE_ACCOUNT_LIST=true: set KIP_ALLOWED_ACCOUNTS (comma-separated "
-                         "12-digit account ids) and/or KIP_ORG_ID (o-...) for this stage; kip "
-                         "refuses to act in any account without one of them")
+        refusal = ("KIP_REQUIRE_ACCOUNT_LIST=true: set KIP_ALLOWED_ACCOUNTS (comma-separated "
+                   "12-digit account ids) and/or KIP_ORG_ID (o-...) for this stage (the stack "
+                   "parameters AllowedAccountIds / OrgId); kip refuses to act in any account "
+                   "without one of them")
     regions = _csv(env, "KIP_ADOPT_REGIONS", r"[a-z]{2}(-[a-z]+)+-[0-9]{1,2}", "eu-west-1")
-    return allowed, org_id, regions
+    return allowed, org_id, regions, refusal
 
 
 def _sweep_settings(env: dict) -> dict:
@@ -219,6 +232,26 @@ def _sweep_settings(env: dict) -> dict:
                   if r.strip())
     return {"sweep_mode": mode, "sweep_queue_url": url, "sweep_rate": rates["KIP_SWEEP_RATE"],
             "sweep_account_rate": rates["KIP_SWEEP_ACCOUNT_RATE"], "service_role_arns": roles}
+
+
+def with_external_id(settings: Settings, read_secret=None) -> Settings:
+    """``settings`` with the external id read from KIP_EXTERNAL_ID_SECRET_ARN (once, at cold
+    start: the caller keeps the result). A plain KIP_EXTERNAL_ID wins; no secret, no change.
+    ``read_secret(arn) -> str`` defaults to one Secrets Manager GetSecretValue (boto3 is imported
+    here only then, so this module stays importable without it)."""
+    arn = settings.external_id_secret_arn
+    if settings.external_id or not arn:
+        return settings
+    if read_secret is None:
+        def read_secret(secret_arn: str) -> str:
+            import boto3
+            region = secret_arn.split(":")[3] or settings.region
+            return boto3.client("secretsmanager", region_name=region).get_secret_value(
+                SecretId=secret_arn)["SecretString"]
+    value = (read_secret(arn) or "").strip()
+    if not value:
+        raise ValueError(f"KIP_EXTERNAL_ID_SECRET_ARN: the secret {arn} is empty")
+    return replace(settings, external_id=value)
 
 
 @lru_cache(maxsize=1)

@@ -1,4 +1,17 @@
-"""After `chalice package`: put the stage's IAM policy into the template for the target partition.
+"""`make package`: `chalice package`, then finish what it built into build/package.
+
+Finishing (``--build OUT`` runs `chalice package` first; without it only the template is finished):
+
+- the zip: the Lambda Python runtime provides boto3/botocore and their dependencies; `chalice
+  package` vendors botocore anyway when a runtime requirement depends on it (aws-xray-sdk does),
+  which triples the zip. Those distributions are dropped (``RUNTIME_PROVIDED``); tests/package
+  runs the slimmed zip with only the runtime's boto3 beside it.
+- the template (``finish_template``): deploy-time inputs as stack parameters (OrgId,
+  AllowedAccountIds, ExternalId as NoEcho, kept in a Secrets Manager secret; nothing secret is
+  committed or packaged), each function's log group with a retention, alarms on function errors
+  and on the failed-event / sweep dead-letter queues, and the outputs hub.yaml, the member
+  StackSet and the portal need.
+- the partition (below).
 
 The policy files in .chalice/ are written for the `aws` partition (`arn:aws:...`). kip supports the
 partition it is deployed in, one at a time; for AWS China or GovCloud, `make package
@@ -11,8 +24,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
+import subprocess
 import sys
+import zipfile
 from typing import Any
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -67,17 +83,191 @@ def rewrite_template(template: dict, stage: str, partition: str) -> int:
     return count
 
 
+# Top-level names in the zip that the Lambda Python runtime already provides (boto3, botocore
+# and what they depend on). Dropped from the zip: the runtime's copy is the one Lambda imports.
+RUNTIME_PROVIDED = ("boto3", "botocore", "s3transfer", "jmespath", "dateutil", "urllib3", "six")
+RUNTIME_DISTS = ("boto3", "botocore", "s3transfer", "jmespath", "python_dateutil", "urllib3",
+                 "six")
+
+
+def _runtime_provided(name: str) -> bool:
+    top = name.split("/", 1)[0]
+    if top in RUNTIME_PROVIDED or top == "six.py":
+        return True
+    if top.endswith((".dist-info", ".egg-info", ".data")):     # <dist>-<version>.dist-info
+        return top.split("-", 1)[0].lower() in RUNTIME_DISTS
+    return False
+
+
+def slim_zip(zip_path: pathlib.Path) -> list[str]:
+    """Rewrite ``zip_path`` without the runtime-provided distributions (entries keep their
+    metadata, so the same input gives the same bytes). Returns the top-level names removed."""
+    tmp = zip_path.with_suffix(".tmp")
+    removed: set[str] = set()
+    with zipfile.ZipFile(zip_path) as src, zipfile.ZipFile(tmp, "w") as dst:
+        for info in src.infolist():
+            if _runtime_provided(info.filename):
+                removed.add(info.filename.split("/", 1)[0])
+                continue
+            dst.writestr(info, src.read(info.filename))
+    tmp.replace(zip_path)
+    return sorted(removed)
+
+
+FUNCTION = "AWS::Serverless::Function"
+RETENTION_DAYS = [1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827,
+                  2192, 2557, 2922, 3288, 3653]
+TAGS = [{"Key": "kip.io/managed-by", "Value": "karpenter-interruption-provisioner"}]
+PARAMETERS = {
+    "OrgId": {
+        "Type": "String", "Default": "",
+        "AllowedPattern": "^(o-[a-z0-9]{10,32})?$",
+        "Description": "KIP_ORG_ID: kip may act in the accounts of this organization (o-...). "
+                       "Give OrgId and/or AllowedAccountIds: with neither, every function "
+                       "refuses to run (logged as NotConfigured)."},
+    "AllowedAccountIds": {
+        "Type": "String", "Default": "",
+        "AllowedPattern": "^([0-9]{12}(,[0-9]{12})*)?$",
+        "ConstraintDescription": "comma-separated 12-digit account ids, no spaces",
+        "Description": "KIP_ALLOWED_ACCOUNTS: accounts kip may act in besides its own."},
+    "ExternalId": {
+        "Type": "String", "Default": "", "NoEcho": True,
+        "AllowedPattern": "^([\\w+=,.@:/-]{16,1224})?$",
+        "ConstraintDescription": "empty, or 16-1224 characters of letters, digits and +=,.@:/-_",
+        "Description": "The sts:ExternalId kip presents to member accounts (member.yaml's "
+                       "ExternalId). Kept in the Secrets Manager secret <stack>-external-id, "
+                       "read by the functions at cold start. Empty: no external id."},
+    "LogRetentionDays": {
+        "Type": "Number", "Default": 90, "AllowedValues": RETENTION_DAYS,
+        "Description": "Retention of every function's log group."},
+    "Alarms": {
+        "Type": "String", "Default": "true", "AllowedValues": ["true", "false"],
+        "Description": "CloudWatch alarms on function errors, the EKS trigger's failed events "
+                       "and the sweep's dead letters."},
+    "AlarmTopicArn": {
+        "Type": "String", "Default": "",
+        "AllowedPattern": "^(arn:aws[a-z-]*:sns:[a-z0-9-]+:[0-9]{12}:[A-Za-z0-9_-]{1,256})?$",
+        "Description": "SNS topic the alarms notify (empty: alarms without actions)."},
+}
+CONDITIONS = {
+    "HasExternalId": {"Fn::Not": [{"Fn::Equals": [{"Ref": "ExternalId"}, ""]}]},
+    "AlarmsOn": {"Fn::Equals": [{"Ref": "Alarms"}, "true"]},
+    "HasAlarmTopic": {"Fn::Not": [{"Fn::Equals": [{"Ref": "AlarmTopicArn"}, ""]}]},
+}
+# queue -> (metric, threshold, what it means)
+QUEUE_ALARMS = {
+    "FailedEventsQueue": ("ApproximateAgeOfOldestMessage", 3600,
+                          "EKS trigger events failed and the schedule's replay has not caught up "
+                          "within an hour"),
+    "FailedEventsDeadLetterQueue": ("ApproximateNumberOfMessagesVisible", 1,
+                                    "EKS trigger events the replay gave up on: a human decides "
+                                    "(docs/DEPLOY.md, Operations)"),
+    "SweepDeadLetterQueue": ("ApproximateNumberOfMessagesVisible", 1,
+                             "sweep work items failed 5 times (docs/DEPLOY.md, Operations)"),
+}
+
+
+def _alarm(description: str, namespace: str, metric: str, dimensions: list, threshold: int,
+           statistic: str) -> dict:
+    return {"Type": "AWS::CloudWatch::Alarm", "Condition": "AlarmsOn", "Properties": {
+        "AlarmDescription": description, "Namespace": namespace, "MetricName": metric,
+        "Dimensions": dimensions, "Statistic": statistic, "Period": 300, "EvaluationPeriods": 1,
+        "Threshold": threshold, "ComparisonOperator": "GreaterThanOrEqualToThreshold",
+        "TreatMissingData": "notBreaching",
+        "AlarmActions": {"Fn::If": ["HasAlarmTopic", [{"Ref": "AlarmTopicArn"}],
+                                    {"Ref": "AWS::NoValue"}]}}}
+
+
+def finish_template(template: dict) -> dict:
+    """Add the deploy-time parameters, the external-id secret, log groups, alarms and outputs to
+    the packaged template (in place; returned for convenience). Idempotent."""
+    res = template["Resources"]
+    template.setdefault("Parameters", {}).update(PARAMETERS)
+    template.setdefault("Conditions", {}).update(CONDITIONS)
+    res["ExternalIdSecret"] = {
+        "Type": "AWS::SecretsManager::Secret", "Condition": "HasExternalId",
+        "Properties": {"Name": {"Fn::Sub": "${AWS::StackName}-external-id"},
+                       "Description": "kip's sts:ExternalId for member accounts "
+                                      "(the stack parameter ExternalId)",
+                       "SecretString": {"Ref": "ExternalId"}, "Tags": TAGS}}
+    functions = sorted(k for k, v in res.items() if v["Type"] == FUNCTION)
+    for fn in functions:
+        props = res[fn]["Properties"]
+        env = props.setdefault("Environment", {}).setdefault("Variables", {})
+        env.update({"KIP_ORG_ID": {"Ref": "OrgId"},
+                    "KIP_ALLOWED_ACCOUNTS": {"Ref": "AllowedAccountIds"},
+                    "KIP_EXTERNAL_ID_SECRET_ARN": {"Fn::If": [
+                        "HasExternalId", {"Ref": "ExternalIdSecret"}, ""]}})
+        # The log group is the stack's (with a retention) and named before the function exists,
+        # so no invocation can create it first: /aws/lambda/<stack>/<function> (within the
+        # roles' log-group:/aws/lambda/kip-* grant; scripts/deploy.py refuses other stack names).
+        group = f"{fn}LogGroup"
+        res[group] = {"Type": "AWS::Logs::LogGroup", "DeletionPolicy": "Delete",
+                      "Properties": {"LogGroupName": {"Fn::Sub": f"/aws/lambda/${{AWS::StackName}}/{fn}"},
+                                     "RetentionInDays": {"Ref": "LogRetentionDays"}}}
+        props["LoggingConfig"] = {"LogGroup": {"Ref": group}, "LogFormat": "Text"}  # Ref: after it
+        res[f"{fn}ErrorsAlarm"] = _alarm(
+            f"kip {fn}: the function failed (its log group has the error)", "AWS/Lambda",
+            "Errors", [{"Name": "FunctionName", "Value": {"Ref": fn}}], 1, "Sum")
+    for queue, (metric, threshold, meaning) in QUEUE_ALARMS.items():
+        if queue in res:
+            res[f"{queue}Alarm"] = _alarm(
+                f"kip: {meaning}", "AWS/SQS", metric,
+                [{"Name": "QueueName", "Value": {"Fn::GetAtt": [queue, "QueueName"]}}],
+                threshold, "Maximum")
+    outputs = template.setdefault("Outputs", {})
+    outputs.update({
+        "EksTriggerFunctionArn": {
+            "Description": "hub.yaml TriggerFunctionArn", "Value": {"Fn::GetAtt": ["OnEksEvent", "Arn"]}},
+        "DriftFunctionArn": {
+            "Description": "hub.yaml DriftFunctionArn", "Value": {"Fn::GetAtt": ["OnDriftEvent", "Arn"]}},
+        "HubAccountId": {"Description": "member.yaml HubAccountId", "Value": {"Ref": "AWS::AccountId"}},
+        "HubPrincipalPattern": {
+            "Description": "member.yaml HubPrincipalPattern: the names of this stack's function roles",
+            "Value": {"Fn::Sub": "${AWS::StackName}-*"}},
+        "ExternalIdSecretArn": {"Condition": "HasExternalId", "Value": {"Ref": "ExternalIdSecret"}},
+    })
+    for name in ("EndpointURL", "ClustersTableName"):
+        outputs.get(name, {}).setdefault("Description", "for the portal (docs/portal.md)")
+    return template
+
+
+def build(stage: str, out: pathlib.Path, partition: str = "aws") -> dict:
+    """`chalice package` into ``out`` (the stage's resources merged in), then finish it."""
+    env = dict(os.environ)
+    env.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    chalice = pathlib.Path(sys.executable).parent / "chalice"
+    subprocess.run([str(chalice), "package", "--stage", stage, "--merge-template",
+                    f".chalice/resources-{stage}.json", str(out)], cwd=ROOT, env=env, check=True)
+    removed = slim_zip(out / "deployment.zip")
+    sam = out / "sam.json"
+    template = finish_template(json.loads(sam.read_text()))
+    count = rewrite_template(template, stage, partition)
+    sam.write_text(json.dumps(template, indent=2) + "\n")
+    return {"removed": removed, "roles": count,
+            "zip_bytes": (out / "deployment.zip").stat().st_size}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--stage", required=True)
     ap.add_argument("--partition", default="aws")
-    ap.add_argument("template", type=pathlib.Path)
+    ap.add_argument("--build", action="store_true",
+                    help="run `chalice package` into the folder of TEMPLATE first, then finish")
+    ap.add_argument("template", type=pathlib.Path,
+                    help="build/package/sam.json (with --build: the folder, build/package)")
     args = ap.parse_args(argv)
     try:
         rewrite_partition("", args.partition)
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return 2
+    if args.build:
+        out = build(args.stage, args.template, args.partition)
+        print(f"{args.template}: deployment.zip {out['zip_bytes'] / 1e6:.2f} MB (left to the "
+              f"runtime: {', '.join(out['removed']) or 'nothing'}); policy-{args.stage}.json "
+              f"for partition {args.partition} on {out['roles']} role(s)")
+        return 0
     template = json.loads(args.template.read_text())
     count = rewrite_template(template, args.stage, args.partition)
     args.template.write_text(json.dumps(template, indent=2) + "\n")

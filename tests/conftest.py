@@ -193,3 +193,20 @@ class Calls:
 def _aws():
     from chalicelib import aws
     return aws
+
+
+@pytest.fixture(scope="session")
+def built_package(tmp_path_factory) -> pathlib.Path:
+    """`make package STAGE=prod` as on a fresh clone: no KIP_* or POWERTOOLS_* variable (the
+    ones this file sets for the other tests are removed). Built once per session; the tests that
+    use it carry ``xdist_group("package")`` so that, with ``--dist loadgroup`` (the Makefile),
+    they share one worker and one build."""
+    import subprocess
+    import sys
+    out = tmp_path_factory.mktemp("package") / "out"
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("KIP_", "POWERTOOLS_", "AWS_ENDPOINT"))}
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "package.py"), "--build", "--stage",
+                    "prod", str(out)], cwd=ROOT, env=env, check=True, capture_output=True,
+                   timeout=900)
+    return out

@@ -248,6 +248,9 @@ IMPLICIT = {
     "logs:CreateLogGroup": "Lambda logs", "logs:CreateLogStream": "Lambda logs",
     "logs:PutLogEvents": "Lambda logs",
     "xray:PutTraceSegments": "tracing", "xray:PutTelemetryRecords": "tracing",
+    "secretsmanager:GetSecretValue": "the external id, once per cold start, from the stack's "
+                                     "kip-* secret (chalicelib.config.with_external_id; "
+                                     "tests/package runs it against the deployed stack)",
     "sqs:SendMessage": "the fan-out sweep's work items, on the sweep queue only "
                        "(tests/aws/test_sweep_fanout.py)",
     "sqs:ReceiveMessage": "Lambda's event source mapping polls the sweep queue with the "

@@ -11,6 +11,8 @@ import sys
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
+# the packaged-template tests share the session's one build (tests/conftest.py built_package)
+pytestmark = pytest.mark.xdist_group("package")
 STAGES = ("dev", "prod")
 # X-Ray's telemetry calls support no resource-level permissions: "*" is the only possible scope.
 STAR_ALLOWED = {"xray:PutTraceSegments", "xray:PutTelemetryRecords"}
@@ -187,17 +189,9 @@ def test_reserved_concurrency_is_set_per_function_never_per_stage():
 
 
 @pytest.fixture(scope="module")
-def packaged(tmp_path_factory):
-    out = tmp_path_factory.mktemp("package") / "out"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KIP_")}
-    env.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-    # `chalice package` imports app.py with the stage's environment: prod requires an account
-    # list (KIP_REQUIRE_ACCOUNT_LIST), which an operator adds to .chalice/config.json
-    env["KIP_ALLOWED_ACCOUNTS"] = "111122223333"
-    subprocess.run([str(pathlib.Path(sys.executable).parent / "chalice"), "package", "--stage",
-                    "prod", "--merge-template", ".chalice/resources-prod.json", str(out)],
-                   cwd=ROOT, env=env, check=True, capture_output=True, timeout=600)
-    return out
+def packaged(built_package):
+    """`make package STAGE=prod` on a fresh clone (tests/conftest.py builds it once a session)."""
+    return built_package
 
 
 def test_packaged_template_passes_cfn_lint(packaged):

@@ -53,11 +53,32 @@ def test_org_membership_is_the_organization_id_match():
     ({"KIP_ALLOWED_ACCOUNTS": "12345,210987654321"}, "KIP_ALLOWED_ACCOUNTS"),
     ({"KIP_ORG_ID": "org-1"}, "KIP_ORG_ID"),
     ({"KIP_ADOPT_REGIONS": "eu-west-1,Mars"}, "KIP_ADOPT_REGIONS"),
-    ({"KIP_REQUIRE_ACCOUNT_LIST": "true"}, "KIP_ALLOWED_ACCOUNTS"),
 ])
 def test_bad_or_missing_settings_refuse_to_start(env, name):
     with pytest.raises(ValueError, match=name):
         Settings.from_env(env)
+
+
+def test_a_required_but_missing_account_list_is_a_refusal_not_an_import_error():
+    # the lists are stack parameters: packaging imports the app without them; handlers refuse
+    s = Settings.from_env({"KIP_REQUIRE_ACCOUNT_LIST": "true"})
+    assert "KIP_ALLOWED_ACCOUNTS" in s.reach_refusal and "KIP_ORG_ID" in s.reach_refusal
+    assert Settings.from_env({"KIP_REQUIRE_ACCOUNT_LIST": "true",
+                              "KIP_ORG_ID": "o-abcdefghij"}).reach_refusal is None
+    assert Settings.from_env({}).reach_refusal is None
+
+
+def test_the_external_id_is_read_from_its_secret_once_given():
+    from chalicelib.config import with_external_id
+    arn = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:kip-external-id-AbCdEf"
+    s = Settings.from_env({"KIP_EXTERNAL_ID_SECRET_ARN": arn})
+    reads = []
+    got = with_external_id(s, lambda a: reads.append(a) or " s3cr3t-0123456789 ")
+    assert got.external_id == "s3cr3t-0123456789" and reads == [arn]
+    plain = Settings.from_env({"KIP_EXTERNAL_ID_SECRET_ARN": arn, "KIP_EXTERNAL_ID": "given"})
+    assert with_external_id(plain, lambda a: 1 / 0).external_id == "given"
+    with pytest.raises(ValueError, match="KIP_EXTERNAL_ID_SECRET_ARN"):
+        with_external_id(s, lambda a: "")
 
 
 def test_settings_parse_the_lists():
