@@ -108,7 +108,8 @@ def kit() -> Any:
             raise errors.KipError(f"kip is not configured: {settings.reach_refusal}")
         # the external id from Secrets Manager (KIP_EXTERNAL_ID_SECRET_ARN), read once per cold
         # start
-        _kit = build(with_external_id(settings))
+        from chalicelib.aws import read_secret
+        _kit = build(with_external_id(settings, lambda arn: read_secret(arn, settings)))
     return _kit
 
 
@@ -192,6 +193,21 @@ def _view(record: Any) -> dict:
     return record.public() if record is not None else {}
 
 
+def _if_match() -> Any:
+    """The request's If-Match (None when absent), parsed: 400 when malformed."""
+    from chalicelib.core import preconditions
+    headers = app.current_request.headers or {}
+    return preconditions.parse(headers.get(preconditions.HEADER))
+
+
+def _etag(record: Any) -> dict:
+    """The ETag header of a record (its version), for a later conditional request."""
+    from chalicelib.core import preconditions
+    version = record.get("version") if isinstance(record, dict) else \
+        getattr(record, "version", None)
+    return {"ETag": preconditions.etag(version)} if version else {}
+
+
 # ------------------------------------------------------------------------------- routes
 
 @app.route("/clusters", methods=["POST"], authorizer=AUTH, cors=CORS,
@@ -204,7 +220,8 @@ def create_cluster() -> Response:
     req = spec.parse_request(_json_body(), settings.default_tags)
     started = time.perf_counter()
     cid = _identity(req.cluster_name, req.account_id, req.region)
-    out = clusters.provision(kit(), cid, req, source="api", requested_by=_caller())
+    out = clusters.provision(kit(), cid, req, source="api", requested_by=_caller(),
+                             if_match=_if_match())
     if out.dry_run:
         return Response(body={"dry_run": True, "cluster": cid.key, "plan": out.actions,
                               "record": _view(out.record) or None}, status_code=200)
@@ -215,7 +232,8 @@ def create_cluster() -> Response:
     logger.info("provisioned", extra={"changed": out.changed, "status": out.record.status,
                                       "actions": len(out.actions)})
     body = {**_view(out.record), "changed": out.changed, "actions": out.actions}
-    return Response(body=body, status_code=201 if out.changed else 200)
+    return Response(body=body, status_code=201 if out.changed else 200,
+                    headers=_etag(out.record))
 
 
 @app.route("/clusters", methods=["GET"], authorizer=AUTH, cors=CORS)
@@ -230,18 +248,22 @@ def list_clusters() -> dict:
 
 @app.route("/clusters/{cluster_name}", methods=["GET"], authorizer=AUTH, cors=CORS)
 @api
-def get_cluster(cluster_name: str) -> dict:
+def get_cluster(cluster_name: str) -> Response:
     from chalicelib.usecases import inventory
     cid = _cluster_id(cluster_name, _query("IdentityQuery"))
-    return inventory.describe(kit(), cid)
+    view = inventory.describe(kit(), cid)
+    return Response(body=view, status_code=200, headers=_etag(view))
 
 
 @app.route("/clusters/{cluster_name}", methods=["DELETE"], authorizer=AUTH, cors=CORS)
 @api
 def delete_cluster(cluster_name: str) -> dict:
+    """Conditional: If-Match with the ETag of GET /clusters/{name} (428 without, 412 stale), so a
+    mistaken or concurrent DELETE never removes a record it did not see."""
     from chalicelib.usecases import teardown
     cid = _cluster_id(cluster_name, _query("IdentityQuery"))
-    out = teardown.teardown(kit(), cid, source="api", requested_by=_caller())
+    out = teardown.teardown(kit(), cid, source="api", requested_by=_caller(),
+                            if_match=_if_match(), require_match=True)
     metrics.add_metric(name="TornDown", unit=MetricUnit.Count, value=1)
     logger.info("torn down", extra={"removed": len(out.actions)})
     return {"cluster": cid.key, "deleted": True, "removed": out.actions, "skipped": out.skipped}
@@ -257,12 +279,27 @@ def reconcile_cluster(cluster_name: str) -> dict:
     dry_run = body.dry_run if "dry_run" in body.model_fields_set else query.dry_run in ("true", "1")
     from chalicelib.usecases import clusters
     cid = _cluster_id(cluster_name, query)
-    out = clusters.reconcile(kit(), cid, dry_run=dry_run, requested_by=_caller())
+    out = clusters.reconcile(kit(), cid, dry_run=dry_run, requested_by=_caller(),
+                             if_match=_if_match())
     if out.actions and not dry_run:
         metrics.add_metric(name="DriftRepaired", unit=MetricUnit.Count, value=1)
     return {"cluster": cid.key, "dry_run": dry_run, "in_sync": not out.actions,
             "differences": out.actions, "repaired": bool(out.actions) and not dry_run,
             "record": _view(out.record) or None}
+
+
+@app.route("/clusters/{cluster_name}/release", methods=["POST"], authorizer=AUTH, cors=CORS,
+           content_types=CONTENT_TYPES)
+@api
+def release_cluster(cluster_name: str) -> dict:
+    """Release a teardown the hourly budget held (status teardown_held): EKS is asked once more
+    (409 if it reports the cluster live), then the cluster's wiring is removed."""
+    from chalicelib.usecases import lifecycle
+    cid = _cluster_id(cluster_name, _query("IdentityQuery"))
+    out = lifecycle.release(kit(), cid, requested_by=_caller(), if_match=_if_match())
+    metrics.add_metric(name="TornDown", unit=MetricUnit.Count, value=1)
+    logger.info("held teardown released", extra={"removed": len(out["removed"])})
+    return out
 
 
 @app.route("/backfill", methods=["POST"], authorizer=AUTH, cors=CORS,

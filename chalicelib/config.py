@@ -234,20 +234,14 @@ def _sweep_settings(env: dict) -> dict:
             "sweep_account_rate": rates["KIP_SWEEP_ACCOUNT_RATE"], "service_role_arns": roles}
 
 
-def with_external_id(settings: Settings, read_secret=None) -> Settings:
+def with_external_id(settings: Settings, read_secret) -> Settings:
     """``settings`` with the external id read from KIP_EXTERNAL_ID_SECRET_ARN (once, at cold
     start: the caller keeps the result). A plain KIP_EXTERNAL_ID wins; no secret, no change.
-    ``read_secret(arn) -> str`` defaults to one Secrets Manager GetSecretValue (boto3 is imported
-    here only then, so this module stays importable without it)."""
+    ``read_secret(arn) -> str``: one Secrets Manager GetSecretValue (``aws.read_secret``; this
+    module imports no boto3)."""
     arn = settings.external_id_secret_arn
     if settings.external_id or not arn:
         return settings
-    if read_secret is None:
-        def read_secret(secret_arn: str) -> str:
-            import boto3
-            region = secret_arn.split(":")[3] or settings.region
-            return boto3.client("secretsmanager", region_name=region).get_secret_value(
-                SecretId=secret_arn)["SecretString"]
     value = (read_secret(arn) or "").strip()
     if not value:
         raise ValueError(f"KIP_EXTERNAL_ID_SECRET_ARN: the secret {arn} is empty")

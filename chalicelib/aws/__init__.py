@@ -8,7 +8,7 @@
 * ``org``: Organizations membership (KIP_ORG_ID).
 """
 from chalicelib.aws.calls import is_write, translate
-from chalicelib.aws.clients import (add_hook, available_regions, client, own_account,
+from chalicelib.aws.clients import (add_hook, available_regions, client, own_account, read_secret,
                                     request_budget, reset)
 from chalicelib.aws.org import Organization
 from chalicelib.aws.status import publish_status
@@ -16,4 +16,5 @@ from chalicelib.aws.store import ConditionFailed, Store
 from chalicelib.aws.target import Target
 
 __all__ = ["ConditionFailed", "Organization", "Store", "Target", "add_hook", "available_regions", "client",
-           "is_write", "own_account", "publish_status", "request_budget", "reset", "translate"]
+           "is_write", "own_account", "publish_status", "read_secret", "request_budget", "reset",
+           "translate"]

@@ -159,6 +159,15 @@ def available_regions(partition: str) -> frozenset:
     return frozenset(base_session().get_available_regions("eks", partition_name=partition))
 
 
+def read_secret(arn: str, settings: Settings) -> str:
+    """A Secrets Manager secret's string (the external id), in kip's own account."""
+    region = arn.split(":")[3] if arn.count(":") >= 6 else settings.region
+    r = call(f"secretsmanager:GetSecretValue {arn}",
+             client("secretsmanager", None, region or settings.region, settings).get_secret_value,
+             SecretId=arn)
+    return r.get("SecretString") or ""
+
+
 def client(service: str, account: Optional[str], region: str,
            settings: Optional[Settings] = None) -> Any:
     settings = settings or get_settings()

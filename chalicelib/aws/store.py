@@ -102,7 +102,8 @@ class Store:
         if start:
             kw["ExclusiveStartKey"] = _to_ddb(start)
         # counters (``spend``) share the table; only records have a cluster name
-        kw.update(FilterExpression="attribute_exists(#n)", ExpressionAttributeNames={"#n": "cluster_name"})
+        kw.update(FilterExpression="attribute_exists(#n)",
+                  ExpressionAttributeNames={"#n": "cluster_name"})
         if consumer:
             kw.update(FilterExpression="attribute_exists(#n) AND #h.#c = :c",
                       ExpressionAttributeNames={"#n": "cluster_name", "#h": "health",
@@ -150,6 +151,8 @@ class Store:
         conditional UpdateItem, so every container shares the count); False when spent. The
         item carries ``expires_at`` for the table's TTL. Counter ids start with ``#``, which no
         record id does, and have no ``cluster_name``: pages of records leave them out."""
+        if limit <= 0:
+            return False
         try:
             self._cond("dynamodb:UpdateItem", self._c().update_item, TableName=self.table,
                        Key={"id": {"S": key}}, UpdateExpression="ADD used :one SET expires_at = :x",

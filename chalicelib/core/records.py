@@ -146,6 +146,7 @@ class ClusterRecord(BaseModel):
     verified_at: Optional[str] = None   # the last full look at every resource (tags included)
     cluster_missing_since: Optional[str] = None  # the sweep found the EKS cluster gone (orphan)
     held_at: Optional[str] = None       # teardown_held: when the teardown budget held it
+    unreachable_at: Optional[str] = None    # unreachable: when AssumeRole was last refused
     rule_migration_since: Optional[str] = None  # when the queue policy first allowed the one rule
     created_at: Optional[str] = None
     updated_at: Optional[str] = None

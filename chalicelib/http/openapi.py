@@ -113,7 +113,10 @@ class BackfillResult(BaseModel):
 
 
 RESPONSES = {400: "Invalid input", 403: "Forbidden", 404: "Not found", 409: "Conflict",
-             413: "Payload too large", 500: "Internal error", 502: "AWS call failed",
+             412: "If-Match names a version of the record that is no longer current",
+             413: "Payload too large",
+             428: "If-Match (the record's ETag from GET /clusters/{name}) is required",
+             500: "Internal error", 502: "AWS call failed",
              503: "Throttled or unavailable; retry after Retry-After"}
 OUTPUT_MODELS = (Error, ProvisionResult, DryRunResult, ClusterList, TeardownResult,
                  ReconcileResult, ClusterRecord, BackfillResult)
@@ -145,6 +148,15 @@ def _parameters(model: type, where: str) -> list[dict]:
 
 PATH_NAME = {"name": "cluster_name", "in": "path", "required": True,
              "schema": {"type": "string", "pattern": r"^[0-9A-Za-z][A-Za-z0-9_-]{0,99}$"}}
+ETAG = {"ETag": {"description": "The record's version, for If-Match", "schema": {"type": "string"}}}
+
+
+def _if_match(required: bool) -> dict:
+    return {"name": "If-Match", "in": "header", "required": required,
+            "description": "The ETag of GET /clusters/{name} (or *): the change is made only "
+                           "if the record is still at that version (412 otherwise)"
+                           + ("; required (428 without)" if required else ""),
+            "schema": {"type": "string"}}
 
 
 def _paths() -> dict:
@@ -155,33 +167,45 @@ def _paths() -> dict:
         "/clusters": {
             "post": {"operationId": "provisionCluster",
                      "summary": "Provision (or update) interruption handling for a cluster",
+                     "parameters": [_if_match(False)],
                      "requestBody": body("ClusterRequest", True),
                      "responses": _responses({
                          "200": _json({"anyOf": [_ref("ProvisionResult"), _ref("DryRunResult")]},
                                       "Already up to date (or a dry-run plan)"),
-                         "201": _json(_ref("ProvisionResult"), "Created or changed")},
-                         400, 403, 404, 409, 413, 502, 503)},
+                         "201": {**_json(_ref("ProvisionResult"), "Created or changed"),
+                                 "headers": ETAG}},
+                         400, 403, 404, 409, 412, 413, 502, 503)},
             "get": {"operationId": "listClusters", "summary": "List records, paginated",
                     "parameters": _parameters(ListQuery, "query"),
                     "responses": _responses({"200": _json(_ref("ClusterList"),
                                                           "A page of records")}, 400, 503)}},
         "/clusters/{cluster_name}": {
             "get": {"operationId": "getCluster", "summary": "One record", "parameters": ident,
-                    "responses": _responses({"200": _json(_ref("ClusterRecord"), "The record")},
-                                            400, 404, 503)},
-            "delete": {"operationId": "deleteCluster", "summary": "Tear down",
-                       "parameters": ident,
+                    "responses": _responses({"200": {**_json(_ref("ClusterRecord"), "The record"),
+                                                     "headers": ETAG}}, 400, 404, 503)},
+            "delete": {"operationId": "deleteCluster",
+                       "summary": "Tear down (conditional: If-Match with the record's ETag)",
+                       "parameters": [*ident, _if_match(True)],
                        "responses": _responses({"200": _json(_ref("TeardownResult"),
                                                              "What was removed")},
-                                               400, 404, 409, 502, 503)}},
+                                               400, 404, 409, 412, 428, 502, 503)}},
+        "/clusters/{cluster_name}/release": {
+            "post": {"operationId": "releaseTeardown",
+                     "summary": "Release a teardown the hourly budget held (teardown_held); EKS "
+                                "is asked again first",
+                     "parameters": [*ident, _if_match(False)],
+                     "responses": _responses({"200": _json(_ref("TeardownResult"),
+                                                           "What was removed")},
+                                             400, 404, 409, 412, 502, 503)}},
         "/clusters/{cluster_name}/reconcile": {
             "post": {"operationId": "reconcileCluster",
                      "summary": "Detect drift and repair it (or only report, with dry_run)",
-                     "parameters": [PATH_NAME, *_parameters(ReconcileQuery, "query")],
+                     "parameters": [PATH_NAME, *_parameters(ReconcileQuery, "query"),
+                                    _if_match(False)],
                      "requestBody": body("ReconcileBody", False),
                      "responses": _responses({"200": _json(_ref("ReconcileResult"),
                                                            "Differences found")},
-                                             400, 403, 404, 409, 502, 503)}},
+                                             400, 403, 404, 409, 412, 502, 503)}},
         "/backfill": {
             "post": {"operationId": "backfill",
                      "summary": "Adopt the EKS clusters without a record in account-regions "
@@ -211,7 +235,7 @@ def _document() -> dict:
         responses[code]["headers"] = {"Retry-After": {"schema": {"type": "integer"}}}
     return {
         "openapi": "3.1.0",
-        "info": {"title": "Karpenter interruption-handling provisioner", "version": "1.1.0",
+        "info": {"title": "Karpenter interruption-handling provisioner", "version": "2.0.0",
                  "description": "Provisions, repairs and removes the SQS interruption queue, "
                                 "EventBridge rules and IAM policy that Karpenter needs per EKS "
                                 "cluster. Deployed stages require SigV4-signed requests."},

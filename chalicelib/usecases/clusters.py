@@ -14,7 +14,8 @@ from chalicelib import errors
 from chalicelib.aws import registry
 from chalicelib.converge import migration, planner
 from chalicelib.converge.executor import execute, preview
-from chalicelib.core import naming, records
+from chalicelib.core import naming, preconditions, records
+from chalicelib.core.preconditions import IfMatch
 from chalicelib.core.observed import Observed
 from chalicelib.core.records import ClusterRecord, EksCluster, LastError
 from chalicelib.core.spec import ClusterRequest, DesiredSpec, build_spec, is_opted_out, resolve_role
@@ -27,9 +28,11 @@ Guard = Callable[[Kit, Context], Optional[Outcome]]
 
 
 def provision(kit: Kit, cid: naming.ClusterId, req: ClusterRequest, source: str = "api",
-              requested_by: Optional[str] = None) -> Outcome:
-    """What a caller asked for (``POST /clusters``): an Auto Mode or dying cluster is refused."""
-    return _converge(kit, cid, req, source, _refuse_unusable_cluster, requested_by)
+              requested_by: Optional[str] = None, if_match: Optional[IfMatch] = None) -> Outcome:
+    """What a caller asked for (``POST /clusters``): an Auto Mode or dying cluster is refused;
+    ``if_match``: the record must still be at that version (412 otherwise)."""
+    guard = _refuse_unusable_cluster if if_match is None else _matching(if_match, "POST")
+    return _converge(kit, cid, req, source, guard, requested_by)
 
 
 # An automatic path meets these before anything exists: the cluster keeps a ``blocked`` record
@@ -64,10 +67,14 @@ def _block(kit: Kit, cid: naming.ClusterId, req: ClusterRequest, source: str,
 
 def reconcile(kit: Kit, cid: naming.ClusterId, dry_run: bool = False,
               requested_by: Optional[str] = None,
-              record: Optional[ClusterRecord] = None) -> Outcome:
-    """Bring a recorded cluster back to what its record asked for (drift, a retried failure)."""
+              record: Optional[ClusterRecord] = None,
+              if_match: Optional[IfMatch] = None, finish_teardown: bool = True) -> Outcome:
+    """Bring a recorded cluster back to what its record asked for (drift, a retried failure).
+    ``finish_teardown=False``: the sweep found the cluster of an automatic unfinished teardown
+    live in EKS after all: it is wired again instead."""
     rec = record or describe(kit, cid)
-    if rec.status == "deleting":     # an unfinished teardown: finish it, never undo it
+    preconditions.check(rec.version, if_match, False, "reconcile")
+    if rec.status == "deleting" and finish_teardown:     # an unfinished teardown: finish it
         return teardown.teardown(kit, cid, "reconcile", dry_run, requested_by)
     params = {**rec.request, "cluster_name": cid.cluster_name,
               "account_id": cid.account_id, "region": cid.region, "dry_run": dry_run}
@@ -182,6 +189,14 @@ def _apply(kit: Kit, ctx: Context, spec: DesiredSpec, obs: Observed,
         raise run.failure[1]
     return Outcome(saved, changed=bool(actions) or previous != saved.status,
                    actions=preview(actions), queue_attributes=skeleton.queue_attributes(obs))
+
+
+def _matching(if_match: IfMatch, what: str) -> Guard:
+    """A guard that also holds the request to the record version the caller saw."""
+    def guard(kit: Kit, ctx: Context) -> Optional[Outcome]:
+        preconditions.check(ctx.record.version if ctx.record else None, if_match, False, what)
+        return _refuse_unusable_cluster(kit, ctx)
+    return guard
 
 
 def _opted_out_or_unusable(kit: Kit, ctx: Context) -> Optional[Outcome]:

@@ -20,7 +20,7 @@ from aws_lambda_powertools import Logger
 from chalicelib import errors
 from chalicelib.aws import registry
 from chalicelib.converge.executor import gather
-from chalicelib.core import generations, naming
+from chalicelib.core import generations, naming, preconditions
 from chalicelib.core.events import EksEvent
 from chalicelib.core.observed import ClusterState
 from chalicelib.core.records import ClusterRecord, LastError
@@ -71,12 +71,14 @@ def automatic_teardown(kit: Kit, cid: naming.ClusterId, record: Optional[Cluster
     return {"deleted": cid.key, "removed": len(out.actions)}
 
 
-def release(kit: Kit, cid: naming.ClusterId, requested_by: Optional[str] = None) -> dict:
+def release(kit: Kit, cid: naming.ClusterId, requested_by: Optional[str] = None,
+            if_match: Optional[preconditions.IfMatch] = None) -> dict:
     """An operator releases a held teardown (``POST /clusters/{name}/release``): EKS is asked
     once more, then the teardown runs outside the budget."""
     record, now = _look(kit, cid)
     if record is None:
         raise errors.RecordNotFound(f"no record for cluster {cid.key}", field="cluster_name")
+    preconditions.check(record.version, if_match, False, "release")
     if record.status != "teardown_held":
         raise errors.Conflict(f"cluster {cid.key} has no held teardown (status "
                               f"{record.status!r}); nothing was removed", field="cluster_name")

@@ -18,7 +18,8 @@ from typing import Any, Iterator
 from chalicelib import aws, errors
 from chalicelib.core import naming
 from chalicelib.aws import registry
-from chalicelib.usecases import backfill, clusters, teardown
+from chalicelib.core.records import LastError
+from chalicelib.usecases import backfill, clusters, lifecycle, skeleton, teardown
 from chalicelib.usecases.kit import Kit
 
 
@@ -53,19 +54,84 @@ def _records(kit: Kit, limit: int) -> Iterator[Any]:
             return
 
 
+UNREACHABLE_RETRY_SECONDS = 3600     # an account kip cannot enter is tried again hourly
+ASSUME_REFUSED = ("AccessDenied", "AccessDeniedException", "InvalidClientTokenId",
+                  "RegionDisabledException", "NoSuchEntity")
+
+
 def sweep_one(kit: Kit, cid: naming.ClusterId, summary: dict, record: Any = None) -> Any:
     """Reconcile one record for the sweep (``record``: as already read, saves a read); an
-    orphan is noted, then retired after the grace. Returns the run's Outcome (None for an
-    orphan)."""
+    orphan is noted, then retired after the grace. Returns the run's Outcome (None when the
+    record was not reconciled: an orphan, a held teardown, an unreachable account).
+
+    The sweep never tears down a cluster EKS still reports: a held teardown, or an unfinished
+    one nobody asked for by API, gets a second look at EKS first."""
+    rec = record if record is not None else kit.registry.get(cid)
+    if rec is not None and _unreachable_recently(kit, rec):
+        summary["skipped"].append(cid.key)
+        return None
     try:
-        out = clusters.reconcile(kit, cid, record=record)
+        if rec is not None and (rec.status == "teardown_held" or
+                                (rec.status == "deleting" and rec.source != "api")):
+            return _second_look(kit, cid, rec, summary)
+        out = clusters.reconcile(kit, cid, record=rec)
     except errors.ClusterNotFound:
         _missing(kit, cid, summary)
         return None
+    except errors.KipError as exc:
+        if rec is not None and _assume_refused(exc):
+            _mark_unreachable(kit, rec, exc, summary)
+            return None
+        raise
     if out.record is not None and out.record.get("cluster_missing_since"):
         kit.registry.note(out.record, {"cluster_missing_since": None})
     summary["repaired" if out.actions else "up_to_date"].append(cid.key)
     return out
+
+
+def _second_look(kit: Kit, cid: naming.ClusterId, rec: Any, summary: dict) -> Any:
+    """A held or automatic unfinished teardown: finished only if EKS still reports the cluster
+    gone (a held one, an hour after it was held); a cluster EKS reports live is wired again."""
+    now = skeleton.target_for(kit, cid).describe_cluster(cid.cluster_name)
+    live = now is not None and now.status != "DELETING"
+    if live:
+        out = clusters.reconcile(kit, cid, record=rec, finish_teardown=False)
+        summary["repaired"].append(cid.key)
+        return out
+    if rec.status == "teardown_held" and not lifecycle.held_teardown_due(kit, rec, now):
+        summary["skipped"].append(cid.key)
+        return None
+    out = teardown.teardown(kit, cid, source="reconcile")
+    summary.setdefault("orphans", []).append({"cluster": cid.key, "state": "torn_down",
+                                               "removed": len(out.actions),
+                                               "after": rec.status})
+    return None
+
+
+def _assume_refused(exc: errors.KipError) -> bool:
+    return str(exc.extra.get("step", "")).startswith("sts:AssumeRole") and \
+        exc.extra.get("aws_code") in ASSUME_REFUSED
+
+
+def _unreachable_recently(kit: Kit, rec: Any) -> bool:
+    since = rec.get("unreachable_at") if rec.status == "unreachable" else None
+    return bool(since) and kit.clock() - calendar.timegm(
+        time.strptime(since, "%Y-%m-%dT%H:%M:%SZ")) < UNREACHABLE_RETRY_SECONDS
+
+
+def _mark_unreachable(kit: Kit, rec: Any, exc: errors.KipError, summary: dict) -> None:
+    """kip's role in the cluster's account is missing or refuses AssumeRole: the record says
+    ``unreachable`` (not ``ready``) and the sweep tries again an hour later, not in a loop."""
+    stamp = registry.iso(kit.clock())
+    error = LastError(step="assume_role", call="sts:AssumeRole", resource=rec.account_id,
+                      code=exc.extra.get("aws_code") or exc.code, message=exc.message,
+                      at=stamp, during="provisioning")
+    kit.registry.note(rec, {"status": "unreachable", "unreachable_at": stamp,
+                            "last_error": error.model_dump()})
+    if rec.status != "unreachable":
+        kit.recorder.publish(rec.cid, "unreachable", rec.status,
+                             (rec.names or {}).get("queue"), error, rec.requested_by)
+    summary["errors"].append({"cluster": rec.id, "code": "Unreachable", "message": exc.message})
 
 
 def _missing(kit: Kit, cid: naming.ClusterId, summary: dict) -> None:
@@ -84,10 +150,15 @@ def _missing(kit: Kit, cid: naming.ClusterId, summary: dict) -> None:
         summary.setdefault("orphans", []).append({"cluster": cid.key, "state": "missing",
                                                    "since": since})
         return
-    out = teardown.teardown(kit, cid, source="reconcile")
+    out = lifecycle.automatic_teardown(kit, cid, rec, "reconcile",
+                                       "the EKS cluster no longer exists (a missed DeleteCluster)")
+    if "held" in out:
+        summary.setdefault("orphans", []).append({"cluster": cid.key, "state": "held",
+                                                   "missing_since": since})
+        return
     summary.setdefault("orphans", []).append({"cluster": cid.key, "state": "torn_down",
                                                "missing_since": since,
-                                               "removed": len(out.actions)})
+                                               "removed": out["removed"]})
     try:
         aws.publish_status(kit.settings, {
             "cluster": cid.key, "cluster_name": cid.cluster_name, "account_id": cid.account_id,

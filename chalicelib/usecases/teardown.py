@@ -9,7 +9,8 @@ from chalicelib import errors
 from chalicelib.aws import registry
 from chalicelib.converge import planner
 from chalicelib.converge.executor import execute, preview
-from chalicelib.core import naming, records
+from chalicelib.core import naming, preconditions, records
+from chalicelib.core.preconditions import IfMatch
 from chalicelib.core.observed import Observed
 from chalicelib.usecases import skeleton
 from chalicelib.usecases.kit import Kit
@@ -18,8 +19,14 @@ from chalicelib.usecases.skeleton import Context, Outcome
 
 
 def teardown(kit: Kit, cid: naming.ClusterId, source: str = "api", dry_run: bool = False,
-             requested_by: Optional[str] = None) -> Outcome:
+             requested_by: Optional[str] = None, if_match: Optional[IfMatch] = None,
+             require_match: bool = False) -> Outcome:
+    """``if_match``/``require_match``: the API's conditional DELETE (428 without the record's
+    ETag, 412 with a stale one), checked on the record as read, before anything changes. With
+    no record there is nothing to match (RFC 9110 13.2.1): tagged leftovers are still removed."""
     ctx = skeleton.first_wave(kit, cid, None, [], legacy=True)    # (no record: old rules too)
+    if ctx.record is not None:
+        preconditions.check(ctx.record.version, if_match, require_match, "DELETE")
     if dry_run:
         obs, actions, skipped = _plan(kit, ctx)
         return Outcome(ctx.record, actions=preview(actions), dry_run=True, skipped=skipped)

@@ -178,17 +178,45 @@ def test_list_paginates_and_filters_by_status(api, moto_env):
     assert_error(api.http.get("/clusters?nope=1"), 400, field="nope")
 
 
+def test_post_and_reconcile_accept_if_match_and_refuse_a_stale_one(api, cluster):
+    post(api, "/clusters", {"cluster_name": cluster})
+    etag = api.http.get(f"/clusters/{cluster}").headers["ETag"]
+    stale = {"If-Match": '"1"', "Content-Type": "application/json"}
+    # a change made against an older version of the record: 412, nothing changed
+    assert_error(api.http.post("/clusters", headers=stale, body=json.dumps(
+        {"cluster_name": cluster, "tags": {"team": "x"}})), 412, field="If-Match")
+    assert_error(api.http.post(f"/clusters/{cluster}/reconcile", headers=stale), 412,
+                 field="If-Match")
+    assert api.http.get(f"/clusters/{cluster}").headers["ETag"] == etag
+    # the current ETag passes
+    current = {"If-Match": etag, "Content-Type": "application/json"}
+    assert api.http.post(f"/clusters/{cluster}/reconcile", headers=current).status_code == 200
+    changed = api.http.post("/clusters", headers=current, body=json.dumps(
+        {"cluster_name": cluster, "tags": {"team": "x"}}))
+    assert changed.status_code == 201 and changed.headers["ETag"] != etag
+
+
 def test_get_and_delete(api, cluster):
     post(api, "/clusters", {"cluster_name": cluster})
     got = api.http.get(f"/clusters/{cluster}")
     assert got.status_code == 200 and got.json_body["status"] == "ready"
     assert "lease_owner" not in got.json_body
-    deleted = api.http.delete(f"/clusters/{cluster}")
+    etag = got.headers["ETag"]
+    assert etag == f'"{got.json_body["version"]}"'
+    # DELETE is conditional: without If-Match 428, with a stale ETag 412; nothing removed
+    assert_error(api.http.delete(f"/clusters/{cluster}"), 428, field="If-Match")
+    stale = f'"{got.json_body["version"] - 1}"'
+    assert_error(api.http.delete(f"/clusters/{cluster}", headers={"If-Match": stale}), 412,
+                 field="If-Match")
+    assert_error(api.http.delete(f"/clusters/{cluster}", headers={"If-Match": "7"}), 400,
+                 field="If-Match")
+    assert api.http.get(f"/clusters/{cluster}").json_body["status"] == "ready"
+    deleted = api.http.delete(f"/clusters/{cluster}", headers={"If-Match": etag})
     assert deleted.status_code == 200
     assert {r["call"] for r in deleted.json_body["removed"]} >= {
         "delete_queue", "delete_rule", "delete_policy", "detach_role_policy"}
     assert_error(api.http.get(f"/clusters/{cluster}"), 404)
-    assert_error(api.http.delete(f"/clusters/{cluster}"), 404)
+    assert_error(api.http.delete(f"/clusters/{cluster}", headers={"If-Match": etag}), 404)
     assert_error(api.http.get("/clusters/bad*name"), 400, field="cluster_name")
     assert_error(api.http.get(f"/clusters/{cluster}?account_id=1"), 400, field="account_id")
 
@@ -244,7 +272,8 @@ def test_status_events_reach_the_portal_bus(moto_env, cluster):
     try:
         with Client(service_app.app, stage_name="local") as client:
             assert post(client, "/clusters", {"cluster_name": cluster}).status_code == 201
-            assert client.http.delete(f"/clusters/{cluster}").status_code == 200
+            assert client.http.delete(f"/clusters/{cluster}",
+                                      headers={"If-Match": "*"}).status_code == 200
     finally:
         service_app._kit = None
     msgs = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]

@@ -256,7 +256,8 @@ def test_the_iam_caller_arn_is_recorded_on_teardown_events(moto_env, caller_cont
         with Client(service_app.app, stage_name="local") as client:
             assert provision(client)["requested_by"] == bob
             caller_context["identity"] = {"userArn": carol}
-            assert client.http.delete(f"/clusters/{CLUSTER}").status_code == 200
+            assert client.http.delete(f"/clusters/{CLUSTER}",
+                                      headers={"If-Match": "*"}).status_code == 200
     finally:
         service_app._kit = None
     details = [json.loads(m["Body"])["detail"] for m in

@@ -57,7 +57,9 @@ def test_provision_list_get_reconcile_delete_over_http(stack):
         assert bad.status_code == 400 and bad.json()["error"]["field"] == "body"
 
         # delete
-        deleted = requests.delete(f"{api}/clusters/e2e-cluster", timeout=60)
+        etag = requests.get(f"{api}/clusters/e2e-cluster", timeout=30).headers["ETag"]
+        deleted = requests.delete(f"{api}/clusters/e2e-cluster", timeout=60,
+                                  headers={"If-Match": etag})
         assert deleted.status_code == 200
         assert requests.get(f"{api}/clusters/e2e-cluster", timeout=30).status_code == 404
         assert boto3.client("sqs").list_queues(QueueNamePrefix="kip-").get("QueueUrls", []) == []

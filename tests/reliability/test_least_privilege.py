@@ -249,7 +249,7 @@ IMPLICIT = {
     "logs:PutLogEvents": "Lambda logs",
     "xray:PutTraceSegments": "tracing", "xray:PutTelemetryRecords": "tracing",
     "secretsmanager:GetSecretValue": "the external id, once per cold start, from the stack's "
-                                     "kip-* secret (chalicelib.config.with_external_id; "
+                                     "kip-* secret (chalicelib.aws.read_secret; "
                                      "tests/package runs it against the deployed stack)",
     "sqs:SendMessage": "the fan-out sweep's work items, on the sweep queue only "
                        "(tests/aws/test_sweep_fanout.py)",

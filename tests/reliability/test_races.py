@@ -34,8 +34,9 @@ class Answer:
 
 def _call(method: str, url: str, timeout: float = 60, json_body=None) -> Answer:
     """One request on a fresh connection."""
-    resp = requests.request(method, url, headers={"Connection": "close"}, timeout=timeout,
-                            json=json_body)
+    # a DELETE racing another request sends If-Match: * (whatever record is current)
+    headers = {"Connection": "close", **({"If-Match": "*"} if method == "DELETE" else {})}
+    resp = requests.request(method, url, headers=headers, timeout=timeout, json=json_body)
     return Answer(resp.status_code, resp.content)
 
 
@@ -60,7 +61,8 @@ def _burst(stack: Stack, calls: list, timeout: float = 60) -> list:
             threading.Event().wait(delay)
         try:
             conn.request(method, path, body=data, headers={
-                "Content-Type": "application/json", "Connection": "close"})
+                "Content-Type": "application/json", "Connection": "close",
+                **({"If-Match": "*"} if method == "DELETE" else {})})
             resp = conn.getresponse()
             return Answer(resp.status, resp.read())
         except (socket.timeout, TimeoutError):
