@@ -137,13 +137,24 @@ def main() -> int:
             print("   expected the consumer to be reported stale")
             return 1
 
-        say("Simulating EKS DeleteCluster (CloudTrail event -> the on_eks_event handler)")
-        eks.delete_cluster(name=CLUSTER)
-        event = sample_delete_event(CLUSTER)
         import app as service_app
         from chalice.test import Client
+        say("A DeleteCluster event while EKS still reports the cluster ACTIVE (late, replayed "
+            "or forged)")
+        event = sample_delete_event(CLUSTER)
         with Client(service_app.app, stage_name="local") as client:
             result = client.lambda_.invoke("on_eks_event", event).payload
+        row("handler returned", json.dumps(result))
+        still = sqs.list_queues(QueueNamePrefix="kip-").get("QueueUrls", [])
+        row("kip asked EKS first: nothing removed, queues still there:", len(still))
+        if result.get("verdict") != "live" or len(still) != 2:
+            return 1
+
+        say("Simulating EKS DeleteCluster (CloudTrail event -> the on_eks_event handler)")
+        eks.delete_cluster(name=CLUSTER)
+        row("EKS: cluster deleted; the same kind of event now finds it gone")
+        with Client(service_app.app, stage_name="local") as client:
+            result = client.lambda_.invoke("on_eks_event", sample_delete_event(CLUSTER)).payload
         row("handler returned", json.dumps(result))
 
         say("Everything is gone")
@@ -216,10 +227,12 @@ def sample_delete_event(cluster: str) -> dict:
         "version": "0", "id": "demo", "detail-type": "AWS API Call via CloudTrail",
         "source": "aws.eks", "time": "2026-11-20T10:15:00Z", "resources": [],
         "detail": {"eventSource": "eks.amazonaws.com", "eventName": "DeleteCluster"}}
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())     # a call made just now
     event["account"] = "123456789012"
     event["region"] = "eu-west-1"
+    event["time"] = now
     event["detail"].update(recipientAccountId="123456789012", awsRegion="eu-west-1",
-                           requestParameters={"name": cluster})
+                           requestParameters={"name": cluster}, eventTime=now)
     return event
 
 

@@ -215,6 +215,13 @@ def finish_template(template: dict) -> dict:
                 f"kip: {meaning}", "AWS/SQS", metric,
                 [{"Name": "QueueName", "Value": {"Fn::GetAtt": [queue, "QueueName"]}}],
                 threshold, "Maximum")
+    # Powertools metrics (app.py): namespace from POWERTOOLS_METRICS_NAMESPACE, dimension service
+    res["TeardownHeldAlarm"] = _alarm(
+        "kip: more than KIP_TEARDOWN_BUDGET automatic teardowns in an hour; the rest are held "
+        "(status teardown_held) until released (POST /clusters/{name}/release) or re-checked by "
+        "the sweep an hour later: find out why so many clusters went at once",
+        "KarpenterInterruptionProvisioner", "TeardownHeld", [{"Name": "service", "Value": "kip"}],
+        1, "Sum")
     outputs = template.setdefault("Outputs", {})
     outputs.update({
         "EksTriggerFunctionArn": {

@@ -299,8 +299,8 @@ MOTO_GAPS = [
     ("Lambda drops an async event after 2 retries unless it has an on-failure destination; "
      "EventBridge drops one it cannot deliver unless the target has a DLQ",
      "Lambda asynchronous invocation (destinations); EventBridge target DeadLetterConfig",
-     "EventInvokeConfig on-failure and the rule target's DLQ go to kip_failed-events-<stage>; "
-     "the schedule replays them; after 5 receives a human gets them",
+     "EventInvokeConfig on-failure goes to kip_failed-events-<stage> (the schedule replays it; "
+     "after 5 receives a human gets it); the rule target's DLQ is its -dlq, for a human",
      "tests/aws/test_failed_events.py"),
     ("API Gateway cuts every integration at 29 s; botocore's deployed retries (adaptive, 8) "
      "take longer when throttled", "API Gateway quotas; botocore retries",
@@ -311,6 +311,18 @@ MOTO_GAPS = [
      "(at least once, may be lost when the target fails)",
      "the sweep notes it missing, tears it down after KIP_ORPHAN_GRACE_MINUTES",
      "tests/aws/test_orphans.py"),
+    ('CloudTrail delivers EKS events late (hours), twice or replayed; a DeleteCluster can arrive after the cluster was re-created under the same name and ARN (moto delivers nothing on its own)',
+     'CloudTrail User Guide, CloudTrail events and EventBridge (best effort); EKS DescribeCluster API reference (createdAt)',
+     'a DeleteCluster acts only when DescribeCluster answers not found or DELETING and the event is about the recorded generation (createdAt, eventTime); else answered live/stale, nothing removed; envelope account must equal recipientAccountId; automatic teardowns past KIP_TEARDOWN_BUDGET per hour are held',
+     'tests/aws/test_verified_teardown.py, tests/aws/test_teardown_brake.py'),
+    ("Lambda sends an on-failure record with the function's execution role; an EventBridge target DLQ message is the bare event body, which any principal allowed to SendMessage can also write (moto enforces no queue policy)",
+     'Lambda Developer Guide, asynchronous invocation destinations (execution role permissions); EventBridge User Guide, dead-letter queues',
+     "the replay runs only Lambda's failure records naming kip's trigger function in kip's account and region; the failed-events queue policy denies SendMessage to every principal but the trigger's role; kip's roles lose sqs:SendMessage on it; EventBridge dead letters go to the -dlq for a human",
+     'tests/aws/test_failed_events.py::test_a_message_that_is_not_lambdas_failure_record_of_the_trigger_changes_nothing, tests/unit/test_deploy.py::test_packaged_failed_events_queue_takes_only_the_triggers_failure_records'),
+    ("STS AssumeRole is refused (AccessDenied) when the member's kip role is missing or its trust changed; moto's STS never refuses",
+     'STS AssumeRole API reference (errors)',
+     "the sweep marks the account's records unreachable (last_error names the call) and tries again an hour later, not on every pass",
+     'tests/aws/test_blocked.py::test_an_account_whose_kip_role_refuses_assume_role_is_unreachable_not_retried_hot'),
 ]
 
 

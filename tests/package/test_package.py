@@ -83,6 +83,10 @@ def test_every_function_has_a_retained_log_group_and_an_errors_alarm(translated)
                                                       "Value": {"Ref": fn}}]
     for queue in ("FailedEventsQueue", "FailedEventsDeadLetterQueue", "SweepDeadLetterQueue"):
         assert res[f"{queue}Alarm"]["Properties"]["Namespace"] == "AWS/SQS"
+    # the teardown brake: a held teardown wakes someone (issue: destructive paths)
+    held = res["TeardownHeldAlarm"]["Properties"]
+    assert (held["Namespace"], held["MetricName"]) == ("KarpenterInterruptionProvisioner",
+                                                       "TeardownHeld")
 
 
 def test_the_docs_state_the_reserved_concurrency_the_config_reserves():

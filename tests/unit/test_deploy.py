@@ -338,7 +338,9 @@ def test_packaged_template_rewritten_for_aws_cn(packaged, tmp_path):
 
 # --- the EKS trigger's failed events: Lambda drops an async event after two retries unless the
 # function has an on-failure destination; EventBridge drops one it could not deliver unless the
-# rule's target has a DLQ. Both go to kip_failed-events-<stage>, replayed by the schedule.
+# rule's target has a DLQ. Lambda's failure records go to kip_failed-events-<stage>, replayed by
+# the schedule; EventBridge's dead letters (an event body anyone could forge) go to its -dlq, for
+# a human, never replayed.
 def test_packaged_eks_trigger_keeps_failed_events(packaged):
     from chalicelib.usecases import replay as failed_events
     res = json.loads((packaged / "sam.json").read_text())["Resources"]
@@ -360,31 +362,39 @@ def test_packaged_eks_trigger_keeps_failed_events(packaged):
     # the rule SAM generates from the function's event gets a DLQ and a retry policy
     target = res["OnEksEvent"]["Properties"]["Events"]["OnEksEventEvent"]
     assert target["Type"] == "CloudWatchEvent"
-    assert target["Properties"]["DeadLetterConfig"] == {"Arn": arn}
+    assert target["Properties"]["DeadLetterConfig"] == {
+        "Arn": {"Fn::GetAtt": ["FailedEventsDeadLetterQueue", "Arn"]}}
     assert set(target["Properties"]["RetryPolicy"]) == {"MaximumRetryAttempts",
                                                         "MaximumEventAgeInSeconds"}
     env = res["ReconcileAll"]["Properties"]["Environment"]["Variables"]
     assert env["KIP_FAILED_EVENTS_QUEUE_URL"] == {"Ref": "FailedEventsQueue"}
 
 
-def test_packaged_failed_events_queue_policy_admits_only_the_rule_and_the_trigger(packaged):
+def test_packaged_failed_events_queue_takes_only_the_triggers_failure_records(packaged):
     res = json.loads((packaged / "sam.json").read_text())["Resources"]
     policy = res["FailedEventsQueuePolicy"]["Properties"]
     assert policy["Queues"] == [{"Ref": "FailedEventsQueue"}]
     by_sid = {st["Sid"]: st for st in policy["PolicyDocument"]["Statement"]}
-    rule = by_sid["EksTriggerRuleDeadLetters"]
+    role = {"Fn::GetAtt": ["OnEksEventRole", "Arn"]}
+    # Lambda sends the on-failure record with the trigger's execution role: only that role
+    trigger = by_sid["EksTriggerOnFailureDestination"]
+    assert trigger["Principal"] == {"AWS": role} and trigger["Action"] == "sqs:SendMessage"
+    deny = by_sid["OnlyTheTriggersFailureRecords"]
+    assert (deny["Effect"], deny["Principal"], deny["Action"]) == ("Deny", "*", "sqs:SendMessage")
+    assert deny["Condition"] == {"ArnNotEquals": {"aws:PrincipalArn": role}}
+    assert "EksTriggerRuleDeadLetters" not in by_sid
+    assert by_sid["DenyHTTP"]["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    # EventBridge's dead letters go to the -dlq, from the trigger's rule only
+    dlq = {st["Sid"]: st for st in res["FailedEventsDeadLetterQueuePolicy"]["Properties"][
+        "PolicyDocument"]["Statement"]}
+    rule = dlq["EksTriggerRuleDeadLetters"]
     assert rule["Principal"] == {"Service": "events.amazonaws.com"}
-    assert rule["Action"] == "sqs:SendMessage"
     # SAM names the rule <function logical id><event logical id>
     assert rule["Condition"] == {"ArnEquals": {"aws:SourceArn": {
         "Fn::GetAtt": ["OnEksEventOnEksEventEvent", "Arn"]}}}
-    trigger = by_sid["EksTriggerOnFailureDestination"]
-    assert trigger["Principal"] == {"AWS": {"Fn::GetAtt": ["OnEksEventRole", "Arn"]}}
-    assert trigger["Action"] == "sqs:SendMessage"
-    assert by_sid["DenyHTTP"]["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
-    # and the Lambda roles may use that queue and no other beyond theirs
+    # and kip's roles may read that queue but no longer send to it
     for stage in STAGES:
         st = next(s for s in statements(stage) if s.get("Sid") == "FailedEventsQueue")
         assert st["Resource"] == f"arn:aws:sqs:*:*:kip_failed-events-{stage}"
-        assert set(st["Action"]) == {"sqs:SendMessage", "sqs:ReceiveMessage",
-                                     "sqs:DeleteMessage", "sqs:ChangeMessageVisibility"}
+        assert set(st["Action"]) == {"sqs:ReceiveMessage", "sqs:DeleteMessage",
+                                     "sqs:ChangeMessageVisibility"}
