@@ -453,6 +453,8 @@ def snapshot(table: str, prefix: str = PREFIX, iam_path: str = IAM_PATH,
     for item in ddb.scan(TableName=table, ConsistentRead=True).get("Items", []):
         rec = from_ddb(item)
         norm = {k: v for k, v in rec.items() if k not in RECORD_NOISE}
+        if isinstance(norm.get("cluster"), dict):   # each world creates its EKS cluster anew
+            norm["cluster"] = {k: v for k, v in norm["cluster"].items() if k != "created_at"}
         norm["leased"] = bool(rec.get("lease_owner"))
         if expected_spec_hash is not None:
             norm["spec_hash_is_current"] = rec.get("spec_hash") == expected_spec_hash
