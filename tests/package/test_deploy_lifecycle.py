@@ -160,6 +160,9 @@ def test_a_retained_table_with_records_stops_the_deploy_with_what_to_do(aws, pac
 def test_a_failed_deploy_prints_the_stacks_failure_events(aws, package_dir):
     cfn = boto3.client("cloudformation", region_name=REGION)
     lines: list[str] = []
+    # the events are stamped now: the script keeps only events of its own deploy (a minute of
+    # skew allowed), and on a loaded machine this module's import-time stamp can be older
+    failure = {**FAILURE, "Timestamp": datetime.datetime.now(datetime.timezone.utc)}
     with Stubber(cfn) as stub:
         stub.add_client_error("describe_stacks", "ValidationError",
                               "Stack with id kip-prod does not exist")
@@ -169,10 +172,10 @@ def test_a_failed_deploy_prints_the_stacks_failure_events(aws, package_dir):
         stub.add_response("describe_stacks", stack("ROLLBACK_COMPLETE"))   # the create waiter
         stub.add_response("describe_stacks", stack("ROLLBACK_COMPLETE"))
         stub.add_response("describe_stack_events", {"StackEvents": [
-            {**FAILURE, "EventId": "e2", "LogicalResourceId": STACK,
+            {**failure, "EventId": "e2", "LogicalResourceId": STACK,
              "ResourceType": "AWS::CloudFormation::Stack", "ResourceStatus": "ROLLBACK_IN_PROGRESS",
              "ResourceStatusReason": "The following resource(s) failed to create: [ClustersTable]"},
-            FAILURE]})
+            failure]})
         with pytest.raises(SystemExit, match="failed") as exc:
             deploy.deploy(args(package_dir, "--allowed-accounts", "111122223333"),
                           session=Session(s3=boto3.client("s3", region_name=REGION),
