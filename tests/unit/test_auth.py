@@ -283,7 +283,7 @@ def test_tampered_payload(jwks):
     assert "does not verify" in refused(settings_for(jwks), forged).message
 
 
-# ------------------------------------------------------------------------------- lifetime, typ, azp
+# --------------------------------------------------------------------------- lifetime, typ, azp
 
 def typed(typ, **claim_overrides) -> str:
     """A token whose header ``typ`` is ``typ`` (None: no typ at all)."""
