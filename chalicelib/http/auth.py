@@ -17,8 +17,11 @@ What is refused: a missing or malformed ``Authorization: Bearer`` header; any al
 and ES256 (so ``none`` and HS256-with-the-public-key are refused before any key is looked up); a
 ``kid`` the JWKS does not hold (one refresh of the JWKS first, at most once per cooldown, so a
 flood of made-up kids cannot hammer the endpoint); a bad signature; ``exp``, ``iss``, ``aud`` or
-``sub`` missing; expired, not yet valid, wrong issuer, wrong audience. An unreachable or broken
-JWKS endpoint is a 503, not a 401. Messages never contain the token.
+``sub`` missing; expired, not yet valid, wrong issuer, wrong audience; a ``typ`` header other than
+``JWT`` or ``at+jwt`` (RFC 8725 section 3.11, RFC 9068); a lifetime longer than
+``max_lifetime_seconds`` (``exp`` further than that from ``iat`` or from now: a leaked token must
+not stay good for years); an ``azp`` outside ``allowed_azp`` when that is set. An unreachable or
+broken JWKS endpoint is a 503, not a 401. Messages never contain the token.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ import ipaddress
 import os
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 from urllib.parse import urlparse
@@ -48,6 +52,16 @@ _TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$")
 _CLAIM_RE = re.compile(r"^[A-Za-z0-9_.:/#@-]{1,200}$")
 # Claims whose string value is a space-delimited list (RFC 8693 section 4.2, RFC 9068).
 _SPACE_DELIMITED = frozenset({"scope", "scp"})
+# The header "typ" values accepted (compared case-insensitively, RFC 7515 section 4.1.9): a plain
+# JWT (RFC 7519) or an OAuth access token (RFC 9068), with or without the "application/" prefix
+# that RFC 7515 lets a media type drop. Anything else (an ID token's "id_token+jwt", a logout or
+# DPoP proof, a "secevent+jwt") is another kind of JWT that must not open the API (RFC 8725 3.11).
+ACCEPTED_TYPES = frozenset({"jwt", "at+jwt", "application/jwt", "application/at+jwt"})
+DEFAULT_MAX_LIFETIME_SECONDS = 12 * 3600
+MIN_MAX_LIFETIME_SECONDS = 60
+MAX_MAX_LIFETIME_SECONDS = 24 * 3600
+_DURATION_RE = re.compile(r"^([0-9]{1,6})([smh]?)$")
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600}
 
 
 @dataclass(frozen=True)
@@ -60,6 +74,10 @@ class JwtSettings:
     jwks_timeout_seconds: float = 3.0       # per JWKS fetch; the authorizer has < 29 s in all
     jwks_cache_seconds: float = 300.0       # the fetched key set is reused this long
     jwks_refresh_cooldown_seconds: float = 30.0  # at most one unknown-kid refresh per this
+    # exp may be at most this far from iat and from now (plus leeway): KIP_JWT_MAX_LIFETIME
+    max_lifetime_seconds: int = DEFAULT_MAX_LIFETIME_SECONDS
+    # KIP_JWT_AZP: when not empty, a token's azp (the OAuth client it was issued to) must be one
+    allowed_azp: tuple = ()
 
     def __post_init__(self) -> None:
         _check_url(self.jwks_url, "KIP_JWKS_URL")
@@ -74,6 +92,14 @@ class JwtSettings:
         if self.jwks_timeout_seconds <= 0 or self.jwks_cache_seconds <= 0 \
                 or self.jwks_refresh_cooldown_seconds < 0:
             raise ValueError("JWKS timeout and cache lifetime must be > 0, the cooldown >= 0")
+        if isinstance(self.max_lifetime_seconds, bool) \
+                or not isinstance(self.max_lifetime_seconds, int) \
+                or not MIN_MAX_LIFETIME_SECONDS <= self.max_lifetime_seconds \
+                <= MAX_MAX_LIFETIME_SECONDS:
+            raise ValueError(_LIFETIME_HINT)
+        if not isinstance(self.allowed_azp, tuple) or not all(
+                isinstance(v, str) and _CLAIM_RE.fullmatch(v) for v in self.allowed_azp):
+            raise ValueError(_AZP_HINT)
 
     @property
     def write_requirement(self) -> Optional[tuple[str, str]]:
@@ -81,10 +107,10 @@ class JwtSettings:
 
     @classmethod
     def from_env(cls, env: Optional[Mapping[str, str]] = None) -> "JwtSettings":
-        """Read KIP_JWKS_URL, KIP_JWT_ISSUER, KIP_JWT_AUDIENCE (required), KIP_JWT_WRITE_CLAIM
-        and KIP_JWT_LEEWAY_SECONDS (optional). A missing or malformed one raises ValueError
-        naming the variable, so a misconfigured stage refuses to start instead of letting
-        everyone (or no one) in."""
+        """Read KIP_JWKS_URL, KIP_JWT_ISSUER, KIP_JWT_AUDIENCE (required), KIP_JWT_WRITE_CLAIM,
+        KIP_JWT_LEEWAY_SECONDS, KIP_JWT_MAX_LIFETIME and KIP_JWT_AZP (optional). A missing or
+        malformed one raises ValueError naming the variable, so a misconfigured stage refuses to
+        start instead of letting everyone (or no one) in."""
         env = os.environ if env is None else env
         values = {}
         for name in ("KIP_JWKS_URL", "KIP_JWT_ISSUER", "KIP_JWT_AUDIENCE"):
@@ -98,7 +124,9 @@ class JwtSettings:
             raise ValueError("KIP_JWT_LEEWAY_SECONDS must be an integer from 0 to 300")
         return cls(jwks_url=values["KIP_JWKS_URL"], issuer=values["KIP_JWT_ISSUER"],
                    audience=values["KIP_JWT_AUDIENCE"], write_claim=write_claim,
-                   leeway_seconds=int(raw_leeway) if raw_leeway else 30)
+                   leeway_seconds=int(raw_leeway) if raw_leeway else 30,
+                   max_lifetime_seconds=_parse_lifetime(env.get("KIP_JWT_MAX_LIFETIME")),
+                   allowed_azp=_parse_azp(env.get("KIP_JWT_AZP")))
 
 
 @dataclass(frozen=True)
@@ -131,6 +159,43 @@ def _parse_write_claim(raw: str) -> tuple[str, str]:
         raise ValueError("KIP_JWT_WRITE_CLAIM must look like claim=value, e.g. "
                          f"groups=platform-admins (got {raw[:200]!r})")
     return claim, value
+
+
+_LIFETIME_HINT = ("KIP_JWT_MAX_LIFETIME must be a duration from 1m to 24h: seconds, or a number "
+                  "with s, m or h (e.g. 43200, 720m, 12h; default 12h)")
+_AZP_HINT = ("KIP_JWT_AZP must be a comma-separated list of OAuth client ids (letters, digits and "
+             "_ . : / # @ -, at most 200 each), e.g. backstage-kip,port-kip")
+
+
+def _parse_lifetime(raw: Optional[str]) -> int:
+    raw = (raw or "").strip().lower()
+    if not raw:
+        return DEFAULT_MAX_LIFETIME_SECONDS
+    match = _DURATION_RE.fullmatch(raw)
+    if match is None:
+        raise ValueError(f"{_LIFETIME_HINT}; got {raw[:40]!r}")
+    seconds = int(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    if not MIN_MAX_LIFETIME_SECONDS <= seconds <= MAX_MAX_LIFETIME_SECONDS:
+        raise ValueError(f"{_LIFETIME_HINT}; got {raw[:40]!r}")
+    return seconds
+
+
+def _parse_azp(raw: Optional[str]) -> tuple:
+    if raw is None or not raw.strip():
+        return ()
+    values = tuple(dict.fromkeys(v.strip() for v in raw.split(",") if v.strip()))
+    if not values or not all(_CLAIM_RE.fullmatch(v) for v in values):
+        raise ValueError(f"{_AZP_HINT}; got {raw[:200]!r}")
+    return values
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds % 3600 == 0:
+        return f"{seconds // 3600} h"
+    if seconds % 60 == 0:
+        return f"{seconds // 60} min"
+    return f"{seconds} s"
 
 
 # ------------------------------------------------------------------------------- key set client
@@ -212,6 +277,12 @@ def verify_token(settings: JwtSettings, token: str) -> Principal:
     except PyJWTError:
         raise Unauthorized("the bearer token's header is not valid JSON/base64url",
                            field="Authorization") from None
+    if "typ" in header:
+        typ = header["typ"]
+        if not isinstance(typ, str) or typ.lower() not in ACCEPTED_TYPES:
+            # before any key lookup, like alg: another kind of JWT never costs a JWKS fetch
+            raise Unauthorized(f"the token's header typ {str(typ)[:40]!r} is not accepted; an "
+                               "access token has typ JWT or at+jwt (or no typ)", field="typ")
     alg = header.get("alg")
     if alg not in ALGORITHMS:
         # Checked before any key lookup: alg none and HS256 keyed with the public key
@@ -249,7 +320,39 @@ def verify_token(settings: JwtSettings, token: str) -> Principal:
     subject = claims.get("sub")
     if not isinstance(subject, str) or not subject.strip():
         raise Unauthorized("the token's sub claim is empty", field="sub")
+    _check_lifetime(settings, claims)
+    _check_azp(settings, claims)
     return Principal(subject=subject, claims=claims, can_write=_may_write(settings, claims))
+
+
+def _check_lifetime(settings: JwtSettings, claims: Mapping[str, Any],
+                    now: Optional[float] = None) -> None:
+    """``exp`` no further than ``max_lifetime_seconds`` from ``iat`` (when present) and from now
+    (plus the clock-skew leeway, since exp comes from the IdP's clock). jwt.decode has already
+    checked that both convert with int(), as here."""
+    limit = settings.max_lifetime_seconds
+    exp = int(claims["exp"])
+    if "iat" in claims and exp - int(claims["iat"]) > limit:
+        raise Unauthorized(f"the token's exp is more than {_duration(limit)} after its iat; kip "
+                           f"accepts tokens that live at most {_duration(limit)} "
+                           "(KIP_JWT_MAX_LIFETIME): get a shorter-lived one", field="exp")
+    now = time.time() if now is None else now
+    if exp - now > limit + settings.leeway_seconds:
+        raise Unauthorized(f"the token's exp is more than {_duration(limit)} from now; kip "
+                           f"accepts tokens that live at most {_duration(limit)} "
+                           "(KIP_JWT_MAX_LIFETIME): get a shorter-lived one", field="exp")
+
+
+def _check_azp(settings: JwtSettings, claims: Mapping[str, Any]) -> None:
+    if not settings.allowed_azp:
+        return
+    azp = claims.get("azp")
+    if azp is None:
+        raise Unauthorized("the token has no 'azp' claim; kip accepts only tokens issued to the "
+                           "clients listed in KIP_JWT_AZP", field="azp")
+    if not isinstance(azp, str) or azp not in settings.allowed_azp:
+        raise Unauthorized(f"the token was issued to client {str(azp)[:64]!r} (azp), which is "
+                           "not one of the clients KIP_JWT_AZP allows", field="azp")
 
 
 def verify_bearer(settings: JwtSettings, authorization: Optional[str]) -> Principal:

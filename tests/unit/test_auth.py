@@ -283,6 +283,129 @@ def test_tampered_payload(jwks):
     assert "does not verify" in refused(settings_for(jwks), forged).message
 
 
+# --------------------------------------------------------------------------- lifetime, typ, azp
+
+def typed(typ, **claim_overrides) -> str:
+    """A token whose header ``typ`` is ``typ`` (None: no typ at all)."""
+    return jwt.encode(claims(**claim_overrides), RSA_KEY, algorithm="RS256",
+                      headers={"kid": "rsa-1", "typ": typ})
+
+
+def test_a_token_expiring_in_2286_is_refused(jwks):
+    # found in the wild: exp 9999999999 (year 2286) was accepted
+    exc = refused(settings_for(jwks), mint(exp=9_999_999_999))
+    assert exc.field == "exp" and "exp" in exc.message and "12 h" in exc.message
+    assert "KIP_JWT_MAX_LIFETIME" in exc.message
+
+
+def test_exp_more_than_the_maximum_after_iat_is_refused(jwks):
+    # iat an hour ago, exp 11 h 30 min from now: 12 h 30 min of life, though < 12 h remain
+    now = int(time.time())
+    exc = refused(settings_for(jwks), mint(iat=now - 3600, exp=now + 11 * 3600 + 1800))
+    assert exc.field == "exp" and "after its iat" in exc.message
+
+
+def test_exp_more_than_the_maximum_from_now_is_refused_without_iat(jwks):
+    now = int(time.time())
+    exc = refused(settings_for(jwks), mint(iat=None, exp=now + 13 * 3600))
+    assert exc.field == "exp" and "from now" in exc.message
+
+
+def test_a_token_issued_hours_ago_within_the_maximum_is_accepted(jwks):
+    # iat in the future is refused by jwt.decode; iat far in the past with exp - iat <= 12 h is
+    # an ordinary, already-running token: accepted
+    now = int(time.time())
+    assert verify(settings_for(jwks), bearer(mint(iat=now - 11 * 3600,
+                                                  exp=now + 3600))).subject == "user:alice"
+
+
+@pytest.mark.parametrize("lifetime,max_lifetime,ok", [
+    (12 * 3600, None, True),                 # exactly the default
+    (12 * 3600 + 1, None, False),
+    (3600, 1800, False),                     # a tighter KIP_JWT_MAX_LIFETIME
+    (1800, 1800, True),
+])
+def test_lifetime_boundary(jwks, lifetime, max_lifetime, ok):
+    s = settings_for(jwks, **({"max_lifetime_seconds": max_lifetime} if max_lifetime else {}))
+    now = int(time.time())
+    token = mint(iat=now, exp=now + lifetime)
+    if ok:
+        assert verify(s, bearer(token)).subject == "user:alice"
+    else:
+        assert refused(s, token).field == "exp"
+
+
+def test_exp_from_now_allows_the_clock_skew_leeway(jwks):
+    # an IdP whose clock runs 20 s ahead issues a 12 h token: exp is 12 h 20 s from our now
+    now = int(time.time())
+    s = settings_for(jwks, leeway_seconds=30)
+    assert verify(s, bearer(mint(iat=None, exp=now + 12 * 3600 + 20))).subject == "user:alice"
+    assert refused(s, mint(iat=None, exp=now + 12 * 3600 + 120)).field == "exp"
+
+
+def test_lifetime_check_happens_after_the_signature(jwks):
+    # a forged long-lived token is a signature failure, not a lifetime message
+    token = mint()
+    header, _, signature = token.split(".")
+    forged = f"{header}.{b64(json.dumps(claims(exp=9_999_999_999)).encode())}.{signature}"
+    assert "does not verify" in refused(settings_for(jwks), forged).message
+
+
+@pytest.mark.parametrize("typ", ["JWT", "jwt", "at+jwt", "AT+JWT", "application/at+jwt",
+                                 "Application/AT+JWT", "application/jwt", None])
+def test_accepted_typ_headers(jwks, typ):
+    token = typed(typ)
+    assert ("typ" in jwt.get_unverified_header(token)) is (typ is not None)
+    assert verify(settings_for(jwks), bearer(token)).subject == "user:alice"
+
+
+@pytest.mark.parametrize("typ", ["id_token+jwt", "logout+jwt", "dpop+jwt", "secevent+jwt",
+                                 "JWS", "JWE", "at+jwt ", "application/json"])
+def test_other_typ_headers_are_refused_before_any_key_lookup(jwks, typ):
+    exc = refused(settings_for(jwks), typed(typ))
+    assert exc.field == "typ" and "typ" in exc.message
+    assert jwks.hits == 0
+
+
+@pytest.mark.parametrize("typ", [7, "", None, ["JWT"]])
+def test_an_empty_or_non_string_typ_is_refused(jwks, typ):
+    # (PyJWT drops an empty typ when it signs, so these are made by hand)
+    token = hand_made({"alg": "RS256", "typ": typ, "kid": "rsa-1"}, claims())
+    assert refused(settings_for(jwks), token).field == "typ"
+
+
+@pytest.mark.parametrize("azp,ok", [
+    ("backstage-kip", True),
+    ("port-kip", True),
+    ("other-client", False),
+    ("Backstage-kip", False),        # exact match
+    (["backstage-kip"], False),      # azp is a single string (OIDC core 2)
+    (None, False),                   # absent
+])
+def test_azp_must_be_one_of_the_allowed_clients(jwks, azp, ok):
+    s = settings_for(jwks, allowed_azp=("backstage-kip", "port-kip"))
+    token = mint(azp=azp)
+    if ok:
+        assert verify(s, bearer(token)).subject == "user:alice"
+    else:
+        exc = refused(s, token)
+        assert exc.field == "azp" and "KIP_JWT_AZP" in exc.message
+
+
+def test_azp_is_not_checked_when_unset(jwks):
+    assert verify(settings_for(jwks), bearer(mint(azp="anyone"))).subject == "user:alice"
+    assert verify(settings_for(jwks), bearer(mint())).subject == "user:alice"
+
+
+def test_lifetime_and_azp_refusals_are_401_under_the_authorizer(jwks):
+    s = settings_for(jwks, allowed_azp=("backstage-kip",))
+    for token in (mint(azp="backstage-kip", exp=9_999_999_999), mint(azp="x"),
+                  typed("id_token+jwt", azp="backstage-kip")):
+        with pytest.raises(Exception, match="^Unauthorized$"):
+            auth.authorizer_response(s, f"Bearer {token}", METHOD_ARN)
+    assert allowed_methods(s, mint(azp="backstage-kip")) == set(auth.ALL_METHODS)
+
+
 # ------------------------------------------------------------------------------- write claim
 
 def test_write_claim_missing_refuses_post_and_delete_but_not_get(jwks):
@@ -405,11 +528,24 @@ GOOD_ENV = {"KIP_JWKS_URL": "https://idp.example.test/jwks", "KIP_JWT_ISSUER": I
 
 def test_from_env_reads_every_variable():
     s = auth.JwtSettings.from_env({**GOOD_ENV, "KIP_JWT_WRITE_CLAIM": "groups=platform-admins",
-                                   "KIP_JWT_LEEWAY_SECONDS": "10"})
+                                   "KIP_JWT_LEEWAY_SECONDS": "10",
+                                   "KIP_JWT_MAX_LIFETIME": "1h",
+                                   "KIP_JWT_AZP": " backstage-kip, port-kip ,backstage-kip"})
     assert (s.jwks_url, s.issuer, s.audience) == (GOOD_ENV["KIP_JWKS_URL"], ISSUER, AUDIENCE)
     assert s.write_requirement == ("groups", "platform-admins") and s.leeway_seconds == 10
+    assert s.max_lifetime_seconds == 3600 and s.allowed_azp == ("backstage-kip", "port-kip")
     plain = auth.JwtSettings.from_env(GOOD_ENV)
     assert plain.write_claim is None and plain.leeway_seconds == 30
+    assert plain.max_lifetime_seconds == 12 * 3600 and plain.allowed_azp == ()
+
+
+@pytest.mark.parametrize("raw,seconds", [
+    ("43200", 43200), ("720m", 43200), ("12h", 43200), ("12H", 43200), ("90s", 90),
+    ("1m", 60), ("24h", 86400), ("", 43200), ("  ", 43200),
+])
+def test_from_env_max_lifetime_forms(raw, seconds):
+    s = auth.JwtSettings.from_env({**GOOD_ENV, "KIP_JWT_MAX_LIFETIME": raw})
+    assert s.max_lifetime_seconds == seconds
 
 
 @pytest.mark.parametrize("name", ["KIP_JWKS_URL", "KIP_JWT_ISSUER", "KIP_JWT_AUDIENCE"])
@@ -435,6 +571,18 @@ def test_from_env_names_a_missing_variable(name, value):
     ("KIP_JWT_LEEWAY_SECONDS", "-1"),
     ("KIP_JWT_LEEWAY_SECONDS", "301"),
     ("KIP_JWT_LEEWAY_SECONDS", "ten"),
+    ("KIP_JWT_MAX_LIFETIME", "0"),
+    ("KIP_JWT_MAX_LIFETIME", "59"),
+    ("KIP_JWT_MAX_LIFETIME", "25h"),          # longer than a day: the point is short tokens
+    ("KIP_JWT_MAX_LIFETIME", "-1h"),
+    ("KIP_JWT_MAX_LIFETIME", "12 h"),
+    ("KIP_JWT_MAX_LIFETIME", "1d"),
+    ("KIP_JWT_MAX_LIFETIME", "1.5h"),
+    ("KIP_JWT_MAX_LIFETIME", "forever"),
+    ("KIP_JWT_AZP", ","),
+    ("KIP_JWT_AZP", "backstage kip"),
+    ("KIP_JWT_AZP", "ok,bad client"),
+    ("KIP_JWT_AZP", "x" * 201),
 ])
 def test_from_env_names_a_malformed_variable(name, value):
     with pytest.raises(ValueError, match=name):
