@@ -223,6 +223,7 @@ SAMPLE_PARAMETERS = {
     "ExternalId": "0123456789abcdef0123456789abcdef",
     "PrimaryRegion": SAMPLE_REGION,
     "TriggerFunctionArn": f"arn:aws:lambda:{SAMPLE_REGION}:444455556666:function:kip-prod-on_eks",
+    "DriftFunctionArn": f"arn:aws:lambda:{SAMPLE_REGION}:444455556666:function:kip-prod-drift",
     "OrgId": "o-abcdefghij",
     "AllowedAccountIds": [SAMPLE_ACCOUNT],
 }
