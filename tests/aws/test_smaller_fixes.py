@@ -1,0 +1,74 @@
+"""Smaller fixes of issue #19, each shown here: AssumeRole outside the shared client lock, ..."""
+from __future__ import annotations
+
+import dataclasses
+import threading
+from typing import Any
+
+import pytest
+
+from chalicelib import aws
+from tests.conftest import ACCOUNT, REGION
+
+SLOW, QUICK = "111111111111", "222222222222"
+WAIT = 30       # a bound on a wait that must end at once: only a failure ever reaches it
+
+
+# ----------------------------------------------------------------- a. AssumeRole off the lock
+
+class HeldAssumeRole:
+    """Holds every AssumeRole into account ``held`` until ``release`` is set (before-send hook,
+    so the request is real up to the wire); counts AssumeRole calls per account."""
+
+    def __init__(self, held: str) -> None:
+        self.held, self.entered, self.release = held, threading.Event(), threading.Event()
+        self.calls: dict[str, int] = {}
+        self._lock = threading.Lock()
+        aws.add_hook("before-send.sts.AssumeRole", self)
+
+    def __call__(self, request: Any, **_: Any) -> None:
+        body = request.body.decode() if isinstance(request.body, bytes) else str(request.body)
+        account = next(a for a in (SLOW, QUICK) if a in body)
+        with self._lock:
+            self.calls[account] = self.calls.get(account, 0) + 1
+        if account == self.held:
+            self.entered.set()
+            assert self.release.wait(WAIT), "the held AssumeRole was never released"
+
+
+def in_thread(fn: Any) -> tuple[threading.Thread, dict]:
+    out: dict = {}
+
+    def run() -> None:
+        try:
+            out["value"] = fn()
+        except BaseException as exc:    # reported by the test
+            out["error"] = exc
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, out
+
+
+def test_a_slow_assume_role_for_one_account_does_not_block_another(moto_env):
+    # given: AssumeRole into SLOW hangs until released
+    settings = dataclasses.replace(moto_env, account_id=ACCOUNT, cross_account_role="kip-member")
+    held = HeldAssumeRole(SLOW)
+    slow, slow_out = in_thread(lambda: aws.client("sqs", SLOW, REGION, settings))
+    assert held.entered.wait(WAIT)
+
+    # when: another thread wants a client in QUICK while SLOW's AssumeRole is in flight
+    quick, quick_out = in_thread(lambda: aws.client("sqs", QUICK, REGION, settings))
+    quick.join(WAIT)
+
+    # then: QUICK got its client (its own AssumeRole) before SLOW's answer came back
+    assert not quick.is_alive() and "value" in quick_out, quick_out
+    assert not held.release.is_set() and slow.is_alive()
+    assert held.calls == {SLOW: 1, QUICK: 1}
+
+    # and SLOW's threads get theirs once STS answers, from one AssumeRole
+    also_slow, also_out = in_thread(lambda: aws.client("events", SLOW, REGION, settings))
+    held.release.set()
+    slow.join(WAIT)
+    also_slow.join(WAIT)
+    assert "value" in slow_out and "value" in also_out, (slow_out, also_out)
+    assert held.calls == {SLOW: 1, QUICK: 1}
