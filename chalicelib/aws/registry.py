@@ -4,7 +4,12 @@
   unexpired lease and the record is still the version we read. The loser gets ``InProgress``
   (someone else is working) or ``StaleWrite`` (the record moved on). A crashed run's lease expires.
   A run that stops before any AWS write hands the lease back: the record is as it was.
-* ``save`` and ``delete`` succeed only for the lease holder at the version it last wrote.
+* ``save`` and ``delete`` succeed only for the lease holder at the version it last wrote: every
+  such write is conditional on the holder's lease token (``lease_owner``). A holder whose lease
+  expired and was taken over is fenced off: its write fails (``StaleWrite``, saying so) and
+  changes nothing.
+* ``note`` and ``note_health`` (no lease, no version bump) succeed only at the version read and
+  while nobody holds a live lease: a run under lease would overwrite them with its own copy.
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ from chalicelib.core.records import ClusterRecord
 
 RETRY_IN_PROGRESS = 10      # seconds: a provision's typical length, well above its median
 HOLDER = "attribute_not_exists(lease_owner) OR lease_expires < :now OR lease_owner = :me"
+UNLEASED = "(attribute_not_exists(lease_owner) OR lease_expires < :now)"
 log = Logger(service="kip", child=True)
 
 
@@ -134,7 +140,7 @@ class Registry:
                            {":v": record.version, ":me": owner})
         except ConditionFailed as lost:
             if not _is_ours(lost.item, saved.write_id):
-                raise self._stale(record.cid, lost.item) from None
+                raise self._stale(record.cid, lost.item, owner) from None
         return saved
 
     def delete(self, record: ClusterRecord, owner: str) -> None:
@@ -144,13 +150,20 @@ class Registry:
         except ConditionFailed as lost:
             if lost.item is None:   # already gone: our own delete whose answer was lost
                 return
-            raise self._stale(record.cid, lost.item) from None
+            raise self._stale(record.cid, lost.item, owner) from None
 
-    @staticmethod
-    def _stale(cid: ClusterId, item: Optional[dict]) -> StaleWrite:
+    def _stale(self, cid: ClusterId, item: Optional[dict], owner: str) -> StaleWrite:
+        found = item or {}
+        holder, until = found.get("lease_owner"), int(found.get("lease_expires") or 0)
+        if holder and holder != owner:
+            return StaleWrite(
+                f"the record of cluster {cid.key} was not written: this run's lease expired and "
+                f"another run took the record over (its lease until {iso(until)}); this write "
+                "changed nothing. Re-read the record and retry.",
+                version=found.get("version"), status=found.get("status"))
         return StaleWrite(f"lost the write to the record of cluster {cid.key}: another run "
-                          f"took it over (version {item.get('version') if item else None}, "
-                          f"status {item.get('status') if item else None!r})")
+                          f"took it over (version {found.get('version')}, status "
+                          f"{found.get('status')!r}); this write changed nothing")
 
     def page(self, limit: int, next_token: Optional[str], status: Optional[str],
              consumer: Optional[str] = None) -> tuple[list[ClusterRecord], Optional[str]]:
@@ -163,16 +176,19 @@ class Registry:
         """Record the consumer's health on ``record`` as read (see ``Store.set_health``); False
         when the record moved on meanwhile (the next sweep looks again)."""
         try:
-            self.store.set_health(record.id, health, record.version)
+            self.store.set_health(record.id, health, record.version, UNLEASED,
+                                  {":now": int(self.clock())})
         except ConditionFailed:
             return False
         return True
 
     def note(self, record: ClusterRecord, fields: dict) -> bool:
         """Set (or, with None, remove) top-level ``fields`` of ``record`` as read, without a
-        lease or a version bump; False when the record moved on meanwhile."""
+        lease or a version bump; False when the record moved on meanwhile or another run holds
+        its lease."""
         try:
-            self.store.set_fields(record.id, fields, record.version)
+            self.store.set_fields(record.id, fields, record.version, UNLEASED,
+                                  {":now": int(self.clock())})
         except ConditionFailed:
             return False
         return True

@@ -118,18 +118,22 @@ class Store:
         items = [_from_ddb(i) for i in r.get("Items", [])]
         return items, _from_ddb(r.get("LastEvaluatedKey"))
 
-    def set_health(self, key: str, health: dict, version: int) -> None:
-        """``health`` only (UpdateItem), if the record is still at ``version``: the record's
-        other fields, its version and its lease are left as they are."""
+    def set_health(self, key: str, health: dict, version: int, also: Optional[str] = None,
+                   also_values: Optional[dict] = None) -> None:
+        """``health`` only (UpdateItem), if the record is still at ``version`` (and ``also``
+        holds): the record's other fields, its version and its lease are left as they are."""
         self._cond("dynamodb:UpdateItem", self._c().update_item, TableName=self.table,
                    Key={"id": {"S": key}}, UpdateExpression="SET #h = :h",
-                   ConditionExpression="attribute_exists(id) AND version = :v",
+                   ConditionExpression="attribute_exists(id) AND version = :v"
+                                       + (f" AND {also}" if also else ""),
                    ExpressionAttributeNames={"#h": "health"},
-                   ExpressionAttributeValues=_to_ddb({":h": health, ":v": version}))
+                   ExpressionAttributeValues=_to_ddb({":h": health, ":v": version,
+                                                      **(also_values or {})}))
 
-    def set_fields(self, key: str, fields: dict, version: int) -> None:
+    def set_fields(self, key: str, fields: dict, version: int, also: Optional[str] = None,
+                   also_values: Optional[dict] = None) -> None:
         """Top-level ``fields`` only (UpdateItem; None removes one), if the record is still at
-        ``version``: its other fields, version and lease stay as they are."""
+        ``version`` (and ``also`` holds): its other fields, version and lease stay as they are."""
         names = {f"#f{i}": k for i, k in enumerate(fields)}
         sets = [f"#f{i} = :f{i}" for i, v in enumerate(fields.values()) if v is not None]
         drops = [f"#f{i}" for i, v in enumerate(fields.values()) if v is None]
@@ -138,9 +142,11 @@ class Store:
         values = {f":f{i}": v for i, v in enumerate(fields.values()) if v is not None}
         self._cond("dynamodb:UpdateItem", self._c().update_item, TableName=self.table,
                    Key={"id": {"S": key}}, UpdateExpression=expr.strip(),
-                   ConditionExpression="attribute_exists(id) AND version = :v",
+                   ConditionExpression="attribute_exists(id) AND version = :v"
+                                       + (f" AND {also}" if also else ""),
                    ExpressionAttributeNames=names,
-                   ExpressionAttributeValues=_to_ddb({**values, ":v": version}))
+                   ExpressionAttributeValues=_to_ddb({**values, ":v": version,
+                                                      **(also_values or {})}))
 
     def create_table(self) -> None:
         """For the local stack and tests; deployed stages get the table from CloudFormation."""

@@ -72,3 +72,63 @@ def test_a_slow_assume_role_for_one_account_does_not_block_another(moto_env):
     also_slow.join(WAIT)
     assert "value" in slow_out and "value" in also_out, (slow_out, also_out)
     assert held.calls == {SLOW: 1, QUICK: 1}
+
+
+# ----------------------------------------------------------------- d. leases fence writes
+
+def _registry(settings: Any, clock: Any) -> Any:
+    from chalicelib.aws.registry import Registry
+    return Registry(aws.Store(settings), settings, clock)
+
+
+def _leased(reg: Any, cid: Any, current: Any = None) -> tuple:
+    from chalicelib.aws.registry import new_token
+    owner = new_token()
+    return owner, reg.acquire(cid, owner, current, {"status": "provisioning"})
+
+
+def test_a_holder_whose_lease_was_taken_over_can_no_longer_write(moto_env):
+    from chalicelib import errors
+    from chalicelib.core import naming
+    from tests.reliability.harness import FakeClock
+    # given: run A holds the lease; it expires; run B takes the record over
+    clock = FakeClock()
+    reg, cid = _registry(moto_env, clock), naming.ClusterId(ACCOUNT, REGION, "payments-prod")
+    a_owner, a_rec = _leased(reg, cid)
+    clock.advance(moto_env.lease_seconds + 1)
+    b_owner, b_rec = _leased(reg, cid, reg.get(cid))
+    before = aws.Store(moto_env).get(cid.key)
+
+    # when / then: A's save and delete are refused, say why, and change nothing
+    with pytest.raises(errors.StaleWrite) as saved:
+        reg.save(a_rec.model_copy(update={"status": "ready"}), a_owner)
+    assert "lease expired" in saved.value.message and "changed nothing" in saved.value.message
+    with pytest.raises(errors.StaleWrite):
+        reg.delete(a_rec, a_owner)
+    with pytest.raises(errors.StaleWrite):       # even at the version B wrote
+        reg.save(b_rec.model_copy(update={"status": "ready"}), a_owner)
+    assert aws.Store(moto_env).get(cid.key) == before
+
+    # and B, the holder, writes
+    assert reg.save(b_rec.model_copy(update={"status": "ready"}), b_owner).status == "ready"
+
+
+def test_notes_without_a_lease_wait_for_a_live_lease_to_end(moto_env):
+    from chalicelib.core import naming
+    from tests.reliability.harness import FakeClock
+    # given: a record another run holds under a live lease, read as it is
+    clock = FakeClock()
+    reg, cid = _registry(moto_env, clock), naming.ClusterId(ACCOUNT, REGION, "payments-prod")
+    owner, rec = _leased(reg, cid)
+    seen = reg.get(cid)
+    before = aws.Store(moto_env).get(cid.key)
+
+    # when / then: the sweep's notes are refused (the holder's save would overwrite them)
+    assert reg.note(seen, {"cluster_missing_since": "2026-01-01T00:00:00Z"}) is False
+    assert reg.note_health(seen, {"consumer": "idle"}) is False
+    assert aws.Store(moto_env).get(cid.key) == before
+
+    # and once the lease has expired, they are written
+    clock.advance(moto_env.lease_seconds + 1)
+    assert reg.note_health(seen, {"consumer": "idle"}) is True
+    assert aws.Store(moto_env).get(cid.key)["health"] == {"consumer": "idle"}
