@@ -19,6 +19,8 @@ import contextlib
 import hashlib
 import hmac
 import json
+import secrets
+import threading
 import time
 import uuid
 from concurrent.futures import Future
@@ -32,6 +34,9 @@ from chalicelib.errors import InProgress, KipError, StaleWrite, ValidationError
 from chalicelib.core.naming import ClusterId
 from chalicelib.core.records import ClusterRecord
 
+# An item of the records table that is not a cluster's record (no ``account_id``: list and scan
+# paths skip it): the list tokens' signing secret, when KIP_TOKEN_SECRET is unset.
+TOKEN_SECRET_ID = "kip#token-secret"
 RETRY_IN_PROGRESS = 10      # seconds: a provision's typical length, well above its median
 HOLDER = "attribute_not_exists(lease_owner) OR lease_expires < :now OR lease_owner = :me"
 UNLEASED = "(attribute_not_exists(lease_owner) OR lease_expires < :now)"
@@ -57,6 +62,8 @@ class Registry:
     def __init__(self, store: Store, settings: Settings,
                  clock: Callable[[], float] = time.time) -> None:
         self.store, self.settings, self.clock = store, settings, clock
+        self._secret: Optional[bytes] = None
+        self._secret_lock = threading.Lock()
 
     def get(self, cid: ClusterId) -> Optional[ClusterRecord]:
         item = self.store.get(cid.key)
@@ -194,7 +201,26 @@ class Registry:
         return True
 
     def _key(self) -> bytes:
-        return (self.settings.token_secret or self.settings.table_name).encode()
+        """The list tokens' signing key: KIP_TOKEN_SECRET, else the deployment's own secret,
+        generated once (256 random bits) and kept in the records table; the first container to
+        need it creates it (a conditional put), every other one reads that one."""
+        if self.settings.token_secret:
+            return self.settings.token_secret.encode()
+        with self._secret_lock:
+            if self._secret is None:
+                item = self.store.get(TOKEN_SECRET_ID)
+                if not item:
+                    item = {"id": TOKEN_SECRET_ID, "secret": secrets.token_hex(32),
+                            "created_at": iso(self.clock())}
+                    try:
+                        self.store.put(item, "attribute_not_exists(id)", {})
+                    except ConditionFailed as lost:     # another container made it first
+                        item = lost.item or self.store.get(TOKEN_SECRET_ID) or {}
+                if not item.get("secret"):
+                    raise KipError(f"the list token secret item {TOKEN_SECRET_ID!r} in table "
+                                   f"{self.settings.table_name} has no secret; delete it")
+                self._secret = str(item["secret"]).encode()
+            return self._secret
 
 
 # ----------------------------------------------------------------------------- list tokens

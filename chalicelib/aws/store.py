@@ -95,14 +95,17 @@ class Store:
 
     def page(self, limit: int, start: Optional[dict], status: Optional[str],
              consumer: Optional[str] = None) -> tuple:
-        """One page. ``consumer`` filters on ``health.consumer`` (a FilterExpression: applied
-        after ``Limit`` items are read, so a page may hold fewer items, even none, and still
-        carry a next key)."""
+        """One page of cluster records. ``consumer`` filters on ``health.consumer`` (a
+        FilterExpression, as is skipping kip's own items: applied after ``Limit`` items are
+        read, so a page may hold fewer items, even none, and still carry a next key)."""
         kw: dict[str, Any] = {"TableName": self.table, "Limit": limit}
         if start:
             kw["ExclusiveStartKey"] = _to_ddb(start)
+        # cluster records only: kip's own items (the token secret, quota counters) have no
+        # account_id (the status index holds none of them: they have no status)
+        kw["FilterExpression"] = "attribute_exists(account_id)"
         if consumer:
-            kw.update(FilterExpression="#h.#c = :c",
+            kw.update(FilterExpression="attribute_exists(account_id) AND #h.#c = :c",
                       ExpressionAttributeNames={"#h": "health", "#c": "consumer"},
                       ExpressionAttributeValues={":c": {"S": consumer}})
         if status:

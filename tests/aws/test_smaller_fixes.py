@@ -132,3 +132,74 @@ def test_notes_without_a_lease_wait_for_a_live_lease_to_end(moto_env):
     clock.advance(moto_env.lease_seconds + 1)
     assert reg.note_health(seen, {"consumer": "idle"}) is True
     assert aws.Store(moto_env).get(cid.key)["health"] == {"consumer": "idle"}
+
+
+# ----------------------------------------------------------------- c. list tokens
+
+def _records(settings: Any, n: int) -> Any:
+    """``n`` bare cluster records written straight to the table (paging needs nothing more)."""
+    from chalicelib.aws.registry import Registry
+    reg = Registry(aws.Store(settings), settings)
+    for i in range(n):
+        aws.Store(settings).put({"id": f"{ACCOUNT}/{REGION}/c{i}", "account_id": ACCOUNT,
+                                 "region": REGION, "cluster_name": f"c{i}", "status": "ready",
+                                 "version": 1}, "attribute_not_exists(id)", {})
+    return reg
+
+
+def _forge(token: str, **changes: Any) -> str:
+    """The token's body changed, its signature kept."""
+    import base64
+    import json
+    body, mac = token.rsplit(".", 1)
+    data = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    data.update(changes)
+    raw = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=") + "." + mac
+
+
+def test_list_tokens_are_signed_with_a_secret_made_once_per_deployment(moto_env):
+    from chalicelib import errors
+    from chalicelib.aws.registry import TOKEN_SECRET_ID, Registry, _seal_token
+    assert moto_env.token_secret is None
+    # given: four records; one container pages through them
+    first = _records(moto_env, 4)
+    page1, token = first.page(2, None, None)
+    secret = aws.Store(moto_env).get(TOKEN_SECRET_ID)["secret"]
+    assert len(secret) == 64 and moto_env.table_name not in secret
+
+    # when: another container (a new registry) opens the token
+    other = Registry(aws.Store(moto_env), moto_env)
+    page2, last = other.page(2, token, None)
+
+    # then: the same secret signs for both; the secret item is no cluster record
+    assert sorted(r.cluster_name for r in page1 + page2) == ["c0", "c1", "c2", "c3"]
+    assert other.page(10, None, None)[0] and all(r.account_id == ACCOUNT
+                                                 for r in other.page(10, None, None)[0])
+    assert aws.Store(moto_env).get(TOKEN_SECRET_ID)["secret"] == secret
+
+    # and a token signed the old way (with the table name) is refused as next_token
+    start = {"id": f"{ACCOUNT}/{REGION}/c1"}
+    for forged in (_seal_token(start, None, moto_env.table_name.encode()),
+                   _forge(token, k={"id": f"{ACCOUNT}/{REGION}/c3"}),
+                   _forge(token, s="failed")):
+        with pytest.raises(errors.ValidationError) as bad:
+            other.page(2, forged, None)
+        assert bad.value.field == "next_token"
+    with pytest.raises(errors.ValidationError):
+        other.page(2, token, "failed")          # a token for one filter, used with another
+
+
+def test_a_forged_token_through_the_api_is_a_400_naming_next_token(api, moto_env):
+    # given: a real token (two pages of records), then forged copies of it
+    _records(moto_env, 3)
+    token = api.http.get("/clusters?limit=2").json_body["next_token"]
+    assert token
+    for forged in (_forge(token, s="ready"), _forge(token, k={"id": "x"}), token + "0",
+                   token.replace(".", "..")):
+        # when
+        got = api.http.get(f"/clusters?limit=2&next_token={forged}")
+        # then
+        assert got.status_code == 400, got.body
+        assert got.json_body["error"]["field"] == "next_token"
+    assert api.http.get(f"/clusters?limit=2&next_token={token}").status_code == 200
