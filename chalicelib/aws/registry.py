@@ -223,6 +223,53 @@ class Registry:
             return self._secret
 
 
+# ----------------------------------------------------------------------------- rule count
+
+class RuleCount:
+    """The rules in use on one account-region's default bus, shared by every container: an item
+    of the records table (``quota#<account>#<region>``, no ``account_id``: never listed). Each
+    new rule is counted with a conditional increment that fails once ``room`` rules are in use,
+    so containers cannot spend the reserve together. The count is taken from ListRules again
+    once it is older than ``fresh_seconds`` (rules deleted, or claimed by runs that failed,
+    drop out then); one container re-counts, the others count on top of it."""
+
+    NAMES = {"#u": "used", "#t": "counted_at"}
+
+    def __init__(self, store: Store, clock: Callable[[], float], fresh_seconds: float) -> None:
+        self.store, self.clock, self.fresh = store, clock, fresh_seconds
+
+    def take(self, account: str, region: str, room: int,
+             recount: Callable[[], int]) -> tuple[bool, int]:
+        """Count one more rule if fewer than ``room`` are in use: (taken, in use before)."""
+        key = f"quota#{account}#{region}"
+        for _ in range(3):
+            now = int(self.clock())
+            fresh_after = now - int(self.fresh)
+            try:
+                item = self.store.update(
+                    key, "SET #u = #u + :one",
+                    "attribute_exists(#u) AND #t >= :fresh AND #u < :room",
+                    {":one": 1, ":fresh": fresh_after, ":room": room}, self.NAMES)
+                return True, int(item["used"]) - 1
+            except ConditionFailed as lost:
+                seen = lost.item if lost.item is not None else self.store.get(key)
+                if seen and int(seen.get("counted_at", 0)) >= fresh_after:
+                    return False, int(seen.get("used", 0))      # a fresh count: no room
+            counted = recount()
+            if counted >= room:
+                return False, counted
+            try:
+                self.store.update(key, "SET #u = :used, #t = :now",
+                                  "attribute_not_exists(#t) OR #t < :fresh",
+                                  {":used": counted + 1, ":now": now, ":fresh": fresh_after},
+                                  self.NAMES)
+                return True, counted
+            except ConditionFailed:
+                continue        # another container counted meanwhile: count on top of it
+        raise StaleWrite(f"the shared rule count of account {account} in {region} kept "
+                         "changing under this run; retry")
+
+
 # ----------------------------------------------------------------------------- list tokens
 # A token is the DynamoDB start key, bound to the filter it was issued for and signed, so a
 # client can neither forge a start key nor reuse a token under another filter.

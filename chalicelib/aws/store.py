@@ -151,6 +151,20 @@ class Store:
                    ExpressionAttributeValues=_to_ddb({**values, ":v": version,
                                                       **(also_values or {})}))
 
+    def update(self, key: str, expression: str, condition: str, values: dict,
+               names: Optional[dict] = None) -> dict:
+        """A conditional UpdateItem; returns the item as written (``ConditionFailed`` carries
+        the item as it was)."""
+        kw: dict[str, Any] = {"TableName": self.table, "Key": {"id": {"S": key}},
+                              "UpdateExpression": expression, "ConditionExpression": condition,
+                              "ExpressionAttributeValues": _to_ddb(values),
+                              "ReturnValues": "ALL_NEW",
+                              "ReturnValuesOnConditionCheckFailure": "ALL_OLD"}
+        if names:
+            kw["ExpressionAttributeNames"] = names
+        r = self._cond("dynamodb:UpdateItem", self._c().update_item, **kw)
+        return _from_ddb(r.get("Attributes")) or {}
+
     def create_table(self) -> None:
         """For the local stack and tests; deployed stages get the table from CloudFormation."""
         c = self._c()

@@ -203,3 +203,48 @@ def test_a_forged_token_through_the_api_is_a_400_naming_next_token(api, moto_env
         assert got.status_code == 400, got.body
         assert got.json_body["error"]["field"] == "next_token"
     assert api.http.get(f"/clusters?limit=2&next_token={token}").status_code == 200
+
+
+# ----------------------------------------------------------------- b. one rule count for all
+
+def test_two_containers_cannot_together_eat_into_the_rule_reserve(moto_env):
+    import json
+
+    import boto3
+
+    from chalicelib.core import quota
+    from chalicelib.core.spec import ClusterRequest
+    from tests.conftest import make_cluster, make_role
+    from tests.reliability.harness import FakeClock
+    from tests.support import drive
+    # given: room for 3 kip rules beside 1 of someone else's; two containers (kits), one table
+    for name in "abcde":
+        make_cluster(name)
+        make_role(f"KarpenterController-{name}")
+    boto3.client("events").put_rule(Name="someone-else", EventPattern=json.dumps(
+        {"source": ["x"]}))
+    settings = dataclasses.replace(moto_env, rule_quota=24, rule_reserve=20)
+    clock = FakeClock()
+    one, two = drive.make_kit(settings, clock), drive.make_kit(settings, clock)
+
+    # when: they take turns
+    drive.provision(one, ClusterRequest(cluster_name="a"))
+    drive.provision(two, ClusterRequest(cluster_name="b"))
+    drive.provision(one, ClusterRequest(cluster_name="c"))
+    refused = []
+    for kit, name in ((two, "d"), (one, "d"), (two, "e")):
+        with pytest.raises(quota.RuleQuotaExceeded) as err:
+            drive.provision(kit, ClusterRequest(cluster_name=name))
+        refused.append(err.value.extra["used"])
+
+    # then: 4 rules in use (quota 24 - reserve 20), never more; each refusal says 4 are used
+    assert len(boto3.client("events").list_rules()["Rules"]) == 4
+    assert refused == [4, 4, 4]
+
+    # and once the count is old, a new count sees rules that were deleted
+    boto3.client("events").delete_rule(Name="someone-else")
+    clock.advance(61)
+    drive.provision(two, ClusterRequest(cluster_name="d"))
+    with pytest.raises(quota.RuleQuotaExceeded):
+        drive.provision(one, ClusterRequest(cluster_name="e"))
+    assert len(boto3.client("events").list_rules()["Rules"]) == 4
