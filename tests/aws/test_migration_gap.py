@@ -5,10 +5,10 @@ after). Then, for each of those writes in turn, a fresh world repeats the move w
 refused by AWS (a 403 ``AccessDenied`` answered in the service's own wire protocol, every attempt),
 and after every run checks that each sample event kind is still delivered: by an existing,
 enabled rule whose pattern matches it, whose target is the queue, and whose ARN the queue policy
-allows (``aws:SourceArn``). The check reads rules, targets and the policy from AWS and matches
-patterns with moto's own matcher rather than sending events: moto enforces no queue policy, in
-``PutEvents`` delivers through disabled rules too, and has no ``TestEventPattern``. The runs go on
-until the move is complete; it must complete.
+allows (``aws:SourceArn``): ``test_rule_migration.deliverable_kinds`` reads rules, targets and the
+policy from AWS and matches patterns with moto's own matcher rather than sending events (moto
+enforces no queue policy, delivers through disabled rules in ``PutEvents`` and has no
+``TestEventPattern``). The runs go on until the move is complete; it must complete.
 """
 from __future__ import annotations
 
@@ -22,9 +22,8 @@ import pytest
 
 from chalicelib import aws, errors
 from chalicelib.converge.migration import POLICY_SETTLE_SECONDS
-from chalicelib.core import naming
-from tests.aws.test_rule_migration import CLUSTER, SAMPLES, make_legacy
-from tests.conftest import load_event, make_cluster, make_role
+from tests.aws.test_rule_migration import CLUSTER, SAMPLES, deliverable_kinds, make_legacy
+from tests.conftest import make_cluster, make_role
 from tests.reliability.harness import FAULT_URL, FakeClock, fake_error, moto_like_aws
 from tests.support import drive
 
@@ -85,32 +84,6 @@ def fresh_world(settings: Any) -> Iterator[RefuseNth]:
             yield RefuseNth()
         finally:
             aws.reset()
-
-
-def allowed_by_queue_policy(queue_url: str) -> set:
-    """The rule ARNs the queue policy lets EventBridge send from (Allow sqs:SendMessage)."""
-    raw = boto3.client("sqs").get_queue_attributes(QueueUrl=queue_url, AttributeNames=[
-        "Policy"])["Attributes"].get("Policy")
-    out: set = set()
-    for st in json.loads(raw)["Statement"] if raw else []:
-        if st["Effect"] == "Allow" and "sqs:SendMessage" in json.dumps(st["Action"]):
-            arns = st.get("Condition", {}).get("ArnEquals", {}).get("aws:SourceArn", [])
-            out.update([arns] if isinstance(arns, str) else arns)
-    return out
-
-
-def deliverable_kinds(names: naming.Names) -> set:
-    """The samples some existing, enabled, allowed rule with a target on the queue matches."""
-    events, sqs = boto3.client("events"), boto3.client("sqs")
-    allowed = allowed_by_queue_policy(sqs.get_queue_url(QueueName=names.queue)["QueueUrl"])
-    senders = [r["EventPattern"] for r in events.list_rules(NamePrefix="kip-")["Rules"]
-               if r.get("State") == "ENABLED" and r["Arn"] in allowed and
-               any(t["Arn"] == names.queue_arn
-                   for t in events.list_targets_by_rule(Rule=r["Name"])["Targets"])]
-    from moto.events.models import EventPattern
-    return {sample for sample in SAMPLES
-            if any(EventPattern.load(pattern).matches_event(load_event(sample))
-                   for pattern in senders)}
 
 
 def rules_now() -> set:
