@@ -238,24 +238,26 @@ class RuleCount:
     def __init__(self, store: Store, clock: Callable[[], float], fresh_seconds: float) -> None:
         self.store, self.clock, self.fresh = store, clock, fresh_seconds
 
-    def take(self, account: str, region: str, room: int,
-             recount: Callable[[], int]) -> tuple[bool, int]:
-        """Count one more rule if fewer than ``room`` are in use: (taken, in use before)."""
+    def take(self, account: str, region: str, room: int, recount: Callable[[], int],
+             counted: Optional[int] = None) -> tuple[bool, int]:
+        """Count one more rule if fewer than ``room`` are in use: (taken, in use before).
+        ``counted``: a count the caller read just now (it starts a stale shared count)."""
         key = f"quota#{account}#{region}"
         for _ in range(3):
             now = int(self.clock())
             fresh_after = now - int(self.fresh)
-            try:
-                item = self.store.update(
-                    key, "SET #u = #u + :one",
-                    "attribute_exists(#u) AND #t >= :fresh AND #u < :room",
-                    {":one": 1, ":fresh": fresh_after, ":room": room}, self.NAMES)
-                return True, int(item["used"]) - 1
-            except ConditionFailed as lost:
-                seen = lost.item if lost.item is not None else self.store.get(key)
-                if seen and int(seen.get("counted_at", 0)) >= fresh_after:
-                    return False, int(seen.get("used", 0))      # a fresh count: no room
-            counted = recount()
+            if counted is None:
+                try:
+                    item = self.store.update(
+                        key, "SET #u = #u + :one",
+                        "attribute_exists(#u) AND #t >= :fresh AND #u < :room",
+                        {":one": 1, ":fresh": fresh_after, ":room": room}, self.NAMES)
+                    return True, int(item["used"]) - 1
+                except ConditionFailed as lost:
+                    seen = lost.item if lost.item is not None else self.store.get(key)
+                    if seen and int(seen.get("counted_at", 0)) >= fresh_after:
+                        return False, int(seen.get("used", 0))      # a fresh count: no room
+                counted = recount()
             if counted >= room:
                 return False, counted
             try:
@@ -265,7 +267,7 @@ class RuleCount:
                                   self.NAMES)
                 return True, counted
             except ConditionFailed:
-                continue        # another container counted meanwhile: count on top of it
+                counted = None      # another container's count is fresh: count on top of it
         raise StaleWrite(f"the shared rule count of account {account} in {region} kept "
                          "changing under this run; retry")
 

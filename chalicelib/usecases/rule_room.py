@@ -59,9 +59,8 @@ class RuleRoom:
         limit, source = seen[0], seen[1]
         reserve = self.settings.rule_reserve
 
-        def recount() -> int:       # the count this run read moments ago, else a new one
-            return counted if counted is not None else target.count_rules()
-        taken, used = count.take(target.account, target.region, limit - reserve, recount)
+        taken, used = count.take(target.account, target.region, limit - reserve,
+                                 target.count_rules, counted)
         if not taken:
             quota.check_rule_room(max(used, limit - reserve), limit, source, reserve,
                                   target.account, target.region)
