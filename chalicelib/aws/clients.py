@@ -121,10 +121,18 @@ def own_account(settings: Optional[Settings] = None) -> str:
     if settings.account_id:
         return settings.account_id
     with _lock:
-        if _state["account"] is None:
-            sts = client("sts", None, settings.region, settings)
-            _state["account"] = call("sts:GetCallerIdentity", sts.get_caller_identity)["Account"]
-        return _state["account"]
+        if _state["account"] is not None:
+            return _state["account"]
+        building = _state["building"].setdefault("self", threading.Lock())
+    with building:          # one GetCallerIdentity at a time, outside the shared lock
+        with _lock:
+            if _state["account"] is not None:
+                return _state["account"]
+        sts = client("sts", None, settings.region, settings)
+        account = call("sts:GetCallerIdentity", sts.get_caller_identity)["Account"]
+        with _lock:
+            _state["account"] = account
+            return account
 
 
 def _session_for(account: Optional[str], settings: Settings) -> boto3.session.Session:
