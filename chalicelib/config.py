@@ -83,7 +83,7 @@ class Settings:
     api_auth: str = "iam"           # "iam" on deployed stages, "none" locally
     cors_origin: str | None = None
     default_tags: dict = field(default_factory=dict)
-    token_secret: str | None = None     # signs list tokens; default: derived from the table name
+    token_secret: str | None = None     # signs list tokens; default: a secret kept in the table
     stale_seconds: int = 600        # consumer health: older waiting messages mean nobody reads
     alarms: bool = False            # KIP_ALARMS: per-cluster CloudWatch alarms (stale, DLQ)
     rule_quota: int | None = None   # EventBridge rules per bus, when Service Quotas cannot say

@@ -2,7 +2,9 @@
 
 boto3 clients are thread-safe, sessions are not: creation happens under a lock. Retries are
 botocore's (``standard`` or ``adaptive``). Another account is reached by assuming
-``KIP_CROSS_ACCOUNT_ROLE`` there through STS. Hooks (metrics, tests) reach every session and
+``KIP_CROSS_ACCOUNT_ROLE`` there through STS: one AssumeRole per account at a time, under that
+account's own lock and outside the shared one, so a slow STS answer for one account holds up only
+the threads that want that account. Hooks (metrics, tests) reach every session and
 client, including those made later.
 """
 from __future__ import annotations
@@ -27,7 +29,7 @@ _lock = threading.RLock()
 # the schedule keep botocore's full retries). One request at a time per Lambda process.
 _budget: dict[str, Any] = {"deadline": None, "attempts": None}
 _state: dict[str, Any] = {"session": None, "clients": {}, "sessions": {}, "account": None,
-                          "hooks": []}
+                          "hooks": [], "building": {}}    # building: account -> its build lock
 RENEW_BEFORE = 300      # seconds before assumed-role credentials expire
 
 
@@ -44,7 +46,8 @@ def add_hook(event_name: str, handler: Callable[..., Any]) -> None:
 def reset() -> None:
     """Forget every session, client and hook (a fresh start, e.g. per test)."""
     with _lock:
-        _state.update(session=None, clients={}, sessions={}, account=None, hooks=[])
+        _state.update(session=None, clients={}, sessions={}, account=None, hooks=[],
+                      building={})
 
 
 def _all_sessions() -> list:
@@ -118,19 +121,33 @@ def own_account(settings: Optional[Settings] = None) -> str:
     if settings.account_id:
         return settings.account_id
     with _lock:
-        if _state["account"] is None:
-            sts = client("sts", None, settings.region, settings)
-            _state["account"] = call("sts:GetCallerIdentity", sts.get_caller_identity)["Account"]
-        return _state["account"]
+        if _state["account"] is not None:
+            return _state["account"]
+        building = _state["building"].setdefault("self", threading.Lock())
+    with building:          # one GetCallerIdentity at a time, outside the shared lock
+        with _lock:
+            if _state["account"] is not None:
+                return _state["account"]
+        sts = client("sts", None, settings.region, settings)
+        account = call("sts:GetCallerIdentity", sts.get_caller_identity)["Account"]
+        with _lock:
+            _state["account"] = account
+            return account
 
 
 def _session_for(account: Optional[str], settings: Settings) -> boto3.session.Session:
     if account is None or account == own_account(settings):
         return base_session()
     with _lock:
-        cached = _state["sessions"].get(account)
-        if cached and cached[1] - time.time() > RENEW_BEFORE:
-            return cached[0]
+        fresh = _fresh_session(account)
+        if fresh is not None:
+            return fresh
+        building = _state["building"].setdefault(account, threading.Lock())
+    with building:          # one AssumeRole per account at a time; other accounts go on
+        with _lock:
+            fresh = _fresh_session(account)     # built by the thread this one waited for
+            if fresh is not None:
+                return fresh
         sts = client("sts", None, settings.region, settings)
         arn = (f"arn:{naming.partition_for(settings.region)}:iam::{account}:role/"
                f"{settings.cross_account_role}")
@@ -139,13 +156,20 @@ def _session_for(account: Optional[str], settings: Settings) -> boto3.session.Se
         if settings.external_id:
             kw["ExternalId"] = settings.external_id
         creds = call(f"sts:AssumeRole {arn}", sts.assume_role, **kw)["Credentials"]
-        sess = _new_session(aws_access_key_id=creds["AccessKeyId"],
-                            aws_secret_access_key=creds["SecretAccessKey"],
-                            aws_session_token=creds["SessionToken"])
-        _state["sessions"][account] = (sess, creds["Expiration"].timestamp())
-        # drop the clients of the expired session
-        _state["clients"] = {k: v for k, v in _state["clients"].items() if k[0] != account}
-        return sess
+        with _lock:
+            sess = _new_session(aws_access_key_id=creds["AccessKeyId"],
+                                aws_secret_access_key=creds["SecretAccessKey"],
+                                aws_session_token=creds["SessionToken"])
+            _state["sessions"][account] = (sess, creds["Expiration"].timestamp())
+            # drop the clients of the expired session
+            _state["clients"] = {k: v for k, v in _state["clients"].items() if k[0] != account}
+            return sess
+
+
+def _fresh_session(account: str) -> Optional[boto3.session.Session]:
+    """The account's assumed-role session unless it expires soon (call under ``_lock``)."""
+    cached = _state["sessions"].get(account)
+    return cached[0] if cached and cached[1] - time.time() > RENEW_BEFORE else None
 
 
 def _session_expiring(account: Optional[str]) -> bool:
@@ -177,8 +201,16 @@ def client(service: str, account: Optional[str], region: str,
         key = (account, region, service)
     with _lock:
         c = _state["clients"].get(key)
-        if c is None or (key[0] != "self" and _session_expiring(account)):
-            sess = base_session() if key[0] == "self" else _session_for(account, settings)
-            c = sess.client(service, region_name=region, config=_config(settings))
-            _state["clients"][key] = c
+        if c is not None and (key[0] == "self" or not _session_expiring(account)):
+            return c
+        if key[0] == "self":
+            c = _state["clients"][key] = base_session().client(
+                service, region_name=region, config=_config(settings))
+            return c
+    sess = _session_for(account, settings)      # may call STS: outside the shared lock
+    with _lock:
+        c = _state["clients"].get(key)
+        if c is None or _session_expiring(account):
+            c = _state["clients"][key] = sess.client(service, region_name=region,
+                                                     config=_config(settings))
         return c

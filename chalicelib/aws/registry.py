@@ -4,7 +4,12 @@
   unexpired lease and the record is still the version we read. The loser gets ``InProgress``
   (someone else is working) or ``StaleWrite`` (the record moved on). A crashed run's lease expires.
   A run that stops before any AWS write hands the lease back: the record is as it was.
-* ``save`` and ``delete`` succeed only for the lease holder at the version it last wrote.
+* ``save`` and ``delete`` succeed only for the lease holder at the version it last wrote: every
+  such write is conditional on the holder's lease token (``lease_owner``). A holder whose lease
+  expired and was taken over is fenced off: its write fails (``StaleWrite``, saying so) and
+  changes nothing.
+* ``note`` and ``note_health`` (no lease, no version bump) succeed only at the version read and
+  while nobody holds a live lease: a run under lease would overwrite them with its own copy.
 """
 from __future__ import annotations
 
@@ -14,6 +19,8 @@ import contextlib
 import hashlib
 import hmac
 import json
+import secrets
+import threading
 import time
 import uuid
 from concurrent.futures import Future
@@ -27,8 +34,12 @@ from chalicelib.errors import InProgress, KipError, StaleWrite, ValidationError
 from chalicelib.core.naming import ClusterId
 from chalicelib.core.records import ClusterRecord
 
+# An item of the records table that is not a cluster's record (no ``account_id``: list and scan
+# paths skip it): the list tokens' signing secret, when KIP_TOKEN_SECRET is unset.
+TOKEN_SECRET_ID = "kip#token-secret"
 RETRY_IN_PROGRESS = 10      # seconds: a provision's typical length, well above its median
 HOLDER = "attribute_not_exists(lease_owner) OR lease_expires < :now OR lease_owner = :me"
+UNLEASED = "(attribute_not_exists(lease_owner) OR lease_expires < :now)"
 log = Logger(service="kip", child=True)
 
 
@@ -51,6 +62,8 @@ class Registry:
     def __init__(self, store: Store, settings: Settings,
                  clock: Callable[[], float] = time.time) -> None:
         self.store, self.settings, self.clock = store, settings, clock
+        self._secret: Optional[bytes] = None
+        self._secret_lock = threading.Lock()
 
     def get(self, cid: ClusterId) -> Optional[ClusterRecord]:
         item = self.store.get(cid.key)
@@ -134,7 +147,7 @@ class Registry:
                            {":v": record.version, ":me": owner})
         except ConditionFailed as lost:
             if not _is_ours(lost.item, saved.write_id):
-                raise self._stale(record.cid, lost.item) from None
+                raise self._stale(record.cid, lost.item, owner) from None
         return saved
 
     def delete(self, record: ClusterRecord, owner: str) -> None:
@@ -144,13 +157,20 @@ class Registry:
         except ConditionFailed as lost:
             if lost.item is None:   # already gone: our own delete whose answer was lost
                 return
-            raise self._stale(record.cid, lost.item) from None
+            raise self._stale(record.cid, lost.item, owner) from None
 
-    @staticmethod
-    def _stale(cid: ClusterId, item: Optional[dict]) -> StaleWrite:
+    def _stale(self, cid: ClusterId, item: Optional[dict], owner: str) -> StaleWrite:
+        found = item or {}
+        holder, until = found.get("lease_owner"), int(found.get("lease_expires") or 0)
+        if holder and holder != owner:
+            return StaleWrite(
+                f"the record of cluster {cid.key} was not written: this run's lease expired and "
+                f"another run took the record over (its lease until {iso(until)}); this write "
+                "changed nothing. Re-read the record and retry.",
+                version=found.get("version"), status=found.get("status"))
         return StaleWrite(f"lost the write to the record of cluster {cid.key}: another run "
-                          f"took it over (version {item.get('version') if item else None}, "
-                          f"status {item.get('status') if item else None!r})")
+                          f"took it over (version {found.get('version')}, status "
+                          f"{found.get('status')!r}); this write changed nothing")
 
     def page(self, limit: int, next_token: Optional[str], status: Optional[str],
              consumer: Optional[str] = None) -> tuple[list[ClusterRecord], Optional[str]]:
@@ -163,7 +183,8 @@ class Registry:
         """Record the consumer's health on ``record`` as read (see ``Store.set_health``); False
         when the record moved on meanwhile (the next sweep looks again)."""
         try:
-            self.store.set_health(record.id, health, record.version)
+            self.store.set_health(record.id, health, record.version, UNLEASED,
+                                  {":now": int(self.clock())})
         except ConditionFailed:
             return False
         return True
@@ -193,15 +214,85 @@ class Registry:
 
     def note(self, record: ClusterRecord, fields: dict) -> bool:
         """Set (or, with None, remove) top-level ``fields`` of ``record`` as read, without a
-        lease or a version bump; False when the record moved on meanwhile."""
+        lease or a version bump; False when the record moved on meanwhile or another run holds
+        its lease."""
         try:
-            self.store.set_fields(record.id, fields, record.version)
+            self.store.set_fields(record.id, fields, record.version, UNLEASED,
+                                  {":now": int(self.clock())})
         except ConditionFailed:
             return False
         return True
 
     def _key(self) -> bytes:
-        return (self.settings.token_secret or self.settings.table_name).encode()
+        """The list tokens' signing key: KIP_TOKEN_SECRET, else the deployment's own secret,
+        generated once (256 random bits) and kept in the records table; the first container to
+        need it creates it (a conditional put), every other one reads that one."""
+        if self.settings.token_secret:
+            return self.settings.token_secret.encode()
+        with self._secret_lock:
+            if self._secret is None:
+                item = self.store.get(TOKEN_SECRET_ID)
+                if not item:
+                    item = {"id": TOKEN_SECRET_ID, "secret": secrets.token_hex(32),
+                            "created_at": iso(self.clock())}
+                    try:
+                        self.store.put(item, "attribute_not_exists(id)", {})
+                    except ConditionFailed as lost:     # another container made it first
+                        item = lost.item or self.store.get(TOKEN_SECRET_ID) or {}
+                if not item.get("secret"):
+                    raise KipError(f"the list token secret item {TOKEN_SECRET_ID!r} in table "
+                                   f"{self.settings.table_name} has no secret; delete it")
+                self._secret = str(item["secret"]).encode()
+            return self._secret
+
+
+# ----------------------------------------------------------------------------- rule count
+
+class RuleCount:
+    """The rules in use on one account-region's default bus, shared by every container: an item
+    of the records table (``quota#<account>#<region>``, no ``account_id``: never listed). Each
+    new rule is counted with a conditional increment that fails once ``room`` rules are in use,
+    so containers cannot spend the reserve together. The count is taken from ListRules again
+    once it is older than ``fresh_seconds`` (rules deleted, or claimed by runs that failed,
+    drop out then); one container re-counts, the others count on top of it."""
+
+    NAMES = {"#u": "used", "#t": "counted_at"}
+
+    def __init__(self, store: Store, clock: Callable[[], float], fresh_seconds: float) -> None:
+        self.store, self.clock, self.fresh = store, clock, fresh_seconds
+
+    def take(self, account: str, region: str, room: int, recount: Callable[[], int],
+             counted: Optional[int] = None) -> tuple[bool, int]:
+        """Count one more rule if fewer than ``room`` are in use: (taken, in use before).
+        ``counted``: a count the caller read just now (it starts a stale shared count)."""
+        key = f"quota#{account}#{region}"
+        for _ in range(3):
+            now = int(self.clock())
+            fresh_after = now - int(self.fresh)
+            if counted is None:
+                try:
+                    item = self.store.update(
+                        key, "SET #u = #u + :one",
+                        "attribute_exists(#u) AND #t >= :fresh AND #u < :room",
+                        {":one": 1, ":fresh": fresh_after, ":room": room}, self.NAMES)
+                    return True, int(item["used"]) - 1
+                except ConditionFailed as lost:
+                    seen = lost.item if lost.item is not None else self.store.get(key)
+                    if seen and int(seen.get("counted_at", 0)) >= fresh_after:
+                        return False, int(seen.get("used", 0))      # a fresh count: no room
+                counted = recount()
+            if counted >= room:
+                return False, counted
+            try:
+                self.store.update(key, "SET #u = :used, #t = :now",
+                                  "attribute_not_exists(#t) OR #t < :fresh",
+                                  {":used": counted + 1, ":now": now, ":fresh": fresh_after},
+                                  self.NAMES)
+                return True, counted
+            except ConditionFailed:
+                counted = None      # another container's count is fresh: count on top of it
+        raise StaleWrite(f"the shared rule count of account {account} in {region} kept "
+                         "changing under this run; retry")
 
 
 # ----------------------------------------------------------------------------- list tokens

@@ -95,19 +95,18 @@ class Store:
 
     def page(self, limit: int, start: Optional[dict], status: Optional[str],
              consumer: Optional[str] = None) -> tuple:
-        """One page. ``consumer`` filters on ``health.consumer`` (a FilterExpression: applied
-        after ``Limit`` items are read, so a page may hold fewer items, even none, and still
-        carry a next key)."""
+        """One page of cluster records. ``consumer`` filters on ``health.consumer`` (a
+        FilterExpression, as is skipping kip's own items: applied after ``Limit`` items are
+        read, so a page may hold fewer items, even none, and still carry a next key)."""
         kw: dict[str, Any] = {"TableName": self.table, "Limit": limit}
         if start:
             kw["ExclusiveStartKey"] = _to_ddb(start)
-        # counters (``spend``) share the table; only records have a cluster name
-        kw.update(FilterExpression="attribute_exists(#n)",
-                  ExpressionAttributeNames={"#n": "cluster_name"})
+        # cluster records only: kip's own items (the token secret, quota and teardown counters) have no
+        # account_id (the status index holds none of them: they have no status)
+        kw["FilterExpression"] = "attribute_exists(account_id)"
         if consumer:
-            kw.update(FilterExpression="attribute_exists(#n) AND #h.#c = :c",
-                      ExpressionAttributeNames={"#n": "cluster_name", "#h": "health",
-                                                "#c": "consumer"},
+            kw.update(FilterExpression="attribute_exists(account_id) AND #h.#c = :c",
+                      ExpressionAttributeNames={"#h": "health", "#c": "consumer"},
                       ExpressionAttributeValues={":c": {"S": consumer}})
         if status:
             kw.update(IndexName=self.STATUS_INDEX,
@@ -122,18 +121,22 @@ class Store:
         items = [_from_ddb(i) for i in r.get("Items", [])]
         return items, _from_ddb(r.get("LastEvaluatedKey"))
 
-    def set_health(self, key: str, health: dict, version: int) -> None:
-        """``health`` only (UpdateItem), if the record is still at ``version``: the record's
-        other fields, its version and its lease are left as they are."""
+    def set_health(self, key: str, health: dict, version: int, also: Optional[str] = None,
+                   also_values: Optional[dict] = None) -> None:
+        """``health`` only (UpdateItem), if the record is still at ``version`` (and ``also``
+        holds): the record's other fields, its version and its lease are left as they are."""
         self._cond("dynamodb:UpdateItem", self._c().update_item, TableName=self.table,
                    Key={"id": {"S": key}}, UpdateExpression="SET #h = :h",
-                   ConditionExpression="attribute_exists(id) AND version = :v",
+                   ConditionExpression="attribute_exists(id) AND version = :v"
+                                       + (f" AND {also}" if also else ""),
                    ExpressionAttributeNames={"#h": "health"},
-                   ExpressionAttributeValues=_to_ddb({":h": health, ":v": version}))
+                   ExpressionAttributeValues=_to_ddb({":h": health, ":v": version,
+                                                      **(also_values or {})}))
 
-    def set_fields(self, key: str, fields: dict, version: int) -> None:
+    def set_fields(self, key: str, fields: dict, version: int, also: Optional[str] = None,
+                   also_values: Optional[dict] = None) -> None:
         """Top-level ``fields`` only (UpdateItem; None removes one), if the record is still at
-        ``version``: its other fields, version and lease stay as they are."""
+        ``version`` (and ``also`` holds): its other fields, version and lease stay as they are."""
         names = {f"#f{i}": k for i, k in enumerate(fields)}
         sets = [f"#f{i} = :f{i}" for i, v in enumerate(fields.values()) if v is not None]
         drops = [f"#f{i}" for i, v in enumerate(fields.values()) if v is None]
@@ -142,15 +145,31 @@ class Store:
         values = {f":f{i}": v for i, v in enumerate(fields.values()) if v is not None}
         self._cond("dynamodb:UpdateItem", self._c().update_item, TableName=self.table,
                    Key={"id": {"S": key}}, UpdateExpression=expr.strip(),
-                   ConditionExpression="attribute_exists(id) AND version = :v",
+                   ConditionExpression="attribute_exists(id) AND version = :v"
+                                       + (f" AND {also}" if also else ""),
                    ExpressionAttributeNames=names,
-                   ExpressionAttributeValues=_to_ddb({**values, ":v": version}))
+                   ExpressionAttributeValues=_to_ddb({**values, ":v": version,
+                                                      **(also_values or {})}))
+
+    def update(self, key: str, expression: str, condition: str, values: dict,
+               names: Optional[dict] = None) -> dict:
+        """A conditional UpdateItem; returns the item as written (``ConditionFailed`` carries
+        the item as it was)."""
+        kw: dict[str, Any] = {"TableName": self.table, "Key": {"id": {"S": key}},
+                              "UpdateExpression": expression, "ConditionExpression": condition,
+                              "ExpressionAttributeValues": _to_ddb(values),
+                              "ReturnValues": "ALL_NEW",
+                              "ReturnValuesOnConditionCheckFailure": "ALL_OLD"}
+        if names:
+            kw["ExpressionAttributeNames"] = names
+        r = self._cond("dynamodb:UpdateItem", self._c().update_item, **kw)
+        return _from_ddb(r.get("Attributes")) or {}
 
     def spend(self, key: str, limit: int, expires_at: int) -> bool:
         """Take one unit of the counter item ``key`` unless ``limit`` are already taken (one
         conditional UpdateItem, so every container shares the count); False when spent. The
         item carries ``expires_at`` for the table's TTL. Counter ids start with ``#``, which no
-        record id does, and have no ``cluster_name``: pages of records leave them out."""
+        record id does, and have no ``account_id``: pages of records leave them out."""
         if limit <= 0:
             return False
         try:

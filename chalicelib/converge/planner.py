@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any, Optional
 
-from chalicelib.converge import alarms
+from chalicelib.converge import alarms, migration
 from chalicelib.converge.actions import Action, Plan
 from chalicelib.core import naming
 from chalicelib.errors import ResourceNotOwned
@@ -67,6 +67,9 @@ def _gone(entry: str, key: Optional[str] = None, **more: Any) -> Effect:
 
 def plan_provision(spec: DesiredSpec, obs: Observed) -> list[Action]:
     check_ownership(spec, obs)
+    # the five-rule move: legacy rules go only when obs confirms the one rule delivers and the
+    # queue policy allows it; else this run plans phase 1 again (``migration.for_this_run``)
+    spec = migration.for_this_run(spec, obs)
     plan = Plan()
     _plan_queues(plan, spec, obs)
     _plan_rules(plan, spec, obs)
@@ -113,7 +116,9 @@ def _plan_rules(plan: Plan, spec: DesiredSpec, obs: Observed) -> None:
     """The cluster's one rule and its target. PutTargets needs the rule, not the queue:
     EventBridge accepts a target ARN before the queue exists, which keeps the queue off the rule's
     critical path. Rules of the earlier five-rule layout go once the queue policy has allowed the
-    one rule long enough (``spec.keep_legacy`` false): events keep arriving throughout."""
+    one rule long enough (``spec.keep_legacy`` false) and this run read back that it does, and
+    that the one rule is enabled with its target (``migration.retire_now``): each delete comes
+    after the one rule and its target, and the policy is tightened only after the deletes."""
     n, tags, st = spec.names, spec.tags, obs.rule(spec.names.rule)
     target = {"Id": naming.TARGET_ID, "Arn": n.queue_arn}
     after: tuple = ()
@@ -145,8 +150,8 @@ def _plan_rules(plan: Plan, spec: DesiredSpec, obs: Observed) -> None:
 
 
 def _retiring(spec: DesiredSpec, obs: Observed) -> list[str]:
-    """Legacy rules (ours) this run removes."""
-    if spec.keep_legacy:
+    """Legacy rules (ours) this run removes: none unless phase 1 is confirmed by ``obs``."""
+    if not migration.retire_now(spec, obs):
         return []
     return [k for k, name in spec.names.rules.items()
             if obs.rule(name).exists and naming.is_owned(obs.rule(name).tags, spec.cid)]

@@ -179,7 +179,7 @@ def _apply(kit: Kit, ctx: Context, spec: DesiredSpec, obs: Observed,
               "settling": migration.settled_after(leased.settling, actions, run.done, obs,
                                                   now, stamp),
               **migration.recorded_fields(spec, resources, run.failure is None, stamp,
-                                          leased.rule_migration_since)}
+                                          leased.rule_migration_since, obs)}
     if run.failure:
         update.update(status="failed", last_error=kit.recorder.failure(run, "provisioning"))
     previous = ctx.record.status if ctx.record else None

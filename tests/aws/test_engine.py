@@ -854,7 +854,8 @@ def test_clean_provision_makes_exactly_the_expected_write_calls(clean_run):
 
     # then: the AWS resource writes (DynamoDB record writes are tested separately)
     assert sorted(w for w in writes if w[0] != "dynamodb") == EXPECTED_WRITES
-    assert [w[1] for w in writes if w[0] == "dynamodb"] == ["PutItem", "PutItem"]
+    # the lease, the shared rule count (one new rule), the record
+    assert [w[1] for w in writes if w[0] == "dynamodb"] == ["PutItem", "UpdateItem", "PutItem"]
     assert record["status"] == "ready"
 
 

@@ -452,6 +452,8 @@ def snapshot(table: str, prefix: str = PREFIX, iam_path: str = IAM_PATH,
             iam.list_attached_role_policies(RoleName=role["RoleName"])["AttachedPolicies"])
     for item in ddb.scan(TableName=table, ConsistentRead=True).get("Items", []):
         rec = from_ddb(item)
+        if "account_id" not in rec:     # kip's own items (rule count, token secret): no record
+            continue
         norm = {k: v for k, v in rec.items() if k not in RECORD_NOISE}
         if isinstance(norm.get("cluster"), dict):   # each world creates its EKS cluster anew
             norm["cluster"] = {k: v for k, v in norm["cluster"].items() if k != "created_at"}
@@ -489,7 +491,8 @@ def leftovers(table: str, prefix: str = PREFIX, iam_path: str = IAM_PATH,
             left += [f"attachment {role} -> {a['PolicyArn']}" for a in
                      iam.list_attached_role_policies(RoleName=role)["AttachedPolicies"]
                      if f":policy{iam_path}" in a["PolicyArn"]]
-    count = ddb.scan(TableName=table, Select="COUNT", ConsistentRead=True)["Count"]
+    count = ddb.scan(TableName=table, Select="COUNT", ConsistentRead=True,
+                     FilterExpression="attribute_exists(account_id)")["Count"]
     left += [f"{count} record(s)"] if count else []
     return left
 

@@ -346,8 +346,13 @@ def test_migration_phase_two_removes_the_old_rules_then_tightens_the_policy():
 
 
 def test_legacy_rule_that_is_not_ours_is_left_alone():
-    # given
-    s, obs = legacy_world(keep_legacy=False)
+    # given: phase one is in place (the one rule delivers, the policy allows it)
+    s1, obs = legacy_world(keep_legacy=True)
+    obs.queue.attributes["Policy"] = s1.queue_attributes["Policy"]
+    obs.rules[LEGACY.rule] = RuleState(True, s1.rule_pattern, "ENABLED", dict(s1.tags), [
+        {"Id": naming.TARGET_ID, "Arn": LEGACY.queue_arn}])
+    s = spec.build_spec(spec.parse_request({"cluster_name": "payments-prod"}), CID, LEGACY,
+                        SETTINGS, keep_legacy=False)
     obs.rules[LEGACY.rules["rebalance_recommendation"]].tags = {"team": "other"}
 
     # when
