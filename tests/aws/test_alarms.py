@@ -11,8 +11,8 @@ from chalicelib.converge import alarms
 from chalicelib import aws, errors
 from chalicelib.core import naming
 from chalicelib.core.spec import ClusterRequest
-from tests.conftest import ACCOUNT, REGION, make_cluster, make_role
-from tests.reliability.harness import Strict
+from tests.support.faults import Strict
+from tests.support.world import ACCOUNT, REGION, make_cluster, make_role
 from tests.support import drive
 
 CLUSTER = "payments-prod"

@@ -5,9 +5,8 @@ import json
 
 import boto3
 import pytest
-from chalice.test import Client
 
-from tests.conftest import ACCOUNT, REGION, make_cluster, make_role, portal_inbox
+from tests.support.world import ACCOUNT, REGION, make_cluster, make_role, portal_inbox
 
 JSON = {"Content-Type": "application/json"}
 
@@ -232,21 +231,13 @@ def test_openapi_is_valid_and_matches_the_routes(api):
                 assert "400" in op["responses"] or method == "get" and path == "/openapi.json"
 
 
-def test_status_events_reach_the_portal_bus(moto_env, cluster):
+def test_status_events_reach_the_portal_bus(api_with, cluster):
     # given a portal bus with a rule forwarding our status events to a queue
-    import dataclasses
-
-    import app as service_app
-    from tests.support.drive import make_kit
     sqs = boto3.client("sqs")
     url = portal_inbox()
-    service_app._kit = make_kit(dataclasses.replace(moto_env, status_bus="kip-portal"))
-    try:
-        with Client(service_app.app, stage_name="local") as client:
-            assert post(client, "/clusters", {"cluster_name": cluster}).status_code == 201
-            assert client.http.delete(f"/clusters/{cluster}").status_code == 200
-    finally:
-        service_app._kit = None
+    client = api_with(status_bus="kip-portal")
+    assert post(client, "/clusters", {"cluster_name": cluster}).status_code == 201
+    assert client.http.delete(f"/clusters/{cluster}").status_code == 200
     msgs = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
     details = [json.loads(m["Body"]) for m in msgs]
     assert {d["detail-type"] for d in details} == {"Interruption Handling Status Changed"}

@@ -12,8 +12,8 @@ import pytest
 from chalicelib import aws, errors
 from chalicelib.core import naming
 from chalicelib.core.spec import ClusterRequest
-from tests.conftest import ACCOUNT, REGION, load_event, make_cluster
-from tests.reliability.harness import FAULT_URL, Strict
+from tests.support.faults import FAULT_URL, Strict
+from tests.support.world import ACCOUNT, REGION, load_event, make_cluster
 from tests.support import drive
 
 CLUSTER = "payments-prod"
@@ -136,11 +136,11 @@ def test_remove_targets_per_entry_failure_is_a_failure(engine, cluster):
     def failed_entry(request, **_):
         url, request.url = request.url, FAULT_URL
         from botocore.awsrequest import AWSResponse
-        from tests.reliability.harness import _Raw
+        from tests.support.faults import Raw
         body = json.dumps({"FailedEntryCount": 1, "FailedEntries": [{
             "TargetId": naming.TARGET_ID, "ErrorCode": "InternalFailure",
             "ErrorMessage": "try again"}]}).encode()
-        return AWSResponse(url, 200, {"Content-Type": "application/x-amz-json-1.1"}, _Raw(body))
+        return AWSResponse(url, 200, {"Content-Type": "application/x-amz-json-1.1"}, Raw(body))
     aws.add_hook("before-send.eventbridge.RemoveTargets", failed_entry)
     with pytest.raises(errors.AwsCallFailed) as err:
         drive.teardown(engine, drive.identity(engine, cluster))

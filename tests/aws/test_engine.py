@@ -20,8 +20,9 @@ from chalicelib.config import ALL_EVENT_KINDS, get_settings
 from tests.support.drive import make_kit
 from chalicelib.core.spec import ClusterRequest
 from tests.support import drive
-from tests.conftest import (ACCOUNT, REGION, Calls, SHARED_EVENTS, load_event, make_cluster, make_key,
-                            make_role)
+from tests.support.faults import Calls
+from tests.support.world import (ACCOUNT, REGION, SHARED_EVENTS, load_event, make_cluster, make_key,
+                                 make_role)
 
 CLUSTER = "payments-prod"
 ROLE = "KarpenterController-payments-prod"

@@ -2,7 +2,6 @@
 destination (or the rule target's DLQ), replayed by the schedule through on_eks_event's code."""
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import boto3
@@ -10,7 +9,7 @@ import pytest
 
 from chalicelib import errors
 from chalicelib.usecases import replay as failed_events
-from tests.conftest import ACCOUNT, REGION, load_event, make_cluster, make_role
+from tests.support.world import ACCOUNT, REGION, load_event, make_cluster, make_role
 
 SCHEDULE = {"version": "0", "id": "x", "detail-type": "Scheduled Event", "source": "aws.events",
             "account": ACCOUNT, "time": "2026-11-20T10:00:00Z", "region": REGION,
@@ -44,16 +43,14 @@ def destination_record(event: dict, error_type: str = "AwsCallFailed",
 
 
 @pytest.fixture
-def queue(api, moto_env, monkeypatch):
+def queue(api, api_with, monkeypatch):
     """The failed-events queue (as resources-<stage>.json declares it) and an engine using it."""
-    import app as service_app
     # chalice.test's Lambda context leaves 3 s (its default), less than the replay's margin
     monkeypatch.setattr(failed_events, "MARGIN_SECONDS", 0.0)
-    from tests.support.drive import make_kit
     url = boto3.client("sqs").create_queue(
         QueueName="kip_failed-events-test",
         Attributes={"VisibilityTimeout": "600", "MessageRetentionPeriod": "1209600"})["QueueUrl"]
-    service_app._kit = make_kit(dataclasses.replace(moto_env, failed_events_queue_url=url))
+    api_with(failed_events_queue_url=url)
     return url
 
 

@@ -15,7 +15,7 @@ from botocore.exceptions import ClientError
 from chalicelib import aws, errors
 from chalicelib.core import kms
 from chalicelib.core.spec import ClusterRequest
-from tests.conftest import ACCOUNT, REGION, key_policy, make_key
+from tests.support.world import ACCOUNT, REGION, key_policy, make_key
 from tests.support import drive
 
 CLUSTER = "payments-prod"

@@ -17,7 +17,7 @@ from chalicelib.core import naming, policies
 from chalicelib.config import ALL_EVENT_KINDS
 from chalicelib.converge.migration import POLICY_SETTLE_SECONDS
 from chalicelib.core.spec import ClusterRequest
-from tests.conftest import SHARED_EVENTS, load_event
+from tests.support.world import SHARED_EVENTS, load_event
 from tests.support import drive
 
 CLUSTER = "payments-prod"

@@ -8,7 +8,7 @@ import json
 import boto3
 import pytest
 
-from tests.conftest import ACCOUNT, REGION, make_cluster, make_role, put_metric
+from tests.support.world import ACCOUNT, REGION, make_cluster, make_role, put_metric
 from tests.support import drive
 
 SCHEDULED = {"version": "0", "id": "x", "detail-type": "Scheduled Event", "source": "aws.events",
@@ -230,7 +230,7 @@ def test_a_cluster_whose_repair_fails_still_gets_its_health_read(api, fanout, mo
 def test_an_unreadable_queue_depth_never_stops_a_pass(api, fanout):
     import app as service_app
     from chalicelib.usecases import fanout as fan
-    from tests.reliability.harness import Strict
+    from tests.support.faults import Strict
     keys = seed(service_app._kit, 3)
     Strict("sqs", "GetQueueAttributes", None, "AccessDenied", "not allowed", times=99,
            status=403)

@@ -6,10 +6,9 @@ import json
 import boto3
 import pytest
 
-from tests.conftest import ACCOUNT, REGION, load_event, make_cluster, make_role
 from tests.support import drive
-
-SAMPLE_ACCOUNT = "111122223333"      # the account in the shared CloudTrail samples
+from tests.support.world import (ACCOUNT, OTHER_ACCOUNT, REGION, make_cluster, make_cluster_in,
+                                 make_role, sample)
 
 
 @pytest.fixture
@@ -17,46 +16,20 @@ def client(api):
     return api
 
 
-def other_account_session(account: str) -> boto3.session.Session:
-    """Credentials in another (moto) account, as the engine gets them through STS."""
-    creds = boto3.client("sts").assume_role(
-        RoleArn=f"arn:aws:iam::{account}:role/kip-provisioner", RoleSessionName="test")["Credentials"]
-    return boto3.session.Session(aws_access_key_id=creds["AccessKeyId"],
-                                 aws_secret_access_key=creds["SecretAccessKey"],
-                                 aws_session_token=creds["SessionToken"], region_name=REGION)
-
-
-def sample(name: str) -> dict:
-    event = load_event(name)
-    event["version"] = "0"          # real EventBridge sends a string
-    return event
-
-
-def make_cluster_in(sess, name, tags=None):
-    iam, eks = sess.client("iam"), sess.client("eks")
-    trust = json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
-                        "Principal": {"Service": "eks.amazonaws.com"}, "Action": "sts:AssumeRole"}]})
-    role = iam.create_role(RoleName=f"eks-{name}", AssumeRolePolicyDocument=trust)["Role"]["Arn"]
-    eks.create_cluster(name=name, roleArn=role, tags=tags or {},
-                       resourcesVpcConfig={"subnetIds": ["subnet-0abc"]})
-    iam.create_role(RoleName=f"KarpenterController-{name}", AssumeRolePolicyDocument=trust)
-
-
 def test_create_cluster_event_provisions_in_the_events_account_through_sts(client):
     # given the cluster of the sample event, in the sample's (other) account
-    sess = other_account_session(SAMPLE_ACCOUNT)
-    make_cluster_in(sess, "payments-prod")
+    sess = make_cluster_in(OTHER_ACCOUNT, REGION, "payments-prod")
     # when
     out = client.lambda_.invoke("on_eks_event", sample("cloudtrail-eks-create-cluster.json")).payload
     # then
-    assert out == {"provisioned": f"{SAMPLE_ACCOUNT}/{REGION}/payments-prod", "status": "ready"}
+    assert out == {"provisioned": f"{OTHER_ACCOUNT}/{REGION}/payments-prod", "status": "ready"}
     assert sess.client("sqs").get_queue_url(QueueName="kip-payments-prod")["QueueUrl"]
     assert boto3.client("sqs").list_queues().get("QueueUrls", []) == []   # not in our account
-    rec = client.http.get(f"/clusters/payments-prod?account_id={SAMPLE_ACCOUNT}").json_body
+    rec = client.http.get(f"/clusters/payments-prod?account_id={OTHER_ACCOUNT}").json_body
     assert rec["source"] == "eks-event" and rec["status"] == "ready"
     # and DeleteCluster tears it all down
     out = client.lambda_.invoke("on_eks_event", sample("cloudtrail-eks-delete-cluster.json")).payload
-    assert out["deleted"] == f"{SAMPLE_ACCOUNT}/{REGION}/payments-prod"
+    assert out["deleted"] == f"{OTHER_ACCOUNT}/{REGION}/payments-prod"
     assert sess.client("sqs").list_queues().get("QueueUrls", []) == []
     assert sess.client("events").list_rules(NamePrefix="kip-")["Rules"] == []
     assert sess.client("iam").list_policies(Scope="Local", PathPrefix="/kip/")["Policies"] == []

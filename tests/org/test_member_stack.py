@@ -25,8 +25,8 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from tests.conftest import bus_inbox
-from tests.org.templates import HUB, MEMBER, Rendered, load
+from tests.support.world import bus_inbox
+from tests.support.templates import HUB, MEMBER, Rendered, load
 
 SHARED_EVENTS = MEMBER.parents[2] / "shared" / "reference" / "events"
 HUB_ACCOUNT = "123456789012"

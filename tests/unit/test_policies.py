@@ -6,7 +6,7 @@ import json
 import pytest
 
 from chalicelib.core import naming, policies
-from tests.conftest import load_event
+from tests.support.world import load_event
 
 ACCOUNT = "123456789012"
 REGION = "eu-west-1"
