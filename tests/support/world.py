@@ -240,3 +240,56 @@ POLICY = "kip-eu-west-1-payments-prod"
 POLICY_ARN = f"arn:aws:iam::{ACCOUNT}:policy/kip/{POLICY}"
 RULE = "kip-payments-prod-events"
 RULE_ARN = f"arn:aws:events:{REGION}:{ACCOUNT}:rule/{RULE}"
+
+
+# ----------------------------------------------------------------------------- by hand
+# Changes made to payments-prod's resources behind kip's back (drift, deletions by hand).
+
+def _queue_url(name: str) -> str:
+    return plain("sqs").get_queue_url(QueueName=name)["QueueUrl"]
+
+
+def drop_target() -> None:
+    plain("events").remove_targets(Rule=RULE, Ids=["KarpenterInterruptionQueueTarget"])
+
+
+def drop_rule() -> None:
+    drop_target()
+    plain("events").delete_rule(Name=RULE)
+
+
+def change_visibility() -> None:
+    plain("sqs").set_queue_attributes(QueueUrl=_queue_url(QUEUE),
+                                      Attributes={"VisibilityTimeout": "30"})
+
+
+def detach() -> None:
+    plain("iam").detach_role_policy(RoleName=ROLE, PolicyArn=POLICY_ARN)
+
+
+def delete_queue_by_hand() -> None:
+    plain("sqs").delete_queue(QueueUrl=_queue_url(QUEUE))
+
+
+def delete_dlq_by_hand() -> None:
+    plain("sqs").delete_queue(QueueUrl=_queue_url(DLQ))
+
+
+def delete_policy_by_hand() -> None:
+    detach()
+    plain("iam").delete_policy(PolicyArn=POLICY_ARN)
+
+
+# ----------------------------------------------------------------------------- requests
+from chalicelib.core import naming  # noqa: E402  (after the environment is set)
+from chalicelib.core.spec import ClusterRequest  # noqa: E402
+
+
+def cid(name: str = CLUSTER, account: str = ACCOUNT, region: str = REGION) -> naming.ClusterId:
+    """A cluster's identity as the edge builds it, without asking AWS (payments-prod by default)."""
+    return naming.ClusterId(account, region, name)
+
+
+def req(name: str = CLUSTER, **kw: Any) -> ClusterRequest:
+    """A provisioning request (payments-prod by default)."""
+    return ClusterRequest(cluster_name=name, **kw)
