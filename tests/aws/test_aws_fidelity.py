@@ -2,8 +2,6 @@
 ``before-send`` hooks (the strict-AWS layer), and the hostile-user defects of the fidelity issue.
 Each test fails on the engine before the fix."""
 from __future__ import annotations
-
-import dataclasses
 import json
 
 import boto3
@@ -13,23 +11,15 @@ from chalicelib import aws, errors
 from chalicelib.core import naming
 from chalicelib.core.spec import ClusterRequest
 from tests.support.faults import FAULT_URL, Strict
-from tests.support.world import ACCOUNT, REGION, load_event, make_cluster
+from tests.support.world import ACCOUNT, CLUSTER, REGION, ROLE, load_event, make_cluster
 from tests.support import drive
-
-CLUSTER = "payments-prod"
-ROLE = f"KarpenterController-{CLUSTER}"
+from tests.support.snapshots import attached
 
 
 @pytest.fixture
-def fast(moto_env):
+def fast(kit_factory):
     """An engine that waits out eventual consistency quickly (the pauses are AWS's, not ours)."""
-    from tests.support.drive import make_kit
-    return make_kit(dataclasses.replace(moto_env, settle_seconds=0.05))
-
-
-def attached(role: str) -> list[str]:
-    return [p["PolicyArn"] for p in boto3.client("iam").list_attached_role_policies(
-        RoleName=role)["AttachedPolicies"]]
+    return kit_factory(settle_seconds=0.05)
 
 
 # -- 1. controller roles under an IAM path ----------------------------------------------------

@@ -11,11 +11,10 @@ import pytest
 
 from chalicelib import aws
 from tests.support.faults import FAULT_URL, fake_error
-from tests.support.world import make_cluster, make_role, portal_inbox, put_metric
+from tests.support.world import CLUSTER, make_cluster, make_role, portal_inbox, put_metric
 from tests.support import drive
 
 JSON = {"Content-Type": "application/json"}
-CLUSTER = "payments-prod"
 
 
 def post(api, path, body, headers=JSON):

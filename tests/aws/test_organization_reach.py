@@ -3,7 +3,6 @@ POST /backfill across the account-regions of a member account reached through ST
 adoption of configured account-regions, and EKS Auto Mode clusters (refused, skipped)."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -113,15 +112,14 @@ def test_backfill_bad_input_is_400_naming_the_field_before_any_write(api_with, b
     assert queues(other_account_session(MEMBER, REGION)) == []
 
 
-def test_sweep_adopts_clusters_of_configured_account_regions(moto_env):
-    from tests.support.drive import make_kit
+def test_sweep_adopts_clusters_of_configured_account_regions(kit_factory):
     make_cluster("legacy")
     make_role("KarpenterController-legacy")
     west = make_cluster_in(MEMBER, REGION, "shop")
     oregon = make_cluster_in(MEMBER, OTHER_REGION, "search")
-    engine = make_kit(dataclasses.replace(moto_env, adopt_existing=True,
-                                        allowed_accounts=frozenset({MEMBER}),
-                                        adopt_regions=(REGION, OTHER_REGION)))
+    engine = kit_factory(adopt_existing=True,
+                         allowed_accounts=frozenset({MEMBER}),
+                         adopt_regions=(REGION, OTHER_REGION))
     summary = drive.sweep(engine)
     assert sorted(summary["adopted"]) == [f"{ACCOUNT}/{REGION}/legacy", f"{MEMBER}/{REGION}/shop",
                                           f"{MEMBER}/{OTHER_REGION}/search"]
@@ -237,9 +235,8 @@ def test_own_account_is_always_allowed(api_with, cluster):
                                       "account_id": ACCOUNT}).status_code == 200
 
 
-def test_org_id_membership_is_checked_with_describe_account_and_cached(moto_env):
+def test_org_id_membership_is_checked_with_describe_account_and_cached(kit_factory):
     from chalicelib import aws, errors
-    from tests.support.drive import make_kit
     orgs = boto3.client("organizations")
     org = orgs.create_organization(FeatureSet="ALL")["Organization"]["Id"]
     member = orgs.create_account(Email="m@example.com",
@@ -247,7 +244,7 @@ def test_org_id_membership_is_checked_with_describe_account_and_cached(moto_env)
     calls = []
     aws.add_hook("before-parameter-build.organizations.DescribeAccount",
                  lambda params, **_: calls.append(params["AccountId"]))
-    engine = make_kit(dataclasses.replace(moto_env, org_id=org))
+    engine = kit_factory(org_id=org)
     # a member of the organization is allowed; asked once per process
     for _ in range(3):
         assert drive.identity(engine, "shop", member).account_id == member
@@ -257,8 +254,8 @@ def test_org_id_membership_is_checked_with_describe_account_and_cached(moto_env)
         drive.identity(engine, "shop", "999999999999")
     assert exc.value.field == "account_id" and "999999999999" in exc.value.message
     # the own account and listed accounts never need Organizations
-    listed = make_kit(dataclasses.replace(moto_env, org_id=org,
-                                        allowed_accounts=frozenset({MEMBER})))
+    listed = kit_factory(org_id=org,
+                         allowed_accounts=frozenset({MEMBER}))
     drive.identity(listed, "shop")
     drive.identity(listed, "shop", MEMBER)
     assert calls == [member, "999999999999"]
@@ -272,13 +269,12 @@ def _org_with_member() -> tuple[str, str]:
     return org, member
 
 
-def test_with_only_an_org_id_the_sweep_discovers_accounts_with_list_accounts(moto_env):
+def test_with_only_an_org_id_the_sweep_discovers_accounts_with_list_accounts(kit_factory):
     """KIP_ORG_ID without KIP_ALLOWED_ACCOUNTS: adoption covers the organization's ACTIVE
     accounts, read as AWS answers since 2026-09-09 (``State``; ``Status`` retired, while moto
     still sends only ``Status``). A suspended account is left out; the listing fills the
     membership cache, so no DescribeAccount follows."""
     from chalicelib import aws
-    from tests.support.drive import make_kit
     org, member = _org_with_member()
     make_cluster_in(member, REGION, "shop")
 
@@ -292,22 +288,21 @@ def test_with_only_an_org_id_the_sweep_discovers_accounts_with_list_accounts(mot
     described = []
     aws.add_hook("before-parameter-build.organizations.DescribeAccount",
                  lambda params, **_: described.append(params["AccountId"]))
-    engine = make_kit(dataclasses.replace(moto_env, adopt_existing=True, org_id=org))
+    engine = kit_factory(adopt_existing=True, org_id=org)
     assert engine.org.member_accounts() == sorted([ACCOUNT, member])
     summary = drive.sweep(engine)
     assert summary["adopted"] == [f"{member}/{REGION}/shop"] and summary["errors"] == []
     assert "kip-shop" in queues(other_account_session(member, REGION)) and described == []
 
 
-def test_a_refused_list_accounts_is_a_sweep_error_that_says_where_kip_must_run(moto_env):
-    from tests.support.drive import make_kit
+def test_a_refused_list_accounts_is_a_sweep_error_that_says_where_kip_must_run(kit_factory):
     org, member = _org_with_member()
     make_cluster_in(member, REGION, "shop")
     make_cluster("own")
     make_role("KarpenterController-own")
     Strict("organizations", "ListAccounts", "json", "AccessDeniedException",
            "not the management account", times=99)
-    engine = make_kit(dataclasses.replace(moto_env, adopt_existing=True, org_id=org))
+    engine = kit_factory(adopt_existing=True, org_id=org)
     summary = drive.sweep(engine)
     assert [e["code"] for e in summary["errors"]] == ["Forbidden"]
     assert "delegated administrator" in summary["errors"][0]["message"]
@@ -316,21 +311,20 @@ def test_a_refused_list_accounts_is_a_sweep_error_that_says_where_kip_must_run(m
     assert summary["adopted"] == [f"{ACCOUNT}/{REGION}/own"]
 
 
-def test_the_fan_out_schedule_adopts_across_the_organizations_accounts(moto_env):
+def test_the_fan_out_schedule_adopts_across_the_organizations_accounts(kit_factory, moto_env):
     """Deployed stages sweep by fan-out: the schedule queues one adopt item per cluster without
     a record in every account-region of the adoption, not only kip's own."""
     from chalicelib.usecases import fanout
     from chalicelib.aws import worklist
-    from tests.support.drive import make_kit
     org, member = _org_with_member()
     make_cluster_in(member, REGION, "shop")
     make_cluster_in(member, OTHER_REGION, "search")
     make_cluster("own")
     make_role("KarpenterController-own")
     url = worklist.create_work_queue(moto_env, "kip_sweep-org")
-    engine = make_kit(dataclasses.replace(moto_env, adopt_existing=True, org_id=org,
-                                        adopt_regions=(REGION, OTHER_REGION),
-                                        sweep_mode="fanout", sweep_queue_url=url))
+    engine = kit_factory(adopt_existing=True, org_id=org,
+                         adopt_regions=(REGION, OTHER_REGION),
+                         sweep_mode="fanout", sweep_queue_url=url)
     out = fanout.schedule(engine, remaining=lambda: 900.0)
     assert sorted(out["queued"]) == sorted([f"{ACCOUNT}/{REGION}/own", f"{member}/{REGION}/shop",
                                             f"{member}/{OTHER_REGION}/search"])
@@ -341,12 +335,11 @@ def test_the_fan_out_schedule_adopts_across_the_organizations_accounts(moto_env)
     assert queues(other_account_session(member, OTHER_REGION)) == ["kip-search"]
 
 
-def test_org_check_that_organizations_refuses_is_403_never_allowed(moto_env):
+def test_org_check_that_organizations_refuses_is_403_never_allowed(kit_factory):
     from chalicelib import errors
-    from tests.support.drive import make_kit
     Strict("organizations", "DescribeAccount", "json", "AccessDeniedException",
            "not the management account", times=99)
-    engine = make_kit(dataclasses.replace(moto_env, org_id="o-abcdefghij"))
+    engine = kit_factory(org_id="o-abcdefghij")
     with pytest.raises(errors.Forbidden) as exc:
         drive.identity(engine, "shop", MEMBER)
     assert "delegated administrator" in exc.value.message

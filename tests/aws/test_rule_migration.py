@@ -17,18 +17,16 @@ from chalicelib.core import naming, policies
 from chalicelib.config import ALL_EVENT_KINDS
 from chalicelib.converge.migration import POLICY_SETTLE_SECONDS
 from chalicelib.core.spec import ClusterRequest
-from tests.support.world import SHARED_EVENTS, load_event
+from tests.support.world import CLUSTER, SHARED_EVENTS, load_event
 from tests.support import drive
 
-CLUSTER = "payments-prod"
 SAMPLES = sorted(p.name for p in SHARED_EVENTS.glob("*.json")
                  if p.name.startswith(("ec2-", "health-")))
 
 
 @pytest.fixture
-def eng(moto_env, cluster, clock):
-    from tests.support.drive import make_kit
-    return make_kit(moto_env, clock=clock)
+def eng(kit_factory, cluster, clock):
+    return kit_factory(clock)
 
 
 def writes_of(engine, fn):

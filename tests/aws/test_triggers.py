@@ -85,14 +85,11 @@ def test_sweep_attaches_once_the_role_exists_and_repairs_drift(client, moto_env)
     assert boto3.client("events").list_targets_by_rule(Rule="kip-drifted-events")["Targets"]
 
 
-def test_sweep_adopts_existing_clusters_when_enabled(moto_env):
-    import dataclasses
-
-    from tests.support.drive import make_kit
+def test_sweep_adopts_existing_clusters_when_enabled(kit_factory):
     make_cluster("legacy")
     make_role("KarpenterController-legacy")
     make_cluster("private", tags={"kip.io/opt-out": "true"})
-    engine = make_kit(dataclasses.replace(moto_env, adopt_existing=True))
+    engine = kit_factory(adopt_existing=True)
     summary = drive.sweep(engine)
     assert summary["adopted"] == [f"{ACCOUNT}/{REGION}/legacy"]
     assert drive.describe(engine, drive.identity(engine, "legacy"))["source"] == "reconcile"

@@ -20,7 +20,6 @@ import pytest
 
 from chalicelib import errors
 from chalicelib.core import naming, policies
-from tests.support.drive import make_kit
 from chalicelib.core.spec import ClusterRequest
 from tests.support.faults import operation_of, service_of
 from tests.support.scenario import KMS_ALIAS, reliability_settings, world
@@ -340,7 +339,7 @@ def _state_of(sc, cid: naming.ClusterId) -> dict:
 def _provision_cluster(sc, name: str, region: str = REGION):
     make_cluster(name, region)
     make_role(f"KarpenterController-{name}")
-    return drive.provision(make_kit(sc.settings, clock=sc.clock), 
+    return drive.provision(sc.engine(), 
         ClusterRequest(cluster_name=name, region=region))
 
 
@@ -353,7 +352,7 @@ def test_two_100_char_names_differing_at_the_end_never_touch_each_other(sc, reco
     # the role names would be longer than 64: name shorter roles in the request
     make_role("KarpenterController-long-a")
     make_role("KarpenterController-long-b")
-    engine = make_kit(sc.settings, clock=sc.clock)
+    engine = sc.engine()
     drive.provision(engine, ClusterRequest(cluster_name=a, controller_role="KarpenterController-long-a"))
     a_before = _state_of(sc, _cid(a))
     drive.provision(engine, ClusterRequest(cluster_name=b, controller_role="KarpenterController-long-b"))
@@ -412,11 +411,11 @@ def test_same_cluster_name_in_two_regions_are_isolated(sc, record_property):
     sc.tap.reset()
     _provision_cluster(sc, "shared-name", REGION)
     make_cluster("shared-name", "us-east-1")
-    drive.provision(make_kit(sc.settings, clock=sc.clock), 
+    drive.provision(sc.engine(), 
         ClusterRequest(cluster_name="shared-name", region="us-east-1"))
     east_before = _state_of(sc, _cid("shared-name", "us-east-1"))
     assert len(east_before["policies"]) == 1 and east_before["attachments"]
-    drive.teardown(make_kit(sc.settings, clock=sc.clock), _cid("shared-name", REGION))
+    drive.teardown(sc.engine(), _cid("shared-name", REGION))
     assert not diff(east_before, _state_of(sc, _cid("shared-name", "us-east-1")))
     record_property("least_privilege", {"check": "one cluster name in two regions",
                                         "result": "two policies (region in the name); teardown "
@@ -431,7 +430,7 @@ def test_a_cluster_named_like_another_clusters_dlq_is_isolated_and_provisionable
     out = _provision_cluster(sc, "prod-dlq")
     assert out.record["status"] == "ready"
     assert not diff(prod_before, _state_of(sc, _cid("prod")))
-    drive.teardown(make_kit(sc.settings, clock=sc.clock), _cid("prod-dlq"))
+    drive.teardown(sc.engine(), _cid("prod-dlq"))
     assert not diff(prod_before, _state_of(sc, _cid("prod")))
     record_property("least_privilege", {"check": "clusters 'prod' and 'prod-dlq'",
                                         "result": "both provisioned, neither touches the other"})
@@ -445,7 +444,7 @@ def test_a_short_name_equal_to_a_long_names_truncated_form_is_provisionable(sc,
     short_name = long_name[:44] + "-" + naming.short_hash(long_name)
     make_role("KarpenterController-long")
     make_cluster(long_name)
-    engine = make_kit(sc.settings, clock=sc.clock)
+    engine = sc.engine()
     drive.provision(engine, ClusterRequest(cluster_name=long_name,
                                     controller_role="KarpenterController-long"))
     long_before = _state_of(sc, _cid(long_name))

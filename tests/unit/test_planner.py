@@ -13,10 +13,8 @@ from chalicelib.converge import planner
 from chalicelib.config import ALL_EVENT_KINDS, Settings
 from chalicelib.converge.planner import plan_provision, plan_teardown
 from chalicelib.core.observed import Observed, PolicyState, QueueState, RoleState, RuleState
+from tests.support.world import ACCOUNT, REGION, ROLE
 
-ACCOUNT = "123456789012"
-REGION = "eu-west-1"
-ROLE = "KarpenterController-payments-prod"
 SETTINGS = Settings(region=REGION, account_id=ACCOUNT)
 CID = naming.ClusterId(ACCOUNT, REGION, "payments-prod")
 NAMES = naming.names_for(CID, SETTINGS.prefix, SETTINGS.iam_path)
