@@ -7,9 +7,12 @@ import json
 import boto3
 import pytest
 
+import app as service_app
 from chalicelib import errors
-from chalicelib.usecases import replay as failed_events
+from chalicelib.usecases import clusters, replay as failed_events
+from tests.support.drive import make_kit
 from tests.support.world import ACCOUNT, REGION, load_event, make_cluster, make_role
+
 
 SCHEDULE = {"version": "0", "id": "x", "detail-type": "Scheduled Event", "source": "aws.events",
             "account": ACCOUNT, "time": "2026-11-20T10:00:00Z", "region": REGION,
@@ -69,13 +72,11 @@ def counts(url: str) -> tuple[int, int]:
 
 def test_a_create_cluster_lambda_gave_up_on_is_provisioned_by_the_schedule(api, queue,
                                                                           monkeypatch):
-    import app as service_app
     # given a CreateCluster whose trigger run failed (a transient error, before any record)
     make_cluster("payments-prod")
     make_role("KarpenterController-payments-prod")
     engine = service_app._kit
 
-    from chalicelib.usecases import clusters
     real_adopt, down = clusters.adopt, [True]
 
     def flaky(*a, **kw):
@@ -121,7 +122,6 @@ def test_a_rule_target_dead_letter_is_replayed_too(api, queue):
 
 
 def test_a_still_failing_event_stays_on_the_queue(api, queue, monkeypatch):
-    import app as service_app
     # given a queued failure whose cause has not gone away
     make_cluster("payments-prod")
     make_role("KarpenterController-payments-prod")
@@ -129,7 +129,6 @@ def test_a_still_failing_event_stays_on_the_queue(api, queue, monkeypatch):
 
     def still_down(*a, **kw):
         raise errors.Throttled("sqs:CreateQueue throttled")
-    from chalicelib.usecases import clusters
     monkeypatch.setattr(clusters, "adopt", still_down)
     # when
     out = api.lambda_.invoke("reconcile_all", SCHEDULE).payload["failed_events"]
@@ -140,13 +139,11 @@ def test_a_still_failing_event_stays_on_the_queue(api, queue, monkeypatch):
 
 
 def test_after_k_receives_a_failing_event_is_kept_for_a_human(api, queue, monkeypatch, caplog):
-    import app as service_app
     make_cluster("payments-prod")
     put(queue, destination_record(create_event()))
 
     def still_down(*a, **kw):
         raise errors.AwsCallFailed("still down")
-    from chalicelib.usecases import clusters
     monkeypatch.setattr(clusters, "adopt", still_down)
     monkeypatch.setattr(failed_events, "KEEP_AFTER", 1)
     out = api.lambda_.invoke("reconcile_all", SCHEDULE).payload["failed_events"]
@@ -177,12 +174,10 @@ def test_final_outcomes_and_malformed_messages_are_deleted_and_logged(api, queue
 def test_the_local_stage_has_no_replay(api, moto_env):
     summary = api.lambda_.invoke("reconcile_all", SCHEDULE).payload
     assert "failed_events" not in summary
-    from tests.support.drive import make_kit
     assert failed_events.replay(make_kit(moto_env), lambda e: {}, lambda: 60.0)["enabled"] is False
 
 
 def test_messages_not_reached_in_time_are_released_at_once(api, queue):
-    import app as service_app
     put(queue, destination_record(create_event()))
     clock = iter([5.0, -1.0])     # time enough to receive, none left to replay
     out = failed_events.replay(service_app._kit, lambda e: {}, lambda: next(clock, -1.0))

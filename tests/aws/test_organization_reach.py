@@ -11,10 +11,15 @@ import sys
 import boto3
 import pytest
 
+from chalicelib import aws, errors
+from chalicelib.aws import worklist
+from chalicelib.http.openapi import BackfillResult
+from chalicelib.usecases import fanout
+from tests.support import drive
 from tests.support.faults import Strict
 from tests.support.world import (ACCOUNT, OTHER_ACCOUNT, REGION, ROOT, make_cluster,
                                  make_cluster_in, make_role, other_account_session, sample)
-from tests.support import drive
+
 
 MEMBER = "210987654321"
 OTHER_REGION = "us-west-2"
@@ -29,7 +34,6 @@ def queues(sess: boto3.session.Session) -> list[str]:
 def auto_mode(*names: str) -> None:
     """moto drops computeConfig from DescribeCluster: put it back, as EKS answers for an Auto
     Mode cluster (ComputeConfigResponse: enabled, nodePools, nodeRoleArn)."""
-    from chalicelib import aws
 
     def hook(parsed, **_):
         cluster = (parsed or {}).get("cluster") or {}
@@ -46,7 +50,6 @@ def post(client, path, body):
 # ----------------------------------------------------------------------------- backfill
 
 def test_backfill_dry_run_then_real_run_across_two_regions_of_a_member_account(api_with):
-    from chalicelib.http.openapi import BackfillResult
     client = api_with(allowed_accounts=frozenset({MEMBER}))
     # given a member account with clusters in two regions, one opted out, one already managed
     west = make_cluster_in(MEMBER, REGION, "shop")
@@ -183,7 +186,6 @@ def test_a_managed_cluster_that_turns_on_auto_mode_keeps_its_queue_and_says_so(a
 
 
 def test_describe_cluster_reads_compute_config(moto_env):
-    from chalicelib import aws
     make_cluster("auto")
     make_cluster("classic")
     auto_mode("auto")
@@ -236,7 +238,6 @@ def test_own_account_is_always_allowed(api_with, cluster):
 
 
 def test_org_id_membership_is_checked_with_describe_account_and_cached(kit_factory):
-    from chalicelib import aws, errors
     orgs = boto3.client("organizations")
     org = orgs.create_organization(FeatureSet="ALL")["Organization"]["Id"]
     member = orgs.create_account(Email="m@example.com",
@@ -274,7 +275,6 @@ def test_with_only_an_org_id_the_sweep_discovers_accounts_with_list_accounts(kit
     accounts, read as AWS answers since 2026-09-09 (``State``; ``Status`` retired, while moto
     still sends only ``Status``). A suspended account is left out; the listing fills the
     membership cache, so no DescribeAccount follows."""
-    from chalicelib import aws
     org, member = _org_with_member()
     make_cluster_in(member, REGION, "shop")
 
@@ -314,8 +314,6 @@ def test_a_refused_list_accounts_is_a_sweep_error_that_says_where_kip_must_run(k
 def test_the_fan_out_schedule_adopts_across_the_organizations_accounts(kit_factory, moto_env):
     """Deployed stages sweep by fan-out: the schedule queues one adopt item per cluster without
     a record in every account-region of the adoption, not only kip's own."""
-    from chalicelib.usecases import fanout
-    from chalicelib.aws import worklist
     org, member = _org_with_member()
     make_cluster_in(member, REGION, "shop")
     make_cluster_in(member, OTHER_REGION, "search")
@@ -336,7 +334,6 @@ def test_the_fan_out_schedule_adopts_across_the_organizations_accounts(kit_facto
 
 
 def test_org_check_that_organizations_refuses_is_403_never_allowed(kit_factory):
-    from chalicelib import errors
     Strict("organizations", "DescribeAccount", "json", "AccessDeniedException",
            "not the management account", times=99)
     engine = kit_factory(org_id="o-abcdefghij")
