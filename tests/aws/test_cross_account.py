@@ -1,4 +1,4 @@
-"""Provisioning a cluster of another account through STS (split from test_engine.py).
+"""Provisioning a cluster of another account through STS.
 
 Every test gets a fresh moto (the ``moto_env`` fixture) and fresh chalicelib clients. AWS state is
 checked with plain boto3 clients, never through the code under test.

@@ -1,5 +1,4 @@
-"""Reconcile against moto in-process: drift reported by a dry run, then repaired
-(split from test_engine.py).
+"""Reconcile against moto in-process: drift reported by a dry run, then repaired.
 
 Every test gets a fresh moto (the ``moto_env`` fixture) and fresh chalicelib clients. AWS state is
 checked with plain boto3 clients, never through the code under test.

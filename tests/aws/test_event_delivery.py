@@ -1,5 +1,4 @@
-"""Interruption events through EventBridge into the cluster's queue, and only those
-(split from test_engine.py).
+"""Interruption events through EventBridge into the cluster's queue, and only those.
 
 Every test gets a fresh moto (the ``moto_env`` fixture) and fresh chalicelib clients. AWS state is
 checked with plain boto3 clients, never through the code under test.

@@ -1,5 +1,5 @@
 """The records' leases against moto in-process: one run at a time, takeover after expiry, stale
-writes refused (split from test_engine.py).
+writes refused.
 
 Every test gets a fresh moto (the ``moto_env`` fixture) and fresh chalicelib clients. AWS state is
 checked with plain boto3 clients, never through the code under test.

@@ -1,5 +1,5 @@
 """The provision use case against moto in-process: what it creates, in-place updates, refusals,
-names of any length and the exact write calls of a clean run (split from test_engine.py).
+names of any length and the exact write calls of a clean run.
 
 Every test gets a fresh moto (the ``moto_env`` fixture) and fresh chalicelib clients. AWS state is
 checked with plain boto3 clients, never through the code under test.

@@ -1,5 +1,5 @@
 """The teardown use case against moto in-process: nothing left, resources gone by hand or during
-the run, and never someone else's queue (split from test_engine.py).
+the run, and never someone else's queue.
 
 Every test gets a fresh moto (the ``moto_env`` fixture) and fresh chalicelib clients. AWS state is
 checked with plain boto3 clients, never through the code under test.
