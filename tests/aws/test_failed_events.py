@@ -10,7 +10,6 @@ import pytest
 import app as service_app
 from chalicelib import errors
 from chalicelib.usecases import clusters, replay as failed_events
-from tests.support.drive import make_kit
 from tests.support.world import ACCOUNT, REGION, load_event, make_cluster, make_role
 
 
@@ -171,10 +170,10 @@ def test_final_outcomes_and_malformed_messages_are_deleted_and_logged(api, queue
     assert sum("failed EKS event malformed" in r.getMessage() for r in caplog.records) == 3
 
 
-def test_the_local_stage_has_no_replay(api, moto_env):
+def test_the_local_stage_has_no_replay(api, engine):
     summary = api.lambda_.invoke("reconcile_all", SCHEDULE).payload
     assert "failed_events" not in summary
-    assert failed_events.replay(make_kit(moto_env), lambda e: {}, lambda: 60.0)["enabled"] is False
+    assert failed_events.replay(engine, lambda e: {}, lambda: 60.0)["enabled"] is False
 
 
 def test_messages_not_reached_in_time_are_released_at_once(api, queue):
