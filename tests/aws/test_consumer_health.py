@@ -5,14 +5,24 @@ answered in CloudWatch's wire protocol (Smithy RPC v2 CBOR) by a before-send hoo
 from __future__ import annotations
 
 import json
+import os
+import pathlib
+import subprocess
+import sys
 
 import boto3
 import pytest
+from chalice.local import LocalGateway
 
+import app as service_app
 from chalicelib import aws
-from tests.support.faults import FAULT_URL, fake_error
-from tests.support.world import CLUSTER, make_cluster, make_role, portal_inbox, put_metric
+from chalicelib.aws.store import Store
+from chalicelib.usecases import queue_health
 from tests.support import drive
+from tests.support.faults import FAULT_URL, fake_error
+from tests.support.tokens import AUDIENCE, EC_KEY, ISSUER, RSA_KEY, Jwks, jwk, mint
+from tests.support.world import CLUSTER, make_cluster, make_role, portal_inbox, put_metric
+
 
 JSON = {"Content-Type": "application/json"}
 
@@ -124,8 +134,6 @@ def test_the_dlq_depth_is_reported(api):
 # -- the sweep records health; ?consumer= filters on it ----------------------------------------
 
 def _sweep():
-    import app as service_app
-    from chalicelib.usecases import queue_health
     return queue_health.sweep(service_app.kit())
 
 
@@ -162,7 +170,6 @@ def test_a_page_token_stays_bound_to_the_consumer_filter(api):
 
 
 def test_the_sweep_writes_health_only_when_it_changes(api):
-    from chalicelib.aws.store import Store
     rec = provision(api)
     _sweep()
     first = Store().get(rec["id"])
@@ -206,7 +213,6 @@ def test_the_list_query_accepts_each_consumer_state(api, consumer):
 def caller_context(monkeypatch):
     """API Gateway's request context as a deployed stage delivers it: ``authorizer`` (the JWT
     authorizer's context: ``sub``) or ``identity.userArn`` (SigV4 / IAM auth)."""
-    from chalice.local import LocalGateway
     context: dict = {}
     original = LocalGateway._generate_lambda_event
 
@@ -226,7 +232,6 @@ def test_the_jwt_subject_is_recorded_and_sent_with_status_events(api, caller_con
     assert api.http.get(f"/clusters/{CLUSTER}").json_body["requested_by"] == "user:alice"
     # a sweep (nobody asked) keeps the last caller
     _sweep()
-    import app as service_app
     drive.sweep(service_app.kit())
     assert api.http.get(f"/clusters/{CLUSTER}").json_body["requested_by"] == "user:alice"
 
@@ -273,12 +278,7 @@ with mock_aws():
 def test_jwt_end_to_end_the_token_subject_becomes_requested_by():
     """A KIP_API_AUTH=jwt app (its own process: the authorizer is wired at import) verifies a
     token against a JWKS on 127.0.0.1 and records the token's sub as requested_by."""
-    import os
-    import pathlib
-    import subprocess
-    import sys
 
-    from tests.support.tokens import AUDIENCE, EC_KEY, ISSUER, RSA_KEY, Jwks, jwk, mint
     server = Jwks()
     server.keys = [jwk(RSA_KEY, "rsa-1"), jwk(EC_KEY, "ec-1")]
     root = pathlib.Path(__file__).resolve().parents[2]
