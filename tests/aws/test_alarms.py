@@ -11,20 +11,18 @@ from chalicelib.converge import alarms
 from chalicelib import aws, errors
 from chalicelib.core import naming
 from chalicelib.core.spec import ClusterRequest
-from tests.conftest import ACCOUNT, REGION, make_cluster, make_role
-from tests.reliability.harness import Strict
+from tests.support.faults import Strict
+from tests.support.world import ACCOUNT, CLUSTER, REGION, make_cluster, make_role
 from tests.support import drive
 
-CLUSTER = "payments-prod"
 STALE, DLQ = f"kip-{CLUSTER}-consumer-stale", f"kip-{CLUSTER}-dlq-not-empty"
 
 
 @pytest.fixture
-def engine(moto_env):
-    from tests.support.drive import make_kit
+def engine(kit_factory):
     make_cluster(CLUSTER)
     make_role(f"KarpenterController-{CLUSTER}")
-    return make_kit(dataclasses.replace(moto_env, alarms=True, stale_seconds=900))
+    return kit_factory(alarms=True, stale_seconds=900)
 
 
 def described() -> dict:

@@ -2,12 +2,20 @@
 from __future__ import annotations
 
 import json
+import pathlib
 
 import boto3
 import pytest
-from chalice.test import Client
+from botocore.exceptions import ClientError
+from openapi_spec_validator import validate
 
-from tests.conftest import ACCOUNT, REGION, make_cluster, make_role, portal_inbox
+import app as service_app
+from chalicelib import aws
+from chalicelib.aws import registry
+from chalicelib.core import naming
+from chalicelib.http.openapi import document
+from tests.support.world import ACCOUNT, REGION, make_cluster, make_role, portal_inbox
+
 
 JSON = {"Content-Type": "application/json"}
 
@@ -125,9 +133,6 @@ def test_untagged_same_named_queue_is_409_and_untouched(api, cluster):
 
 def test_a_run_in_progress_is_409(api, cluster, moto_env):
     # given another run holds the lease
-    from chalicelib import aws
-    from chalicelib.core import naming
-    from chalicelib.aws import registry
     reg = registry.Registry(aws.Store(moto_env), moto_env)
     cid = naming.ClusterId(ACCOUNT, REGION, cluster)
     reg.acquire(cid, "someone-else", None, {"status": "provisioning"})
@@ -139,9 +144,7 @@ def test_a_run_in_progress_is_409(api, cluster, moto_env):
 
 
 def test_throttling_past_the_retries_is_503_with_retry_after(api, cluster):
-    from botocore.exceptions import ClientError
 
-    from chalicelib import aws
 
     def throttle(model, **kw):
         if model.name == "CreateQueue":
@@ -245,9 +248,7 @@ def test_reconcile_reports_then_repairs_a_deleted_rule(api, cluster):
 
 
 def test_openapi_is_valid_and_matches_the_routes(api):
-    from openapi_spec_validator import validate
 
-    import app as service_app
     doc = api.http.get("/openapi.json").json_body
     validate(doc)
     documented = {(path, method.upper()) for path, ops in doc["paths"].items() for method in ops}
@@ -260,22 +261,14 @@ def test_openapi_is_valid_and_matches_the_routes(api):
                 assert "400" in op["responses"] or method == "get" and path == "/openapi.json"
 
 
-def test_status_events_reach_the_portal_bus(moto_env, cluster):
+def test_status_events_reach_the_portal_bus(api_with, cluster):
     # given a portal bus with a rule forwarding our status events to a queue
-    import dataclasses
-
-    import app as service_app
-    from tests.support.drive import make_kit
     sqs = boto3.client("sqs")
     url = portal_inbox()
-    service_app._kit = make_kit(dataclasses.replace(moto_env, status_bus="kip-portal"))
-    try:
-        with Client(service_app.app, stage_name="local") as client:
-            assert post(client, "/clusters", {"cluster_name": cluster}).status_code == 201
-            assert client.http.delete(f"/clusters/{cluster}",
-                                      headers={"If-Match": "*"}).status_code == 200
-    finally:
-        service_app._kit = None
+    client = api_with(status_bus="kip-portal")
+    assert post(client, "/clusters", {"cluster_name": cluster}).status_code == 201
+    assert client.http.delete(f"/clusters/{cluster}",
+                              headers={"If-Match": "*"}).status_code == 200
     msgs = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
     details = [json.loads(m["Body"]) for m in msgs]
     assert {d["detail-type"] for d in details} == {"Interruption Handling Status Changed"}
@@ -283,8 +276,6 @@ def test_status_events_reach_the_portal_bus(moto_env, cluster):
 
 
 def test_the_committed_openapi_copy_for_the_portal_is_current():
-    import pathlib
 
-    from chalicelib.http.openapi import document
     committed = json.loads((pathlib.Path(__file__).parents[2] / "docs" / "openapi.json").read_text())
     assert committed == document(), "regenerate docs/openapi.json (see README)"

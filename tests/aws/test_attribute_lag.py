@@ -24,11 +24,10 @@ class Lag:
 
 
 @pytest.fixture
-def eng(moto_env, cluster, clock):
-    from tests.support.drive import make_kit
-    from tests.reliability.harness import moto_like_aws
+def eng(kit_factory, cluster, clock):
+    from tests.support.world import moto_like_aws
     with moto_like_aws():       # moto's SetQueueAttributes would clear the policy; AWS does not
-        yield make_kit(moto_env, clock=clock)
+        yield kit_factory(clock)
 
 
 def writes(fn) -> list:

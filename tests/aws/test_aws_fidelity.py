@@ -2,8 +2,6 @@
 ``before-send`` hooks (the strict-AWS layer), and the hostile-user defects of the fidelity issue.
 Each test fails on the engine before the fix."""
 from __future__ import annotations
-
-import dataclasses
 import json
 
 import boto3
@@ -12,24 +10,16 @@ import pytest
 from chalicelib import aws, errors
 from chalicelib.core import naming
 from chalicelib.core.spec import ClusterRequest
-from tests.conftest import ACCOUNT, REGION, load_event, make_cluster
-from tests.reliability.harness import FAULT_URL, Strict
+from tests.support.faults import FAULT_URL, Strict
+from tests.support.world import ACCOUNT, CLUSTER, REGION, ROLE, load_event, make_cluster
 from tests.support import drive
-
-CLUSTER = "payments-prod"
-ROLE = f"KarpenterController-{CLUSTER}"
+from tests.support.snapshots import attached
 
 
 @pytest.fixture
-def fast(moto_env):
+def fast(kit_factory):
     """An engine that waits out eventual consistency quickly (the pauses are AWS's, not ours)."""
-    from tests.support.drive import make_kit
-    return make_kit(dataclasses.replace(moto_env, settle_seconds=0.05))
-
-
-def attached(role: str) -> list[str]:
-    return [p["PolicyArn"] for p in boto3.client("iam").list_attached_role_policies(
-        RoleName=role)["AttachedPolicies"]]
+    return kit_factory(settle_seconds=0.05)
 
 
 # -- 1. controller roles under an IAM path ----------------------------------------------------
@@ -136,11 +126,11 @@ def test_remove_targets_per_entry_failure_is_a_failure(engine, cluster):
     def failed_entry(request, **_):
         url, request.url = request.url, FAULT_URL
         from botocore.awsrequest import AWSResponse
-        from tests.reliability.harness import _Raw
+        from tests.support.faults import Raw
         body = json.dumps({"FailedEntryCount": 1, "FailedEntries": [{
             "TargetId": naming.TARGET_ID, "ErrorCode": "InternalFailure",
             "ErrorMessage": "try again"}]}).encode()
-        return AWSResponse(url, 200, {"Content-Type": "application/x-amz-json-1.1"}, _Raw(body))
+        return AWSResponse(url, 200, {"Content-Type": "application/x-amz-json-1.1"}, Raw(body))
     aws.add_hook("before-send.eventbridge.RemoveTargets", failed_entry)
     with pytest.raises(errors.AwsCallFailed) as err:
         drive.teardown(engine, drive.identity(engine, cluster))

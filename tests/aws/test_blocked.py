@@ -12,11 +12,13 @@ from chalicelib import aws, errors
 from chalicelib.core.events import parse_eks_event
 from chalicelib.core.spec import ClusterRequest
 from chalicelib.usecases import lifecycle
-from tests.aws.test_organization_reach import MEMBER, make_member_cluster
-from tests.conftest import ACCOUNT, REGION, Clock, make_cluster, make_role
-from tests.reliability.harness import Strict
+from tests.support.clock import Clock
+from tests.support.world import ACCOUNT, REGION, make_cluster, make_cluster_in, make_role
+from tests.support.faults import Strict
 from tests.support import drive
 from tests.support.events import eks_event
+
+MEMBER = "210987654321"       # an allowed member account (moto: any account exists)
 
 
 def created(kit, name: str, account: str = ACCOUNT) -> dict:
@@ -26,7 +28,8 @@ def created(kit, name: str, account: str = ACCOUNT) -> dict:
 
 def test_a_create_cluster_over_the_rule_quota_is_blocked_then_provisioned_once_room_is_made(
         moto_env):
-    kit = drive.make_kit(dataclasses.replace(moto_env, rule_quota=21, rule_reserve=20))
+    clock = Clock()
+    kit = drive.make_kit(dataclasses.replace(moto_env, rule_quota=21, rule_reserve=20), clock)
     for name in ("first", "second"):
         make_cluster(name)
         make_role(f"KarpenterController-{name}")
@@ -41,10 +44,10 @@ def test_a_create_cluster_over_the_rule_quota_is_blocked_then_provisioned_once_r
     assert boto3.client("sqs").list_queues(QueueNamePrefix="kip-second").get("QueueUrls") is None
     # room is made (the first cluster goes); the next sweep provisions the blocked one
     drive.teardown(kit, drive.identity(kit, "first"))
-    fresh = drive.make_kit(kit.settings)       # the next sweep's container: a fresh count
-    summary = drive.sweep(fresh)
+    clock.now += 61                 # the shared rule count is read again after a minute
+    summary = drive.sweep(kit)
     assert summary["repaired"] == [f"{ACCOUNT}/{REGION}/second"], summary
-    assert drive.describe(fresh, drive.identity(fresh, "second")).status == "ready"
+    assert drive.describe(kit, drive.identity(kit, "second")).status == "ready"
 
 
 def test_a_cluster_whose_default_role_name_is_too_long_is_blocked_naming_the_field(moto_env):
@@ -63,7 +66,7 @@ def test_an_account_whose_kip_role_refuses_assume_role_is_unreachable_not_retrie
     clock = Clock()
     kit = drive.make_kit(dataclasses.replace(moto_env, allowed_accounts=frozenset({MEMBER})),
                          clock=clock)
-    make_member_cluster(MEMBER, REGION, "remote")
+    make_cluster_in(MEMBER, REGION, "remote")
     drive.provision(kit, ClusterRequest(cluster_name="remote", account_id=MEMBER))
     # when the member's kip role starts refusing AssumeRole (deleted, trust changed)
     aws.reset()                                   # no cached session for the member

@@ -11,9 +11,8 @@ from tests.support import drive
 
 
 @pytest.fixture
-def eng(moto_env, cluster, clock):
-    from tests.support.drive import make_kit
-    e = make_kit(moto_env, clock=clock)
+def eng(kit_factory, cluster, clock):
+    e = kit_factory(clock)
     drive.provision(e, ClusterRequest(cluster_name=cluster))
     return e
 

@@ -4,19 +4,27 @@ returns them through GetMetricData; what moto cannot do (AccessDenied on GetMetr
 answered in CloudWatch's wire protocol (Smithy RPC v2 CBOR) by a before-send hook."""
 from __future__ import annotations
 
-import dataclasses
 import json
+import os
+import pathlib
+import subprocess
+import sys
 
 import boto3
 import pytest
+from chalice.local import LocalGateway
 
+import app as service_app
 from chalicelib import aws
-from tests.conftest import make_cluster, make_role, portal_inbox, put_metric
-from tests.reliability.harness import FAULT_URL, fake_error
+from chalicelib.aws.store import Store
+from chalicelib.usecases import queue_health
 from tests.support import drive
+from tests.support.faults import FAULT_URL, fake_error
+from tests.support.tokens import AUDIENCE, EC_KEY, ISSUER, RSA_KEY, Jwks, jwk, mint
+from tests.support.world import CLUSTER, make_cluster, make_role, portal_inbox, put_metric
+
 
 JSON = {"Content-Type": "application/json"}
-CLUSTER = "payments-prod"
 
 
 def post(api, path, body, headers=JSON):
@@ -126,8 +134,6 @@ def test_the_dlq_depth_is_reported(api):
 # -- the sweep records health; ?consumer= filters on it ----------------------------------------
 
 def _sweep():
-    import app as service_app
-    from chalicelib.usecases import queue_health
     return queue_health.sweep(service_app.kit())
 
 
@@ -164,7 +170,6 @@ def test_a_page_token_stays_bound_to_the_consumer_filter(api):
 
 
 def test_the_sweep_writes_health_only_when_it_changes(api):
-    from chalicelib.aws.store import Store
     rec = provision(api)
     _sweep()
     first = Store().get(rec["id"])
@@ -178,24 +183,16 @@ def test_the_sweep_writes_health_only_when_it_changes(api):
     assert after["version"] == first["version"]        # health alone: no version, no lease
 
 
-def test_status_events_when_a_consumer_turns_stale_and_when_the_dlq_fills(moto_env):
-    from chalice.test import Client
-
-    import app as service_app
-    from tests.support.drive import make_kit
+def test_status_events_when_a_consumer_turns_stale_and_when_the_dlq_fills(api_with):
     sqs = boto3.client("sqs")
     inbox = portal_inbox()
-    service_app._kit = make_kit(dataclasses.replace(moto_env, status_bus="kip-portal"))
-    try:
-        with Client(service_app.app, stage_name="local") as client:
-            rec = provision(client)
-            _sweep()                                            # idle: no event
-            put_metric(rec["names"]["queue"], "ApproximateAgeOfOldestMessage", 3600)
-            sqs.send_message(QueueUrl=queue_url(rec["names"]["dlq"]), MessageBody="poison")
-            _sweep()
-            _sweep()                                            # unchanged: no second event
-    finally:
-        service_app._kit = None
+    client = api_with(status_bus="kip-portal")
+    rec = provision(client)
+    _sweep()                                            # idle: no event
+    put_metric(rec["names"]["queue"], "ApproximateAgeOfOldestMessage", 3600)
+    sqs.send_message(QueueUrl=queue_url(rec["names"]["dlq"]), MessageBody="poison")
+    _sweep()
+    _sweep()                                            # unchanged: no second event
     msgs = sqs.receive_message(QueueUrl=inbox, MaxNumberOfMessages=10)["Messages"]
     details = [json.loads(m["Body"])["detail"] for m in msgs]
     changes = sorted(d["change"] for d in details if "change" in d)
@@ -216,7 +213,6 @@ def test_the_list_query_accepts_each_consumer_state(api, consumer):
 def caller_context(monkeypatch):
     """API Gateway's request context as a deployed stage delivers it: ``authorizer`` (the JWT
     authorizer's context: ``sub``) or ``identity.userArn`` (SigV4 / IAM auth)."""
-    from chalice.local import LocalGateway
     context: dict = {}
     original = LocalGateway._generate_lambda_event
 
@@ -236,30 +232,21 @@ def test_the_jwt_subject_is_recorded_and_sent_with_status_events(api, caller_con
     assert api.http.get(f"/clusters/{CLUSTER}").json_body["requested_by"] == "user:alice"
     # a sweep (nobody asked) keeps the last caller
     _sweep()
-    import app as service_app
     drive.sweep(service_app.kit())
     assert api.http.get(f"/clusters/{CLUSTER}").json_body["requested_by"] == "user:alice"
 
 
-def test_the_iam_caller_arn_is_recorded_on_teardown_events(moto_env, caller_context):
-    from chalice.test import Client
-
-    import app as service_app
-    from tests.support.drive import make_kit
+def test_the_iam_caller_arn_is_recorded_on_teardown_events(api_with, caller_context):
     sqs = boto3.client("sqs")
     inbox = portal_inbox()
-    service_app._kit = make_kit(dataclasses.replace(moto_env, status_bus="kip-portal"))
+    client = api_with(status_bus="kip-portal")
     bob, carol = ("arn:aws:iam::123456789012:user/bob",
                   "arn:aws:sts::123456789012:assumed-role/ops/carol")
     caller_context["identity"] = {"userArn": bob}
-    try:
-        with Client(service_app.app, stage_name="local") as client:
-            assert provision(client)["requested_by"] == bob
-            caller_context["identity"] = {"userArn": carol}
-            assert client.http.delete(f"/clusters/{CLUSTER}",
-                                      headers={"If-Match": "*"}).status_code == 200
-    finally:
-        service_app._kit = None
+    assert provision(client)["requested_by"] == bob
+    caller_context["identity"] = {"userArn": carol}
+    assert client.http.delete(f"/clusters/{CLUSTER}",
+                              headers={"If-Match": "*"}).status_code == 200
     details = [json.loads(m["Body"])["detail"] for m in
                sqs.receive_message(QueueUrl=inbox, MaxNumberOfMessages=10)["Messages"]]
     assert [(d["status"], d["requested_by"]) for d in details] == [
@@ -274,7 +261,7 @@ with mock_aws():
     from chalicelib import aws
     from chalicelib.config import get_settings
     aws.Store(get_settings()).create_table()
-    from tests.conftest import make_cluster, make_role
+    from tests.support.world import make_cluster, make_role
     make_cluster("payments-prod")
     make_role("KarpenterController-payments-prod")
     import app
@@ -292,12 +279,7 @@ with mock_aws():
 def test_jwt_end_to_end_the_token_subject_becomes_requested_by():
     """A KIP_API_AUTH=jwt app (its own process: the authorizer is wired at import) verifies a
     token against a JWKS on 127.0.0.1 and records the token's sub as requested_by."""
-    import os
-    import pathlib
-    import subprocess
-    import sys
 
-    from tests.unit.test_auth import AUDIENCE, EC_KEY, ISSUER, RSA_KEY, Jwks, jwk, mint
     server = Jwks()
     server.keys = [jwk(RSA_KEY, "rsa-1"), jwk(EC_KEY, "ec-1")]
     root = pathlib.Path(__file__).resolve().parents[2]

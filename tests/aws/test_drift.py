@@ -8,7 +8,7 @@ import time
 import boto3
 import pytest
 
-from tests.conftest import ACCOUNT, REGION, load_event, make_cluster, make_role
+from tests.support.world import ACCOUNT, REGION, load_event, make_cluster, make_role
 from tests.support import drive
 
 HUMAN = f"arn:aws:sts::{ACCOUNT}:assumed-role/platform-admin/someone"

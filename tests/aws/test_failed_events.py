@@ -2,16 +2,17 @@
 destination (or the rule target's DLQ), replayed by the schedule through on_eks_event's code."""
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import boto3
 import pytest
 
+import app as service_app
 from chalicelib import errors
-from chalicelib.usecases import replay as failed_events
-from tests.conftest import ACCOUNT, REGION, load_event, make_cluster, make_role
+from chalicelib.usecases import clusters, replay as failed_events
+from tests.support.world import ACCOUNT, REGION, load_event, make_cluster, make_role
 from tests.support.events import eks_event
+
 
 SCHEDULE = {"version": "0", "id": "x", "detail-type": "Scheduled Event", "source": "aws.events",
             "account": ACCOUNT, "time": "2026-11-20T10:00:00Z", "region": REGION,
@@ -45,16 +46,14 @@ def destination_record(event: dict, error_type: str = "AwsCallFailed",
 
 
 @pytest.fixture
-def queue(api, moto_env, monkeypatch):
+def queue(api, api_with, monkeypatch):
     """The failed-events queue (as resources-<stage>.json declares it) and an engine using it."""
-    import app as service_app
     # chalice.test's Lambda context leaves 3 s (its default), less than the replay's margin
     monkeypatch.setattr(failed_events, "MARGIN_SECONDS", 0.0)
-    from tests.support.drive import make_kit
     url = boto3.client("sqs").create_queue(
         QueueName="kip_failed-events-test",
         Attributes={"VisibilityTimeout": "600", "MessageRetentionPeriod": "1209600"})["QueueUrl"]
-    service_app._kit = make_kit(dataclasses.replace(moto_env, failed_events_queue_url=url))
+    api_with(failed_events_queue_url=url)
     return url
 
 
@@ -73,13 +72,11 @@ def counts(url: str) -> tuple[int, int]:
 
 def test_a_create_cluster_lambda_gave_up_on_is_provisioned_by_the_schedule(api, queue,
                                                                           monkeypatch):
-    import app as service_app
     # given a CreateCluster whose trigger run failed (a transient error, before any record)
     make_cluster("payments-prod")
     make_role("KarpenterController-payments-prod")
     engine = service_app._kit
 
-    from chalicelib.usecases import clusters
     real_adopt, down = clusters.adopt, [True]
 
     def flaky(*a, **kw):
@@ -147,7 +144,6 @@ def test_a_message_that_is_not_lambdas_failure_record_of_the_trigger_changes_not
 
 
 def test_a_still_failing_event_stays_on_the_queue(api, queue, monkeypatch):
-    import app as service_app
     # given a queued failure whose cause has not gone away
     make_cluster("payments-prod")
     make_role("KarpenterController-payments-prod")
@@ -155,7 +151,6 @@ def test_a_still_failing_event_stays_on_the_queue(api, queue, monkeypatch):
 
     def still_down(*a, **kw):
         raise errors.Throttled("sqs:CreateQueue throttled")
-    from chalicelib.usecases import clusters
     monkeypatch.setattr(clusters, "adopt", still_down)
     # when
     out = api.lambda_.invoke("reconcile_all", SCHEDULE).payload["failed_events"]
@@ -166,13 +161,11 @@ def test_a_still_failing_event_stays_on_the_queue(api, queue, monkeypatch):
 
 
 def test_after_k_receives_a_failing_event_is_kept_for_a_human(api, queue, monkeypatch, caplog):
-    import app as service_app
     make_cluster("payments-prod")
     put(queue, destination_record(create_event()))
 
     def still_down(*a, **kw):
         raise errors.AwsCallFailed("still down")
-    from chalicelib.usecases import clusters
     monkeypatch.setattr(clusters, "adopt", still_down)
     monkeypatch.setattr(failed_events, "KEEP_AFTER", 1)
     out = api.lambda_.invoke("reconcile_all", SCHEDULE).payload["failed_events"]
@@ -200,15 +193,13 @@ def test_final_outcomes_and_malformed_messages_are_deleted_and_logged(api, queue
     assert sum("refused" in r.getMessage() for r in caplog.records) == 3
 
 
-def test_the_local_stage_has_no_replay(api, moto_env):
+def test_the_local_stage_has_no_replay(api, engine):
     summary = api.lambda_.invoke("reconcile_all", SCHEDULE).payload
     assert "failed_events" not in summary
-    from tests.support.drive import make_kit
-    assert failed_events.replay(make_kit(moto_env), lambda e: {}, lambda: 60.0)["enabled"] is False
+    assert failed_events.replay(engine, lambda e: {}, lambda: 60.0)["enabled"] is False
 
 
 def test_messages_not_reached_in_time_are_released_at_once(api, queue):
-    import app as service_app
     put(queue, destination_record(create_event()))
     clock = iter([5.0, -1.0])     # time enough to receive, none left to replay
     out = failed_events.replay(service_app._kit, lambda e: {}, lambda: next(clock, -1.0))

@@ -6,7 +6,6 @@ check kip makes itself: AWS drops the events silently when the grant is missing.
 from __future__ import annotations
 
 import json
-import threading
 
 import boto3
 import pytest
@@ -15,11 +14,10 @@ from botocore.exceptions import ClientError
 from chalicelib import aws, errors
 from chalicelib.core import kms
 from chalicelib.core.spec import ClusterRequest
-from tests.conftest import ACCOUNT, REGION, key_policy, make_key
 from tests.support import drive
+from tests.support.faults import Calls
+from tests.support.world import ACCOUNT, CLUSTER, QUEUE, REGION, key_policy, make_key, plain
 
-CLUSTER = "payments-prod"
-QUEUE = "kip-payments-prod"
 # (moto applies a key policy's Deny statements to every caller, whatever the Principal: a Deny of
 # kms:* would refuse kip's own DescribeKey there, so the Deny names the two actions)
 DENY_EVENTS = {"Sid": "NoEventBridge", "Effect": "Deny",
@@ -30,35 +28,17 @@ DECRYPT_ONLY = {"Sid": "EventBridgeDecryptOnly", "Effect": "Allow",
                 "Resource": "*"}
 
 
-class Writes:
-    """Every AWS write chalicelib makes (botocore hook)."""
-
-    def __init__(self) -> None:
-        self.names: list[str] = []
-        self._lock = threading.Lock()
-        aws.add_hook("before-call.*.*", self.record)
-
-    def record(self, model, **kw) -> None:
-        if aws.is_write(model.name):
-            with self._lock:
-                self.names.append(model.name)
-
-
-def kms_client():
-    return boto3.client("kms", region_name=REGION)
-
-
 def queues() -> list[str]:
     return boto3.client("sqs", region_name=REGION).list_queues().get("QueueUrls", [])
 
 
 def refused(engine, key_id: str) -> errors.ValidationError:
-    writes = Writes()
+    writes = Calls()
     with pytest.raises(errors.ValidationError) as exc:
         drive.provision(engine, ClusterRequest(cluster_name=CLUSTER, kms_key_id=key_id))
     err = exc.value
     assert err.status == 400 and err.field == "kms_key_id"
-    assert writes.names == [], "a refused key must be refused before any AWS write"
+    assert writes.writes == [], "a refused key must be refused before any AWS write"
     assert queues() == []
     return err
 
@@ -68,7 +48,7 @@ def refused(engine, key_id: str) -> errors.ValidationError:
 def test_disabled_key_is_refused(engine, cluster):
     # given
     key = make_key()
-    kms_client().disable_key(KeyId=key["KeyId"])
+    plain("kms").disable_key(KeyId=key["KeyId"])
 
     # when
     err = refused(engine, key["Arn"])
@@ -80,7 +60,7 @@ def test_disabled_key_is_refused(engine, cluster):
 def test_key_pending_deletion_is_refused(engine, cluster):
     # given
     key = make_key()
-    kms_client().schedule_key_deletion(KeyId=key["KeyId"], PendingWindowInDays=7)
+    plain("kms").schedule_key_deletion(KeyId=key["KeyId"], PendingWindowInDays=7)
 
     # when
     err = refused(engine, key["Arn"])
@@ -109,7 +89,7 @@ def test_hmac_key_is_refused(engine, cluster):
 def test_kms_default_key_policy_is_refused_with_the_statement_to_add(engine, cluster):
     # given: KMS's default policy (account root kms:*), which grants events.amazonaws.com nothing
     key = make_key(Policy=key_policy(grant_eventbridge=False))
-    kms_client().create_alias(AliasName="alias/karpenter", TargetKeyId=key["KeyId"])
+    plain("kms").create_alias(AliasName="alias/karpenter", TargetKeyId=key["KeyId"])
 
     # when: by alias (GetKeyPolicy takes no alias: kip resolves it)
     err = refused(engine, "alias/karpenter")
@@ -186,7 +166,7 @@ def test_correctly_set_up_key_provisions_ready(engine, cluster):
     attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
     assert attrs["KmsMasterKeyId"] == key["Arn"]
     # and kip left the key policy as it found it
-    assert kms_client().get_key_policy(KeyId=key["KeyId"], PolicyName="default")["Policy"] \
+    assert plain("kms").get_key_policy(KeyId=key["KeyId"], PolicyName="default")["Policy"] \
         == key_policy()
 
 

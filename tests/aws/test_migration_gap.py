@@ -22,9 +22,10 @@ import pytest
 
 from chalicelib import aws, errors
 from chalicelib.converge.migration import POLICY_SETTLE_SECONDS
-from tests.aws.test_rule_migration import CLUSTER, SAMPLES, deliverable_kinds, make_legacy
-from tests.conftest import make_cluster, make_role
-from tests.reliability.harness import FAULT_URL, FakeClock, fake_error, moto_like_aws
+from tests.support.clock import Clock
+from tests.support.faults import FAULT_URL, fake_error
+from tests.support.migration import SAMPLES, deliverable_kinds, make_legacy
+from tests.support.world import CLUSTER, make_cluster, make_role, moto_like_aws
 from tests.support import drive
 
 STICKY_RUNS = 2     # a write that "keeps failing": refused again in this many later runs
@@ -94,7 +95,7 @@ def move(settings: Any, fault: Optional[tuple[int, int]], sticky: bool = False) 
     """The whole move in a fresh world, ``fault`` = (run, write) refused (``sticky``: that
     operation is refused again in the next STICKY_RUNS runs); checks delivery after every run.
     Returns the writes of each run, what was refused and how many runs it took."""
-    clock = FakeClock()
+    clock = Clock(None)
     with fresh_world(settings) as tap:
         kit = drive.make_kit(settings, clock=clock)
         legacy = make_legacy(kit)
@@ -159,7 +160,7 @@ def test_a_failed_policy_write_in_phase_one_sets_no_mark(settings):
     started, so the next run after 60 s deleted the old rules the policy still alone allowed."""
     # given: phase 1's writes, in order, from a clean move
     writes = move(settings, None)["writes"][0]
-    clock = FakeClock()
+    clock = Clock(None)
     with fresh_world(settings) as tap:
         kit = drive.make_kit(settings, clock=clock)
         legacy = make_legacy(kit)

@@ -3,55 +3,27 @@ POST /backfill across the account-regions of a member account reached through ST
 adoption of configured account-regions, and EKS Auto Mode clusters (refused, skipped)."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-import pathlib
 import subprocess
 import sys
 
 import boto3
 import pytest
 
-from tests.reliability.harness import Strict
-from tests.aws.test_triggers import SAMPLE_ACCOUNT, sample
-from tests.conftest import ACCOUNT, REGION, make_cluster, make_role
+from chalicelib import aws, errors
+from chalicelib.aws import worklist
+from chalicelib.http.openapi import BackfillResult
+from chalicelib.usecases import fanout
 from tests.support import drive
+from tests.support.faults import Strict
+from tests.support.world import (ACCOUNT, OTHER_ACCOUNT, REGION, ROOT, make_cluster,
+                                 make_cluster_in, make_role, other_account_session, sample)
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+
 MEMBER = "210987654321"
 OTHER_REGION = "us-west-2"
 JSON = {"Content-Type": "application/json"}
-TRUST = json.dumps({"Version": "2012-10-17", "Statement": [{
-    "Effect": "Allow", "Principal": {"Service": "eks.amazonaws.com"}, "Action": "sts:AssumeRole"}]})
-
-
-def member_session(account: str, region: str) -> boto3.session.Session:
-    """The member account, as kip reaches it: STS AssumeRole of kip-provisioner."""
-    creds = boto3.client("sts").assume_role(
-        RoleArn=f"arn:aws:iam::{account}:role/kip-provisioner",
-        RoleSessionName="test")["Credentials"]
-    return boto3.session.Session(aws_access_key_id=creds["AccessKeyId"],
-                                 aws_secret_access_key=creds["SecretAccessKey"],
-                                 aws_session_token=creds["SessionToken"], region_name=region)
-
-
-def make_member_cluster(account: str, region: str, name: str, tags: dict | None = None,
-                        role: bool = True) -> boto3.session.Session:
-    sess = member_session(account, region)
-    iam = sess.client("iam")
-    try:
-        iam.create_role(RoleName="eks-cluster", AssumeRolePolicyDocument=TRUST)
-    except iam.exceptions.EntityAlreadyExistsException:
-        pass
-    sess.client("eks").create_cluster(
-        name=name, roleArn=f"arn:aws:iam::{account}:role/eks-cluster", tags=tags or {},
-        resourcesVpcConfig={"subnetIds": ["subnet-0abc"]})
-    if role:
-        iam.create_role(RoleName=f"KarpenterController-{name}", AssumeRolePolicyDocument=TRUST)
-    return sess
-
-
 def queues(sess: boto3.session.Session) -> list[str]:
     """The interruption queues (not their dead-letter queues) in that account-region."""
     names = [u.rsplit("/", 1)[-1] for u in sess.client("sqs").list_queues(
@@ -62,7 +34,6 @@ def queues(sess: boto3.session.Session) -> list[str]:
 def auto_mode(*names: str) -> None:
     """moto drops computeConfig from DescribeCluster: put it back, as EKS answers for an Auto
     Mode cluster (ComputeConfigResponse: enabled, nodePools, nodeRoleArn)."""
-    from chalicelib import aws
 
     def hook(parsed, **_):
         cluster = (parsed or {}).get("cluster") or {}
@@ -72,40 +43,19 @@ def auto_mode(*names: str) -> None:
     aws.add_hook("after-call.eks.DescribeCluster", hook)
 
 
-@pytest.fixture
-def client_with(moto_env):
-    """chalice.test.Client on an engine with these settings overrides."""
-    from chalice.test import Client
-
-    import app as service_app
-    from tests.support.drive import make_kit
-    clients = []
-
-    def make(**overrides):
-        service_app._kit = make_kit(dataclasses.replace(moto_env, **overrides))
-        client = Client(service_app.app, stage_name="local")
-        clients.append(client)
-        return client.__enter__()
-    yield make
-    for c in clients:
-        c.__exit__(None, None, None)
-    service_app._kit = None
-
-
 def post(client, path, body):
     return client.http.post(path, headers=JSON, body=json.dumps(body))
 
 
 # ----------------------------------------------------------------------------- backfill
 
-def test_backfill_dry_run_then_real_run_across_two_regions_of_a_member_account(client_with):
-    from chalicelib.http.openapi import BackfillResult
-    client = client_with(allowed_accounts=frozenset({MEMBER}))
+def test_backfill_dry_run_then_real_run_across_two_regions_of_a_member_account(api_with):
+    client = api_with(allowed_accounts=frozenset({MEMBER}))
     # given a member account with clusters in two regions, one opted out, one already managed
-    west = make_member_cluster(MEMBER, REGION, "shop")
-    make_member_cluster(MEMBER, REGION, "private", tags={"kip.io/opt-out": "true"})
-    oregon = make_member_cluster(MEMBER, OTHER_REGION, "search")
-    make_member_cluster(MEMBER, OTHER_REGION, "known")
+    west = make_cluster_in(MEMBER, REGION, "shop")
+    make_cluster_in(MEMBER, REGION, "private", tags={"kip.io/opt-out": "true"})
+    oregon = make_cluster_in(MEMBER, OTHER_REGION, "search")
+    make_cluster_in(MEMBER, OTHER_REGION, "known")
     assert post(client, "/clusters", {"cluster_name": "known", "account_id": MEMBER,
                                       "region": OTHER_REGION}).status_code == 201
     body = {"accounts": [MEMBER], "regions": [REGION, OTHER_REGION]}
@@ -136,9 +86,9 @@ def test_backfill_dry_run_then_real_run_across_two_regions_of_a_member_account(c
     assert again["counts"] == {"already_managed": 3, "opted_out": 1}
 
 
-def test_backfill_reports_an_account_region_it_cannot_list_and_goes_on(client_with):
-    client = client_with()
-    make_member_cluster(MEMBER, REGION, "shop")
+def test_backfill_reports_an_account_region_it_cannot_list_and_goes_on(api_with):
+    client = api_with()
+    make_cluster_in(MEMBER, REGION, "shop")
     Strict("eks", "ListClusters", "rest-json", "AccessDeniedException", "no role", times=1)
     out = post(client, "/backfill", {"accounts": [MEMBER], "regions": [REGION]}).json_body
     assert out["clusters"] == []
@@ -156,24 +106,23 @@ def test_backfill_reports_an_account_region_it_cannot_list_and_goes_on(client_wi
     ({"accounts": [MEMBER]}, "regions"),
     ({"accounts": [MEMBER], "regions": [REGION], "dry_run": "yes"}, "dry_run"),
 ])
-def test_backfill_bad_input_is_400_naming_the_field_before_any_write(client_with, body, field):
-    client = client_with()
-    make_member_cluster(MEMBER, REGION, "shop")
+def test_backfill_bad_input_is_400_naming_the_field_before_any_write(api_with, body, field):
+    client = api_with()
+    make_cluster_in(MEMBER, REGION, "shop")
     resp = post(client, "/backfill", body)
     assert resp.status_code == 400, resp.body
     assert resp.json_body["error"]["field"] == field
-    assert queues(member_session(MEMBER, REGION)) == []
+    assert queues(other_account_session(MEMBER, REGION)) == []
 
 
-def test_sweep_adopts_clusters_of_configured_account_regions(moto_env):
-    from tests.support.drive import make_kit
+def test_sweep_adopts_clusters_of_configured_account_regions(kit_factory):
     make_cluster("legacy")
     make_role("KarpenterController-legacy")
-    west = make_member_cluster(MEMBER, REGION, "shop")
-    oregon = make_member_cluster(MEMBER, OTHER_REGION, "search")
-    engine = make_kit(dataclasses.replace(moto_env, adopt_existing=True,
-                                        allowed_accounts=frozenset({MEMBER}),
-                                        adopt_regions=(REGION, OTHER_REGION)))
+    west = make_cluster_in(MEMBER, REGION, "shop")
+    oregon = make_cluster_in(MEMBER, OTHER_REGION, "search")
+    engine = kit_factory(adopt_existing=True,
+                         allowed_accounts=frozenset({MEMBER}),
+                         adopt_regions=(REGION, OTHER_REGION))
     summary = drive.sweep(engine)
     assert sorted(summary["adopted"]) == [f"{ACCOUNT}/{REGION}/legacy", f"{MEMBER}/{REGION}/shop",
                                           f"{MEMBER}/{OTHER_REGION}/search"]
@@ -185,8 +134,8 @@ def test_sweep_adopts_clusters_of_configured_account_regions(moto_env):
 
 # ----------------------------------------------------------------------------- EKS Auto Mode
 
-def test_auto_mode_cluster_is_409_and_skipped_by_trigger_and_backfill(client_with):
-    client = client_with()
+def test_auto_mode_cluster_is_409_and_skipped_by_trigger_and_backfill(api_with):
+    client = api_with()
     make_cluster("auto")
     make_role("KarpenterController-auto")
     auto_mode("auto")
@@ -214,10 +163,10 @@ def test_auto_mode_cluster_is_409_and_skipped_by_trigger_and_backfill(client_wit
     assert boto3.client("sqs").list_queues().get("QueueUrls", []) == []
 
 
-def test_a_managed_cluster_that_turns_on_auto_mode_keeps_its_queue_and_says_so(client_with):
+def test_a_managed_cluster_that_turns_on_auto_mode_keeps_its_queue_and_says_so(api_with):
     """Auto Mode switched on after kip took the cluster: the sweep neither fails on it every run
     nor tears down a queue self-managed Karpenter may still read; the record says so."""
-    client = client_with()
+    client = api_with()
     make_cluster("moving")
     make_role("KarpenterController-moving")
     assert post(client, "/clusters", {"cluster_name": "moving"}).status_code == 201
@@ -237,7 +186,6 @@ def test_a_managed_cluster_that_turns_on_auto_mode_keeps_its_queue_and_says_so(c
 
 
 def test_describe_cluster_reads_compute_config(moto_env):
-    from chalicelib import aws
     make_cluster("auto")
     make_cluster("classic")
     auto_mode("auto")
@@ -248,50 +196,48 @@ def test_describe_cluster_reads_compute_config(moto_env):
 
 # ----------------------------------------------------------------------------- allow-list
 
-def test_event_from_a_non_allowed_account_is_refused_and_not_retried(client_with):
-    client = client_with(allowed_accounts=frozenset({MEMBER}))
-    sess = member_session(SAMPLE_ACCOUNT, REGION)
-    make_member_cluster(SAMPLE_ACCOUNT, REGION, "payments-prod")
+def test_event_from_a_non_allowed_account_is_refused_and_not_retried(api_with):
+    client = api_with(allowed_accounts=frozenset({MEMBER}))
+    sess = other_account_session(OTHER_ACCOUNT, REGION)
+    make_cluster_in(OTHER_ACCOUNT, REGION, "payments-prod")
     # when the trigger gets CreateCluster from an account outside the list
     out = client.lambda_.invoke("on_eks_event", sample("cloudtrail-eks-create-cluster.json"))
     # then it returns (Lambda does not retry) saying why, and creates nothing
     assert out.payload["ignored"] == "Forbidden", out.payload
-    assert SAMPLE_ACCOUNT in out.payload["message"]
+    assert OTHER_ACCOUNT in out.payload["message"]
     assert queues(sess) == []
     delete = client.lambda_.invoke("on_eks_event", sample("cloudtrail-eks-delete-cluster.json"))
     assert delete.payload["ignored"] == "Forbidden"
 
 
 @pytest.mark.parametrize("method,path,body", [
-    ("post", "/clusters", {"cluster_name": "payments-prod", "account_id": SAMPLE_ACCOUNT}),
-    ("get", f"/clusters/payments-prod?account_id={SAMPLE_ACCOUNT}", None),
-    ("delete", f"/clusters/payments-prod?account_id={SAMPLE_ACCOUNT}", None),
-    ("post", f"/clusters/payments-prod/reconcile?account_id={SAMPLE_ACCOUNT}", None),
-    ("post", "/backfill", {"accounts": [MEMBER, SAMPLE_ACCOUNT], "regions": [REGION]}),
+    ("post", "/clusters", {"cluster_name": "payments-prod", "account_id": OTHER_ACCOUNT}),
+    ("get", f"/clusters/payments-prod?account_id={OTHER_ACCOUNT}", None),
+    ("delete", f"/clusters/payments-prod?account_id={OTHER_ACCOUNT}", None),
+    ("post", f"/clusters/payments-prod/reconcile?account_id={OTHER_ACCOUNT}", None),
+    ("post", "/backfill", {"accounts": [MEMBER, OTHER_ACCOUNT], "regions": [REGION]}),
 ])
-def test_api_request_naming_a_non_allowed_account_is_403(client_with, method, path, body):
-    client = client_with(allowed_accounts=frozenset({MEMBER}))
-    sess = member_session(SAMPLE_ACCOUNT, REGION)
-    make_member_cluster(SAMPLE_ACCOUNT, REGION, "payments-prod")
+def test_api_request_naming_a_non_allowed_account_is_403(api_with, method, path, body):
+    client = api_with(allowed_accounts=frozenset({MEMBER}))
+    sess = other_account_session(OTHER_ACCOUNT, REGION)
+    make_cluster_in(OTHER_ACCOUNT, REGION, "payments-prod")
     kw = {"headers": JSON, "body": json.dumps(body)} if body is not None else {}
     resp = getattr(client.http, method)(path, **kw)
     assert resp.status_code == 403, resp.body
     err = resp.json_body["error"]
-    assert err["code"] == "Forbidden" and SAMPLE_ACCOUNT in err["message"]
+    assert err["code"] == "Forbidden" and OTHER_ACCOUNT in err["message"]
     assert err["field"] == ("accounts" if path == "/backfill" else "account_id")
-    assert queues(sess) == [] and queues(member_session(MEMBER, REGION)) == []
+    assert queues(sess) == [] and queues(other_account_session(MEMBER, REGION)) == []
 
 
-def test_own_account_is_always_allowed(client_with, cluster):
-    client = client_with(allowed_accounts=frozenset({MEMBER}))
+def test_own_account_is_always_allowed(api_with, cluster):
+    client = api_with(allowed_accounts=frozenset({MEMBER}))
     assert post(client, "/clusters", {"cluster_name": cluster}).status_code == 201
     assert post(client, "/clusters", {"cluster_name": cluster,
                                       "account_id": ACCOUNT}).status_code == 200
 
 
-def test_org_id_membership_is_checked_with_describe_account_and_cached(moto_env):
-    from chalicelib import aws, errors
-    from tests.support.drive import make_kit
+def test_org_id_membership_is_checked_with_describe_account_and_cached(kit_factory):
     orgs = boto3.client("organizations")
     org = orgs.create_organization(FeatureSet="ALL")["Organization"]["Id"]
     member = orgs.create_account(Email="m@example.com",
@@ -299,7 +245,7 @@ def test_org_id_membership_is_checked_with_describe_account_and_cached(moto_env)
     calls = []
     aws.add_hook("before-parameter-build.organizations.DescribeAccount",
                  lambda params, **_: calls.append(params["AccountId"]))
-    engine = make_kit(dataclasses.replace(moto_env, org_id=org))
+    engine = kit_factory(org_id=org)
     # a member of the organization is allowed; asked once per process
     for _ in range(3):
         assert drive.identity(engine, "shop", member).account_id == member
@@ -309,8 +255,8 @@ def test_org_id_membership_is_checked_with_describe_account_and_cached(moto_env)
         drive.identity(engine, "shop", "999999999999")
     assert exc.value.field == "account_id" and "999999999999" in exc.value.message
     # the own account and listed accounts never need Organizations
-    listed = make_kit(dataclasses.replace(moto_env, org_id=org,
-                                        allowed_accounts=frozenset({MEMBER})))
+    listed = kit_factory(org_id=org,
+                         allowed_accounts=frozenset({MEMBER}))
     drive.identity(listed, "shop")
     drive.identity(listed, "shop", MEMBER)
     assert calls == [member, "999999999999"]
@@ -324,15 +270,13 @@ def _org_with_member() -> tuple[str, str]:
     return org, member
 
 
-def test_with_only_an_org_id_the_sweep_discovers_accounts_with_list_accounts(moto_env):
+def test_with_only_an_org_id_the_sweep_discovers_accounts_with_list_accounts(kit_factory):
     """KIP_ORG_ID without KIP_ALLOWED_ACCOUNTS: adoption covers the organization's ACTIVE
     accounts, read as AWS answers since 2026-09-09 (``State``; ``Status`` retired, while moto
     still sends only ``Status``). A suspended account is left out; the listing fills the
     membership cache, so no DescribeAccount follows."""
-    from chalicelib import aws
-    from tests.support.drive import make_kit
     org, member = _org_with_member()
-    make_member_cluster(member, REGION, "shop")
+    make_cluster_in(member, REGION, "shop")
 
     def as_aws_answers(parsed, **_):
         for account in parsed.get("Accounts", []):
@@ -344,45 +288,41 @@ def test_with_only_an_org_id_the_sweep_discovers_accounts_with_list_accounts(mot
     described = []
     aws.add_hook("before-parameter-build.organizations.DescribeAccount",
                  lambda params, **_: described.append(params["AccountId"]))
-    engine = make_kit(dataclasses.replace(moto_env, adopt_existing=True, org_id=org))
+    engine = kit_factory(adopt_existing=True, org_id=org)
     assert engine.org.member_accounts() == sorted([ACCOUNT, member])
     summary = drive.sweep(engine)
     assert summary["adopted"] == [f"{member}/{REGION}/shop"] and summary["errors"] == []
-    assert "kip-shop" in queues(member_session(member, REGION)) and described == []
+    assert "kip-shop" in queues(other_account_session(member, REGION)) and described == []
 
 
-def test_a_refused_list_accounts_is_a_sweep_error_that_says_where_kip_must_run(moto_env):
-    from tests.support.drive import make_kit
+def test_a_refused_list_accounts_is_a_sweep_error_that_says_where_kip_must_run(kit_factory):
     org, member = _org_with_member()
-    make_member_cluster(member, REGION, "shop")
+    make_cluster_in(member, REGION, "shop")
     make_cluster("own")
     make_role("KarpenterController-own")
     Strict("organizations", "ListAccounts", "json", "AccessDeniedException",
            "not the management account", times=99)
-    engine = make_kit(dataclasses.replace(moto_env, adopt_existing=True, org_id=org))
+    engine = kit_factory(adopt_existing=True, org_id=org)
     summary = drive.sweep(engine)
     assert [e["code"] for e in summary["errors"]] == ["Forbidden"]
     assert "delegated administrator" in summary["errors"][0]["message"]
-    assert queues(member_session(member, REGION)) == []
+    assert queues(other_account_session(member, REGION)) == []
     # kip's own account is still adopted
     assert summary["adopted"] == [f"{ACCOUNT}/{REGION}/own"]
 
 
-def test_the_fan_out_schedule_adopts_across_the_organizations_accounts(moto_env):
+def test_the_fan_out_schedule_adopts_across_the_organizations_accounts(kit_factory, moto_env):
     """Deployed stages sweep by fan-out: the schedule queues one adopt item per cluster without
     a record in every account-region of the adoption, not only kip's own."""
-    from chalicelib.usecases import fanout
-    from chalicelib.aws import worklist
-    from tests.support.drive import make_kit
     org, member = _org_with_member()
-    make_member_cluster(member, REGION, "shop")
-    make_member_cluster(member, OTHER_REGION, "search")
+    make_cluster_in(member, REGION, "shop")
+    make_cluster_in(member, OTHER_REGION, "search")
     make_cluster("own")
     make_role("KarpenterController-own")
     url = worklist.create_work_queue(moto_env, "kip_sweep-org")
-    engine = make_kit(dataclasses.replace(moto_env, adopt_existing=True, org_id=org,
-                                        adopt_regions=(REGION, OTHER_REGION),
-                                        sweep_mode="fanout", sweep_queue_url=url))
+    engine = kit_factory(adopt_existing=True, org_id=org,
+                         adopt_regions=(REGION, OTHER_REGION),
+                         sweep_mode="fanout", sweep_queue_url=url)
     out = fanout.schedule(engine, remaining=lambda: 900.0)
     assert sorted(out["queued"]) == sorted([f"{ACCOUNT}/{REGION}/own", f"{member}/{REGION}/shop",
                                             f"{member}/{OTHER_REGION}/search"])
@@ -390,15 +330,13 @@ def test_the_fan_out_schedule_adopts_across_the_organizations_accounts(moto_env)
     got = boto3.client("sqs").receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
     result = fanout.work(engine, [(m["MessageId"], m["Body"]) for m in got], lambda: 900.0)
     assert sorted(result["adopted"]) == sorted(out["queued"]) and result["failed"] == []
-    assert queues(member_session(member, OTHER_REGION)) == ["kip-search"]
+    assert queues(other_account_session(member, OTHER_REGION)) == ["kip-search"]
 
 
-def test_org_check_that_organizations_refuses_is_403_never_allowed(moto_env):
-    from chalicelib import errors
-    from tests.support.drive import make_kit
+def test_org_check_that_organizations_refuses_is_403_never_allowed(kit_factory):
     Strict("organizations", "DescribeAccount", "json", "AccessDeniedException",
            "not the management account", times=99)
-    engine = make_kit(dataclasses.replace(moto_env, org_id="o-abcdefghij"))
+    engine = kit_factory(org_id="o-abcdefghij")
     with pytest.raises(errors.Forbidden) as exc:
         drive.identity(engine, "shop", MEMBER)
     assert "delegated administrator" in exc.value.message

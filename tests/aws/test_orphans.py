@@ -1,18 +1,11 @@
 """A cluster deleted in EKS while its DeleteCluster event was missed: the sweep retires it."""
 from __future__ import annotations
 
-import dataclasses
-
 import boto3
 
 from chalicelib.core.spec import ClusterRequest
-from tests.conftest import Clock, make_cluster, make_role
+from tests.support.world import make_cluster, make_role
 from tests.support import drive
-
-
-def engine(settings, clock, **overrides):
-    from tests.support.drive import make_kit
-    return make_kit(dataclasses.replace(settings, **overrides), clock=clock)
 
 
 def orphan(name: str, eng) -> None:
@@ -22,9 +15,8 @@ def orphan(name: str, eng) -> None:
     boto3.client("eks").delete_cluster(name=name)        # ...and the event never came
 
 
-def test_the_sweep_retires_a_record_whose_cluster_is_gone_after_the_grace(moto_env):
-    clock = Clock()
-    eng = engine(moto_env, clock, orphan_grace_minutes=30)
+def test_the_sweep_retires_a_record_whose_cluster_is_gone_after_the_grace(kit_factory, clock):
+    eng = kit_factory(clock, orphan_grace_minutes=30)
     orphan("gone", eng)
     # first sweep: noted, nothing removed, no error line every run
     summary = drive.sweep(eng)
@@ -46,16 +38,15 @@ def test_the_sweep_retires_a_record_whose_cluster_is_gone_after_the_grace(moto_e
     assert drive.page(eng)[0] == []
 
 
-def test_grace_zero_retires_on_the_first_sweep_that_sees_it(moto_env):
-    eng = engine(moto_env, Clock(), orphan_grace_minutes=0)
+def test_grace_zero_retires_on_the_first_sweep_that_sees_it(kit_factory, clock):
+    eng = kit_factory(clock, orphan_grace_minutes=0)
     orphan("gone", eng)
     assert drive.sweep(eng)["orphans"][0]["state"] == "torn_down"
     assert drive.page(eng)[0] == []
 
 
-def test_a_cluster_that_comes_back_clears_the_mark(moto_env):
-    clock = Clock()
-    eng = engine(moto_env, clock)
+def test_a_cluster_that_comes_back_clears_the_mark(kit_factory, clock):
+    eng = kit_factory(clock)
     orphan("flaky", eng)
     drive.sweep(eng)
     make_cluster("flaky")

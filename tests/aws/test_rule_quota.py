@@ -1,7 +1,6 @@
 """Fleet density: the EventBridge rule quota is checked before a new cluster's rule is created."""
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import boto3
@@ -10,14 +9,9 @@ import pytest
 from chalicelib import aws, errors
 from chalicelib.core import quota
 from chalicelib.core.spec import ClusterRequest
-from tests.conftest import make_cluster, make_role
-from tests.reliability.harness import FAULT_URL, _Raw
+from tests.support.faults import FAULT_URL, Raw
+from tests.support.world import make_cluster, make_role
 from tests.support import drive
-
-
-def engine_with(settings, **overrides):
-    from tests.support.drive import make_kit
-    return make_kit(dataclasses.replace(settings, **overrides))
 
 
 def other_rules(n: int) -> None:
@@ -38,10 +32,10 @@ def calls(name: str) -> list:
     return seen
 
 
-def test_a_new_rule_that_would_eat_the_reserve_is_refused_before_anything_is_created(moto_env):
+def test_a_new_rule_that_would_eat_the_reserve_is_refused_before_anything_is_created(kit_factory):
     clusters("a")
     other_rules(5)
-    eng = engine_with(moto_env, rule_quota=25, rule_reserve=20)
+    eng = kit_factory(rule_quota=25, rule_reserve=20)
     with pytest.raises(quota.RuleQuotaExceeded) as err:
         drive.provision(eng, ClusterRequest(cluster_name="a"))
     e = err.value
@@ -54,18 +48,18 @@ def test_a_new_rule_that_would_eat_the_reserve_is_refused_before_anything_is_cre
         drive.describe(eng, drive.identity(eng, "a"))
 
 
-def test_clusters_that_have_their_rule_are_not_affected_by_a_full_quota(moto_env):
+def test_clusters_that_have_their_rule_are_not_affected_by_a_full_quota(kit_factory):
     clusters("a")
-    eng = engine_with(moto_env, rule_quota=25, rule_reserve=20)
+    eng = kit_factory(rule_quota=25, rule_reserve=20)
     drive.provision(eng, ClusterRequest(cluster_name="a"))
     other_rules(10)
     assert drive.reconcile(eng, drive.identity(eng, "a")).record["status"] == "ready"
 
 
-def test_the_count_is_read_once_per_account_region_and_kept_up_to_date(moto_env):
+def test_the_count_is_read_once_per_account_region_and_kept_up_to_date(kit_factory):
     clusters("a", "b", "c")
     listed = calls("ListRules")
-    eng = engine_with(moto_env, rule_quota=23, rule_reserve=20)   # room for 3 rules in all
+    eng = kit_factory(rule_quota=23, rule_reserve=20)   # room for 3 rules in all
     other_rules(1)
     drive.provision(eng, ClusterRequest(cluster_name="a"))
     drive.provision(eng, ClusterRequest(cluster_name="b"))
@@ -74,17 +68,17 @@ def test_the_count_is_read_once_per_account_region_and_kept_up_to_date(moto_env)
     assert len(listed) == 1
 
 
-def test_service_quotas_wins_when_it_can_be_read(moto_env):
+def test_service_quotas_wins_when_it_can_be_read(kit_factory):
     def answer(request, **_):
         url, request.url = request.url, FAULT_URL
         from botocore.awsrequest import AWSResponse
         body = json.dumps({"Quota": {"ServiceCode": "events", "QuotaCode": "L-244521F2",
                                      "Value": 8.0}}).encode()
-        return AWSResponse(url, 200, {"Content-Type": "application/x-amz-json-1.1"}, _Raw(body))
+        return AWSResponse(url, 200, {"Content-Type": "application/x-amz-json-1.1"}, Raw(body))
     aws.add_hook("before-send.service-quotas.GetServiceQuota", answer)
     clusters("a")
     other_rules(3)
-    eng = engine_with(moto_env, rule_quota=500, rule_reserve=5)
+    eng = kit_factory(rule_quota=500, rule_reserve=5)
     with pytest.raises(quota.RuleQuotaExceeded) as err:
         drive.provision(eng, ClusterRequest(cluster_name="a"))
     assert "3 of 8 in use (Service Quotas)" in err.value.message

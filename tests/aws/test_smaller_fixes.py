@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from chalicelib import aws
-from tests.conftest import ACCOUNT, REGION
+from tests.support.clock import Clock
+from tests.support.world import ACCOUNT, REGION
 
 SLOW, QUICK = "111111111111", "222222222222"
 WAIT = 30       # a bound on a wait that must end at once: only a failure ever reaches it
@@ -90,9 +91,8 @@ def _leased(reg: Any, cid: Any, current: Any = None) -> tuple:
 def test_a_holder_whose_lease_was_taken_over_can_no_longer_write(moto_env):
     from chalicelib import errors
     from chalicelib.core import naming
-    from tests.reliability.harness import FakeClock
     # given: run A holds the lease; it expires; run B takes the record over
-    clock = FakeClock()
+    clock = Clock(None)
     reg, cid = _registry(moto_env, clock), naming.ClusterId(ACCOUNT, REGION, "payments-prod")
     a_owner, a_rec = _leased(reg, cid)
     clock.advance(moto_env.lease_seconds + 1)
@@ -115,9 +115,8 @@ def test_a_holder_whose_lease_was_taken_over_can_no_longer_write(moto_env):
 
 def test_notes_without_a_lease_wait_for_a_live_lease_to_end(moto_env):
     from chalicelib.core import naming
-    from tests.reliability.harness import FakeClock
     # given: a record another run holds under a live lease, read as it is
-    clock = FakeClock()
+    clock = Clock(None)
     reg, cid = _registry(moto_env, clock), naming.ClusterId(ACCOUNT, REGION, "payments-prod")
     owner, rec = _leased(reg, cid)
     seen = reg.get(cid)
@@ -214,8 +213,7 @@ def test_two_containers_cannot_together_eat_into_the_rule_reserve(moto_env):
 
     from chalicelib.core import quota
     from chalicelib.core.spec import ClusterRequest
-    from tests.conftest import make_cluster, make_role
-    from tests.reliability.harness import FakeClock
+    from tests.support.world import make_cluster, make_role
     from tests.support import drive
     # given: room for 3 kip rules beside 1 of someone else's; two containers (kits), one table
     for name in "abcde":
@@ -224,7 +222,7 @@ def test_two_containers_cannot_together_eat_into_the_rule_reserve(moto_env):
     boto3.client("events").put_rule(Name="someone-else", EventPattern=json.dumps(
         {"source": ["x"]}))
     settings = dataclasses.replace(moto_env, rule_quota=24, rule_reserve=20)
-    clock = FakeClock()
+    clock = Clock(None)
     one, two = drive.make_kit(settings, clock), drive.make_kit(settings, clock)
 
     # when: they take turns

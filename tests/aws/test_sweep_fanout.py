@@ -2,14 +2,22 @@
 reconciles them and reports only retryable failures (ReportBatchItemFailures)."""
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 
 import boto3
 import pytest
 
-from tests.conftest import ACCOUNT, REGION, make_cluster, make_role, put_metric
+import app as service_app
+from chalicelib import aws, errors
+from chalicelib.aws import worklist
+from chalicelib.usecases import clusters, fanout as fan
 from tests.support import drive
+from tests.support.drive import make_kit
+from tests.support.faults import Strict
+from tests.support.world import ACCOUNT, REGION, make_cluster, make_role, put_metric
+
 
 SCHEDULED = {"version": "0", "id": "x", "detail-type": "Scheduled Event", "source": "aws.events",
              "account": ACCOUNT, "time": "2026-11-20T10:00:00Z", "region": REGION,
@@ -19,8 +27,6 @@ SCHEDULED = {"version": "0", "id": "x", "detail-type": "Scheduled Event", "sourc
 @pytest.fixture
 def fanout(api, moto_env, monkeypatch):
     """app and engine in fanout mode, on a work queue in moto."""
-    import app as service_app
-    from chalicelib.aws import worklist
     url = worklist.create_work_queue(moto_env, "kip_sweep-test")
     settings = dataclasses.replace(moto_env, sweep_mode="fanout", sweep_queue_url=url)
     monkeypatch.setattr(service_app, "settings", settings)
@@ -52,8 +58,6 @@ def drain(url: str) -> list[dict]:
 
 
 def test_schedule_queues_one_item_per_record(api, fanout, monkeypatch):
-    import app as service_app
-    from chalicelib.usecases import fanout as fan
     monkeypatch.setattr(fan, "PAGE", 10)             # several pages, several batches
     keys = seed(service_app._kit, 25)
     summary = api.lambda_.invoke("reconcile_all", SCHEDULED).payload
@@ -64,8 +68,6 @@ def test_schedule_queues_one_item_per_record(api, fanout, monkeypatch):
 
 def test_a_schedule_out_of_time_leaves_a_continuation_the_worker_resumes(api, fanout,
                                                                         monkeypatch):
-    import app as service_app
-    from chalicelib.usecases import fanout as fan
     monkeypatch.setattr(fan, "PAGE", 10)
     engine = service_app._kit
     keys = seed(engine, 25)
@@ -84,9 +86,6 @@ def test_a_schedule_out_of_time_leaves_a_continuation_the_worker_resumes(api, fa
 
 
 def test_entries_sqs_refuses_with_http_200_are_resent(api, fanout):
-    import app as service_app
-    from chalicelib import aws
-    from chalicelib.usecases import fanout as fan
     engine = service_app._kit
     keys = seed(engine, 12)
     refused = []
@@ -106,8 +105,6 @@ def test_entries_sqs_refuses_with_http_200_are_resent(api, fanout):
 
 
 def test_worker_repairs_and_reports_only_retryable_failures(api, fanout, monkeypatch):
-    import app as service_app
-    from chalicelib import errors
     make_cluster("drifted")
     make_role("KarpenterController-drifted")
     assert api.http.post("/clusters", body=json.dumps({"cluster_name": "drifted"}),
@@ -115,7 +112,6 @@ def test_worker_repairs_and_reports_only_retryable_failures(api, fanout, monkeyp
     names = drive.describe(service_app._kit, drive.identity(service_app._kit, "drifted")).names
     rule = names.get("rule") or sorted(names["rules"].values())[0]
     boto3.client("events").remove_targets(Rule=rule, Ids=["KarpenterInterruptionQueueTarget"])
-    from chalicelib.usecases import clusters
     real = clusters.reconcile
 
     def flaky(kit, cid, **kw):
@@ -138,8 +134,6 @@ def test_worker_repairs_and_reports_only_retryable_failures(api, fanout, monkeyp
 
 
 def test_worker_hands_back_what_its_time_budget_cannot_reach(api, fanout):
-    from chalicelib.usecases import fanout as fan
-    import app as service_app
     out = fan.work(service_app._kit, [("m1", json.dumps({"kind": "reconcile",
                                                              "id": f"{ACCOUNT}/{REGION}/x"}))],
                    remaining=lambda: 1.0)
@@ -149,8 +143,6 @@ def test_worker_hands_back_what_its_time_budget_cannot_reach(api, fanout):
 def test_a_schedule_skips_its_pass_while_the_last_pass_is_still_queued(api, fanout):
     """A fleet that takes longer than the interval must not pile a second copy of every record
     behind the first: the schedule waits for the queue to drain."""
-    import app as service_app
-    from chalicelib.usecases import fanout as fan
     keys = seed(service_app._kit, 12)
     assert len(fan.schedule(service_app._kit, remaining=lambda: 900.0)["queued"]) == 12
     behind = api.lambda_.invoke("reconcile_all", SCHEDULED).payload
@@ -163,7 +155,6 @@ def test_a_schedule_skips_its_pass_while_the_last_pass_is_still_queued(api, fano
 def test_the_worker_records_each_reconciled_clusters_consumer_health(api, fanout):
     """Health is read per work item (the schedule's inline health pass stopped at 1,000
     records); a queue nobody reads turns the consumer stale on the record."""
-    import app as service_app
     engine = service_app._kit
     for name in ("quiet", "busy"):
         make_cluster(name)
@@ -187,11 +178,7 @@ def test_the_worker_records_each_reconciled_clusters_consumer_health(api, fanout
 def test_an_up_to_date_work_item_costs_ten_calls_with_its_health(api, fanout):
     """The no-op reconcile's 9 reads, and the health read reuses its queue attributes: one
     GetMetricData more, no second GetQueueAttributes."""
-    import collections
 
-    import app as service_app
-    from chalicelib import aws
-    from chalicelib.usecases import fanout as fan
     make_cluster("steady")
     make_role("KarpenterController-steady")
     assert api.http.post("/clusters", body=json.dumps({"cluster_name": "steady"}),
@@ -207,16 +194,12 @@ def test_an_up_to_date_work_item_costs_ten_calls_with_its_health(api, fanout):
 
 
 def test_a_cluster_whose_repair_fails_still_gets_its_health_read(api, fanout, monkeypatch):
-    import app as service_app
-    from chalicelib import errors
-    from chalicelib.usecases import fanout as fan
     engine = service_app._kit
     make_cluster("stuck")
     make_role("KarpenterController-stuck")
     assert api.http.post("/clusters", body=json.dumps({"cluster_name": "stuck"}),
                          headers={"Content-Type": "application/json"}).status_code == 201
 
-    from chalicelib.usecases import clusters
 
     def refused(kit, cid, **_):
         raise errors.Forbidden("an SCP denies the repair")
@@ -228,9 +211,6 @@ def test_a_cluster_whose_repair_fails_still_gets_its_health_read(api, fanout, mo
 
 
 def test_an_unreadable_queue_depth_never_stops_a_pass(api, fanout):
-    import app as service_app
-    from chalicelib.usecases import fanout as fan
-    from tests.reliability.harness import Strict
     keys = seed(service_app._kit, 3)
     Strict("sqs", "GetQueueAttributes", None, "AccessDenied", "not allowed", times=99,
            status=403)
@@ -241,9 +221,6 @@ def test_an_unreadable_queue_depth_never_stops_a_pass(api, fanout):
 def test_health_reads_the_recorded_queues_metrics_when_the_naming_has_changed(api, fanout):
     """The worker begins GetMetricData with the queue name the naming scheme gives; a record
     whose recorded queue is another (KIP_PREFIX changed since) is read again for its own."""
-    import app as service_app
-    from chalicelib.usecases import fanout as fan
-    from tests.support.drive import make_kit
     engine = service_app._kit
     make_cluster("renamed")
     make_role("KarpenterController-renamed")

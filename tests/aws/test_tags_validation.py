@@ -11,7 +11,8 @@ from chalicelib import errors
 from chalicelib.config import Settings
 from tests.support.drive import make_kit
 from chalicelib.core.spec import ClusterRequest
-from tests.conftest import REGION, Calls
+from tests.support.faults import Calls
+from tests.support.world import REGION
 from tests.support import drive
 
 JSON = {"Content-Type": "application/json"}

@@ -12,7 +12,8 @@ from chalicelib import errors
 from chalicelib.core.events import parse_eks_event
 from chalicelib.core.spec import ClusterRequest
 from chalicelib.usecases import lifecycle
-from tests.conftest import ACCOUNT, REGION, Clock, make_cluster, make_role
+from tests.support.clock import Clock
+from tests.support.world import ACCOUNT, REGION, make_cluster, make_role
 from tests.support import drive
 from tests.support.events import eks_event
 

@@ -6,11 +6,10 @@ import json
 import boto3
 import pytest
 
-from tests.conftest import ACCOUNT, REGION, load_event, make_cluster, make_role
 from tests.support import drive
+from tests.support.world import (ACCOUNT, OTHER_ACCOUNT, REGION, make_cluster, make_cluster_in,
+                                 make_role, sample)
 from tests.support.events import eks_event
-
-SAMPLE_ACCOUNT = "111122223333"      # the account in the shared CloudTrail samples
 
 
 @pytest.fixture
@@ -18,48 +17,22 @@ def client(api):
     return api
 
 
-def other_account_session(account: str) -> boto3.session.Session:
-    """Credentials in another (moto) account, as the engine gets them through STS."""
-    creds = boto3.client("sts").assume_role(
-        RoleArn=f"arn:aws:iam::{account}:role/kip-provisioner", RoleSessionName="test")["Credentials"]
-    return boto3.session.Session(aws_access_key_id=creds["AccessKeyId"],
-                                 aws_secret_access_key=creds["SecretAccessKey"],
-                                 aws_session_token=creds["SessionToken"], region_name=REGION)
-
-
-def sample(name: str) -> dict:
-    event = load_event(name)
-    event["version"] = "0"          # real EventBridge sends a string
-    return event
-
-
-def make_cluster_in(sess, name, tags=None):
-    iam, eks = sess.client("iam"), sess.client("eks")
-    trust = json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
-                        "Principal": {"Service": "eks.amazonaws.com"}, "Action": "sts:AssumeRole"}]})
-    role = iam.create_role(RoleName=f"eks-{name}", AssumeRolePolicyDocument=trust)["Role"]["Arn"]
-    eks.create_cluster(name=name, roleArn=role, tags=tags or {},
-                       resourcesVpcConfig={"subnetIds": ["subnet-0abc"]})
-    iam.create_role(RoleName=f"KarpenterController-{name}", AssumeRolePolicyDocument=trust)
-
-
 def test_create_cluster_event_provisions_in_the_events_account_through_sts(client):
     # given the cluster of the sample event, in the sample's (other) account
-    sess = other_account_session(SAMPLE_ACCOUNT)
-    make_cluster_in(sess, "payments-prod")
+    sess = make_cluster_in(OTHER_ACCOUNT, REGION, "payments-prod")
     # when
     out = client.lambda_.invoke("on_eks_event", sample("cloudtrail-eks-create-cluster.json")).payload
     # then
-    assert out == {"provisioned": f"{SAMPLE_ACCOUNT}/{REGION}/payments-prod", "status": "ready"}
+    assert out == {"provisioned": f"{OTHER_ACCOUNT}/{REGION}/payments-prod", "status": "ready"}
     assert sess.client("sqs").get_queue_url(QueueName="kip-payments-prod")["QueueUrl"]
     assert boto3.client("sqs").list_queues().get("QueueUrls", []) == []   # not in our account
-    rec = client.http.get(f"/clusters/payments-prod?account_id={SAMPLE_ACCOUNT}").json_body
+    rec = client.http.get(f"/clusters/payments-prod?account_id={OTHER_ACCOUNT}").json_body
     assert rec["source"] == "eks-event" and rec["status"] == "ready"
     # and once EKS has deleted the cluster, DeleteCluster tears it all down
     sess.client("eks").delete_cluster(name="payments-prod")
     out = client.lambda_.invoke("on_eks_event", eks_event(
-        "DeleteCluster", "payments-prod", SAMPLE_ACCOUNT, REGION)).payload
-    assert out["deleted"] == f"{SAMPLE_ACCOUNT}/{REGION}/payments-prod"
+        "DeleteCluster", "payments-prod", OTHER_ACCOUNT, REGION)).payload
+    assert out["deleted"] == f"{OTHER_ACCOUNT}/{REGION}/payments-prod"
     assert sess.client("sqs").list_queues().get("QueueUrls", []) == []
     assert sess.client("events").list_rules(NamePrefix="kip-")["Rules"] == []
     assert sess.client("iam").list_policies(Scope="Local", PathPrefix="/kip/")["Policies"] == []
@@ -115,14 +88,11 @@ def test_sweep_attaches_once_the_role_exists_and_repairs_drift(client, moto_env)
     assert boto3.client("events").list_targets_by_rule(Rule="kip-drifted-events")["Targets"]
 
 
-def test_sweep_adopts_existing_clusters_when_enabled(moto_env):
-    import dataclasses
-
-    from tests.support.drive import make_kit
+def test_sweep_adopts_existing_clusters_when_enabled(kit_factory):
     make_cluster("legacy")
     make_role("KarpenterController-legacy")
     make_cluster("private", tags={"kip.io/opt-out": "true"})
-    engine = make_kit(dataclasses.replace(moto_env, adopt_existing=True))
+    engine = kit_factory(adopt_existing=True)
     summary = drive.sweep(engine)
     assert summary["adopted"] == [f"{ACCOUNT}/{REGION}/legacy"]
     assert drive.describe(engine, drive.identity(engine, "legacy"))["source"] == "reconcile"

@@ -10,7 +10,7 @@ import time
 import boto3
 import pytest
 
-from tests.conftest import ACCOUNT, REGION, make_cluster, make_role
+from tests.support.world import ACCOUNT, REGION, make_cluster, make_role
 from tests.support.events import eks_event
 
 CLUSTER = "payments-prod"

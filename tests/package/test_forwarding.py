@@ -18,11 +18,11 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from tests.org.test_member_stack import (HUB_BUS, HUB_BUS_NAME, HUB_REGION,
+from tests.support.org import (HUB_BUS, HUB_BUS_NAME, HUB_REGION,
                                          MEMBER_ACCOUNT, PRIMARY, deploy_member,
                                          put_on_default_bus, received, sample)
-from tests.org.templates import HUB
-from tests.package.conftest import CODE_BUCKET, STACK, for_moto
+from tests.support.templates import HUB
+from tests.support.package import CODE_BUCKET, STACK, for_moto
 
 pytestmark = pytest.mark.xdist_group("package")
 

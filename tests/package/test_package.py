@@ -22,7 +22,7 @@ import boto3
 import pytest
 
 from scripts import package as pkg
-from tests.package.conftest import (CODE_BUCKET, MOTO_SKIPS, REGION, ROOT, STACK, for_moto,
+from tests.support.package import (CODE_BUCKET, MOTO_SKIPS, REGION, ROOT, STACK, for_moto,
                                     free_port)
 
 pytestmark = pytest.mark.xdist_group("package")

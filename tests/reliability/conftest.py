@@ -4,12 +4,15 @@ optional JSON-lines log of every outcome that scripts/reliability_report.py turn
 docs/RELIABILITY.md."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
 import pytest
 
-from tests.reliability import harness
+from tests.support.drive import make_kit
+from tests.support.scenario import (BACKOFF_LOG, TRANSIENT, enumerate_calls, matrix_cases,
+                                    world)
 
 RESULTS_ENV = "KIP_RELIABILITY_RESULTS"
 
@@ -39,14 +42,14 @@ def _ids(case: tuple) -> str:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Every AWS call of a clean provision / reconcile / teardown, times each fault class."""
     wanted = {
-        "transient_case": harness.TRANSIENT,
+        "transient_case": TRANSIENT,
         "hard_case": ("hard",),
         "crash_case": ("crash",),
         "lost_case": ("lost_response",),
     }
     for fixture, kinds in wanted.items():
         if fixture in metafunc.fixturenames:
-            cases = harness.matrix_cases(kinds)
+            cases = matrix_cases(kinds)
             metafunc.parametrize(fixture, cases, ids=[_ids(c) for c in cases])
 
 
@@ -56,18 +59,18 @@ def fast_backoff(monkeypatch: pytest.MonkeyPatch, record_property):
     """Keep botocore's own retry logic, but sleep a thousandth of the delay it computes.
 
     This patches the library (botocore.retries.standard.ExponentialBackoff), never our code; the
-    delays botocore would have slept are kept in harness.BACKOFF_LOG for the report."""
+    delays botocore would have slept are kept in BACKOFF_LOG for the report."""
     from botocore.retries import standard
     original = standard.ExponentialBackoff.delay_amount
 
     def delay_amount(self, context):  # type: ignore[no-untyped-def]
         delay = original(self, context)
-        harness.BACKOFF_LOG.append(delay)
+        BACKOFF_LOG.append(delay)
         return delay * BACKOFF_SCALE
     monkeypatch.setattr(standard.ExponentialBackoff, "delay_amount", delay_amount)
-    start = len(harness.BACKOFF_LOG)
+    start = len(BACKOFF_LOG)
     yield
-    computed = harness.BACKOFF_LOG[start:]
+    computed = BACKOFF_LOG[start:]
     if computed:
         record_property("backoff", {"retries": len(computed), "seconds": round(sum(computed), 3)})
 
@@ -76,23 +79,25 @@ def fast_backoff(monkeypatch: pytest.MonkeyPatch, record_property):
 def sc():
     """A fresh moto world (records table, tap installed) for the cluster payments-prod."""
     from chalicelib.config import get_settings
-    harness.enumerate_calls()     # the clean reference runs in worlds of its own: do it first
+    enumerate_calls()     # the clean reference runs in worlds of its own: do it first
     get_settings.cache_clear()
-    with harness.world() as scenario:
+    with world() as scenario:
         yield scenario
     get_settings.cache_clear()
 
 
 @pytest.fixture
-def api(sc):
-    """chalice.test.Client on the app, with the scenario's engine."""
-    from chalice.test import Client
-
-    import app as service_app
-    service_app._kit = sc.engine()
-    with Client(service_app.app, stage_name="local") as client:
-        yield client
-    service_app._kit = None
+def kit_factory(sc):
+    """Kits on the scenario's world: its settings (changed as asked), its clock, its tap; the root
+    fixtures ``engine``, ``api`` and ``api_with`` use this one here."""
+    def make(clock=None, **overrides):
+        if clock is None and not overrides:
+            return sc.engine()
+        settings = dataclasses.replace(sc.settings, **overrides)
+        kit = make_kit(settings, clock=clock or sc.clock)
+        sc._engines.append(kit)          # shut down with the world
+        return kit
+    return make
 
 
 @pytest.fixture(scope="session")

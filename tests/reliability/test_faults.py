@@ -2,7 +2,7 @@
 throttling, server errors, timeouts, hard failures, crashes and lost responses.
 
 The calls are enumerated by running the clean phases with a recording hook
-(harness.enumerate_calls), so a new AWS call in the code is covered without editing this file.
+(enumerate_calls), so a new AWS call in the code is covered without editing this file.
 Faults are injected through botocore event hooks registered with chalicelib.aws.add_hook;
 retries are botocore's own.
 """
@@ -12,19 +12,21 @@ import pytest
 
 from chalicelib import errors
 from chalicelib.core import naming
-from tests.reliability import harness
-from tests.reliability.harness import RECORD_WRITES, Fault, operation_of, snake
+from tests.support.faults import RECORD_WRITES, Fault, operation_of, snake
+from tests.support.scenario import enumerate_calls, reliability_settings, world
+from tests.support.snapshots import diff, from_ddb, nothing_left
+from tests.support.world import CLUSTER, REGION, ROLE, plain
 from tests.support import drive
 
 JSON = {"Content-Type": "application/json"}
 
 
 def _reference(phase: str) -> dict:
-    return harness.enumerate_calls()[phase]
+    return enumerate_calls()[phase]
 
 
 def _converged(sc, phase: str) -> list[str]:
-    return harness.diff(_reference(phase)["reference"], sc.snapshot())
+    return diff(_reference(phase)["reference"], sc.snapshot())
 
 
 def _matrix(record_property, phase: str, label: str, fault: str, outcome: str,
@@ -255,7 +257,7 @@ def test_hard_failure_over_http_is_502_naming_the_step_and_the_record_says_so(sc
     assert err["code"] == "AwsCallFailed" and "events:PutTargets" in err["step"]
     assert err["record"]["status"] == "failed"
     assert err["record"]["last_error"]["call"] == "put_targets"
-    got = api.http.get(f"/clusters/{harness.CLUSTER}").json_body
+    got = api.http.get(f"/clusters/{CLUSTER}").json_body
     assert got["status"] == "failed" and got["last_error"]["step"] == "targets"
     again = api.http.post("/clusters", body=sc.request().model_dump_json(exclude_none=True),
                           headers=JSON)
@@ -277,7 +279,7 @@ def test_record_write_failure_does_not_orphan_the_resources(sc):
     sc.expire_lease()
     out = sc.run("provision")
     assert out.record["status"] == "ready"
-    assert not harness.diff(_reference("provision")["reference"], sc.snapshot())
+    assert not diff(_reference("provision")["reference"], sc.snapshot())
     assert [a for a in out.actions if a["kind"] == "create"] == [], \
         "resources that exist and are ours must be adopted, not created again"
 
@@ -285,25 +287,25 @@ def test_record_write_failure_does_not_orphan_the_resources(sc):
 def test_teardown_without_a_record_finds_this_clusters_tagged_resources(sc):
     # given a provisioned cluster whose record is lost
     sc.setup("teardown")
-    harness.plain("dynamodb").delete_item(
+    plain("dynamodb").delete_item(
         TableName=sc.settings.table_name, Key={"id": {"S": sc.cid.key}})
     # when it is torn down
     out = sc.run("teardown")
     # then everything tagged as this cluster's is gone, and nothing else was touched
     assert {a["call"] for a in out.actions} >= {"delete_queue", "delete_rule", "delete_policy",
                                                  "detach_role_policy"}
-    assert harness.nothing_left(sc.snapshot()) == []
-    assert harness.ROLE in sc.snapshot()["roles"]
+    assert nothing_left(sc.snapshot()) == []
+    assert ROLE in sc.snapshot()["roles"]
 
 
 def test_lost_record_then_provision_adopts_instead_of_duplicating(sc):
     sc.setup("teardown")
-    harness.plain("dynamodb").delete_item(
+    plain("dynamodb").delete_item(
         TableName=sc.settings.table_name, Key={"id": {"S": sc.cid.key}})
     out = sc.run("provision")
     assert out.record["status"] == "ready"
     assert not [a for a in out.actions if a["kind"] == "create"], out.actions
-    assert not harness.diff(_reference("provision")["reference"], sc.snapshot())
+    assert not diff(_reference("provision")["reference"], sc.snapshot())
 
 
 def test_failed_teardown_record_lists_what_still_exists(sc):
@@ -334,27 +336,27 @@ def test_reconcile_after_a_crashed_teardown_finishes_the_teardown(sc):
     except errors.KipError as exc:     # refusing would also be acceptable
         assert exc.status == 409, exc
         return
-    left = harness.nothing_left(sc.snapshot())
+    left = nothing_left(sc.snapshot())
     assert not left, ("reconcile of a cluster being deleted re-created it: "
                       f"{len(left)} resources exist, record {sc.record()['status']!r}")
 
 
 def test_adaptive_retry_mode_also_retries_throttling(record_property):
     """The deployed stages use KIP_RETRY_MODE=adaptive; its throttles are retried too."""
-    settings = harness.reliability_settings(retry_mode="adaptive")
-    with harness.world(settings) as sc:
+    settings = reliability_settings(retry_mode="adaptive")
+    with world(settings) as sc:
         sc.setup("provision")
         # (adaptive mode also slows the client down after a throttle: one call, one throttle)
         sc.tap.arm(Fault("throttle", "iam:CreatePolicy", times=1))
         out = sc.run("provision")
         sc.tap.disarm()
         from chalicelib import aws
-        cfg = aws.client("iam", None, harness.REGION, settings).meta.config.retries
+        cfg = aws.client("iam", None, REGION, settings).meta.config.retries
         assert cfg["mode"] == "adaptive"
         assert out.record["status"] == "ready"
         assert sc.tap.injected["iam:CreatePolicy"] == 1
         assert sc.tap.sends["iam:CreatePolicy"] == 2
-        assert not harness.diff(_reference("provision")["reference"], sc.snapshot())
+        assert not diff(_reference("provision")["reference"], sc.snapshot())
 
 
 def test_names_are_recorded_before_any_aws_write(sc):
@@ -364,10 +366,10 @@ def test_names_are_recorded_before_any_aws_write(sc):
 
     def first_write(**_):
         if "rec" not in seen:     # read with a client the tap does not see
-            item = harness.plain("dynamodb").get_item(
+            item = plain("dynamodb").get_item(
                 TableName=sc.settings.table_name, Key={"id": {"S": sc.cid.key}},
                 ConsistentRead=True).get("Item")
-            seen["rec"] = harness.from_ddb(item)
+            seen["rec"] = from_ddb(item)
     from chalicelib import aws
     aws.add_hook("before-call.sqs.CreateQueue", first_write)
     sc.run("provision")

@@ -15,7 +15,8 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.reliability import harness
+from tests.support.snapshots import diff
+from tests.support.world import CLUSTER, make_cluster, make_role
 
 JSON = {"Content-Type": "application/json"}
 ARABIC_ACCOUNT = "\u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668\u0669\u0660\u0661\u0662"
@@ -186,7 +187,7 @@ def test_path_parameters_are_validated(sc, api, method, suffix, name, record_pro
     record_property("hostile", {"case": f"{method} /clusters/{{{name}}}{suffix}",
                                 "status": resp.status_code})
     assert_refused(resp)
-    assert not harness.diff(before, sc.snapshot()), "a refused request changed something"
+    assert not diff(before, sc.snapshot()), "a refused request changed something"
 
 
 QUERIES = {
@@ -206,12 +207,12 @@ def test_identity_query_parameters_are_validated(sc, api, method, suffix, query,
                                                  record_property):
     sc.setup("teardown" if method == "DELETE" else "provision")
     before = sc.snapshot()
-    resp = api.http.request(method, f"/clusters/{harness.CLUSTER}{suffix}?{QUERIES[query]}",
+    resp = api.http.request(method, f"/clusters/{CLUSTER}{suffix}?{QUERIES[query]}",
                             headers=JSON, body=b"")
     record_property("hostile", {"case": f"{method} /clusters/{{name}}{suffix}?{query}",
                                 "status": resp.status_code})
     assert_refused(resp, statuses={400})
-    assert not harness.diff(before, sc.snapshot()), "a refused request changed something"
+    assert not diff(before, sc.snapshot()), "a refused request changed something"
 
 
 RECONCILE_BODIES = {
@@ -230,12 +231,12 @@ RECONCILE_BODIES = {
 def test_reconcile_refuses_hostile_bodies(sc, api, name, record_property):
     sc.setup("reconcile")                 # drifted: a reconcile that slips through would repair
     before = sc.snapshot()
-    resp = api.http.post(f"/clusters/{harness.CLUSTER}/reconcile", headers=JSON,
+    resp = api.http.post(f"/clusters/{CLUSTER}/reconcile", headers=JSON,
                          body=RECONCILE_BODIES[name])
     record_property("hostile", {"case": f"POST /clusters/{{name}}/reconcile {name}",
                                 "status": resp.status_code})
     assert_refused(resp, statuses={400})
-    assert not harness.diff(before, sc.snapshot())
+    assert not diff(before, sc.snapshot())
 
 
 LIST_QUERIES = {
@@ -301,7 +302,7 @@ def test_decoded_path_parameters_are_validated(sc, api, method, suffix, name, re
                                 "status": out["statusCode"]})
     assert out["statusCode"] == 400, f"{out['statusCode']}: {str(body)[:300]}"
     assert error_shape_problem(out["statusCode"], body) is None
-    assert not harness.diff(before, sc.snapshot())
+    assert not diff(before, sc.snapshot())
 
 
 def test_role_arn_of_another_partition_and_account_are_refused_with_field(sc, api):
@@ -309,7 +310,7 @@ def test_role_arn_of_another_partition_and_account_are_refused_with_field(sc, ap
     for role in ("arn:aws-us-gov:iam::123456789012:role/KarpenterController-payments-prod",
                  "arn:aws:iam::999999999999:role/KarpenterController-payments-prod"):
         resp = api.http.post("/clusters", headers=JSON, body=json.dumps(
-            {"cluster_name": harness.CLUSTER, "controller_role": role}))
+            {"cluster_name": CLUSTER, "controller_role": role}))
         err = assert_refused(resp, statuses={400})
         assert err["field"] == "controller_role"
     assert_nothing_created(sc)
@@ -338,8 +339,8 @@ def test_fuzz_the_live_api_from_its_openapi_document(stack, record_property):
 
     with stack.environ():                     # some valid requests reach real provisioning
         for name in ("fuzz-a", "fuzz-b"):
-            harness.make_cluster(name)
-            harness.make_role(f"KarpenterController-{name}")
+            make_cluster(name)
+            make_role(f"KarpenterController-{name}")
     doc = requests.get(f"{stack.api_url}/openapi.json", timeout=30).json()
     schema = schemathesis.openapi.from_dict(doc)
     statuses: Counter = Counter()

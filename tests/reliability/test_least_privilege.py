@@ -20,10 +20,11 @@ import pytest
 
 from chalicelib import errors
 from chalicelib.core import naming, policies
-from tests.support.drive import make_kit
 from chalicelib.core.spec import ClusterRequest
-from tests.reliability import harness
-from tests.reliability.harness import ACCOUNT, REGION
+from tests.support.faults import operation_of, service_of
+from tests.support.scenario import KMS_ALIAS, reliability_settings, world
+from tests.support.snapshots import diff, owned_by, snapshot
+from tests.support.world import ACCOUNT, CLUSTER, REGION, ROLE, make_cluster, make_role, plain
 from tests.support import drive
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -47,7 +48,7 @@ def _grants(document: dict) -> set[tuple]:
 
 
 def _provision(sc, **request) -> object:
-    return drive.provision(sc.engine(), ClusterRequest(cluster_name=harness.CLUSTER, **request))
+    return drive.provision(sc.engine(), ClusterRequest(cluster_name=CLUSTER, **request))
 
 
 # ----------------------------------------------------------------------------- documents
@@ -59,7 +60,7 @@ def test_controller_policy_is_exactly_three_sqs_actions_on_the_queue(sc, record_
     doc = pol["document"]
     assert _grants(doc) == {("Allow", a, sc.names.queue_arn) for a in SQS_ACTIONS}, doc
     assert all("Condition" not in st for st in doc["Statement"])
-    assert pol["roles"] == [harness.ROLE], "attached to exactly the controller role"
+    assert pol["roles"] == [ROLE], "attached to exactly the controller role"
     record_property("least_privilege", {"check": "controller policy (no KMS key)",
                                         "result": "exactly sqs:DeleteMessage, sqs:GetQueueUrl, "
                                                   "sqs:ReceiveMessage on the queue ARN; "
@@ -69,12 +70,12 @@ def test_controller_policy_is_exactly_three_sqs_actions_on_the_queue(sc, record_
 def test_controller_policy_with_a_customer_key_adds_only_kms_decrypt_on_that_key(sc,
                                                                                 record_property):
     sc.setup("provision")
-    _provision(sc, kms_key_id=harness.KMS_ALIAS)          # an alias: resolved to the key ARN
-    doc = harness.snapshot(sc.settings.table_name)["policies"][sc.names.policy]["document"]
+    _provision(sc, kms_key_id=KMS_ALIAS)          # an alias: resolved to the key ARN
+    doc = snapshot(sc.settings.table_name)["policies"][sc.names.policy]["document"]
     expected = {("Allow", a, sc.names.queue_arn) for a in SQS_ACTIONS}
     expected.add(("Allow", "kms:Decrypt", sc.kms_arn))
     assert _grants(doc) == expected, doc
-    queue = harness.snapshot(sc.settings.table_name)["queues"][sc.names.queue]["attributes"]
+    queue = snapshot(sc.settings.table_name)["queues"][sc.names.queue]["attributes"]
     assert queue["KmsMasterKeyId"] == sc.kms_arn
     record_property("least_privilege", {"check": "controller policy (customer KMS key)",
                                         "result": "the three SQS actions on the queue ARN + "
@@ -129,28 +130,28 @@ def test_a_role_outside_the_allowed_pattern_is_403_and_nothing_is_created(sc, ap
                                                                          record_property):
     sc.setup("provision")
     name = role.rsplit("/", 1)[-1]
-    harness.make_role(name)
+    make_role(name)
     resp = api.http.post("/clusters", headers=JSON,
-                         body=json.dumps({"cluster_name": harness.CLUSTER,
+                         body=json.dumps({"cluster_name": CLUSTER,
                                           "controller_role": role}))
     assert resp.status_code == 403, resp.body
     assert resp.json_body["error"]["field"] == "controller_role"
     assert sc.leftovers() == [], "a refused request created something"
-    assert harness.plain("iam").list_attached_role_policies(RoleName=name)[
+    assert plain("iam").list_attached_role_policies(RoleName=name)[
         "AttachedPolicies"] == []
     record_property("least_privilege", {"check": f"controller_role {role!r}",
                                         "result": "403 Forbidden, nothing created"})
 
 
 def test_a_custom_role_pattern_refuses_the_default_role(record_property):
-    settings = harness.reliability_settings(role_pattern="eks-*-karpenter")
-    with harness.world(settings) as sc:
+    settings = reliability_settings(role_pattern="eks-*-karpenter")
+    with world(settings) as sc:
         sc.setup("provision")
         with pytest.raises(errors.Forbidden):
             sc.run("provision")
         assert sc.leftovers() == []
-        harness.make_role("eks-payments-prod-karpenter")
-        out = drive.provision(sc.engine(), ClusterRequest(cluster_name=harness.CLUSTER,
+        make_role("eks-payments-prod-karpenter")
+        out = drive.provision(sc.engine(), ClusterRequest(cluster_name=CLUSTER,
                                                    controller_role="eks-payments-prod-karpenter"))
         assert out.record["resources"]["attachment"]["role_name"] == "eks-payments-prod-karpenter"
     record_property("least_privilege", {"check": "KIP_ROLE_PATTERN=eks-*-karpenter",
@@ -162,7 +163,7 @@ def test_a_custom_role_pattern_refuses_the_default_role(record_property):
 
 def _arn_of(label: str, params: dict, sc, table: str) -> str | None:
     """The resource IAM authorizes a call against (None: no resource-level check)."""
-    service, op = harness.service_of(label), harness.operation_of(label)
+    service, op = service_of(label), operation_of(label)
     p = "aws"
     if service == "sts":
         return None if op == "GetCallerIdentity" else params.get("RoleArn")
@@ -334,14 +335,14 @@ def _cid(name: str, region: str = REGION) -> naming.ClusterId:
 
 
 def _state_of(sc, cid: naming.ClusterId) -> dict:
-    snap = harness.snapshot(sc.settings.table_name, region=cid.region)
-    return harness.owned_by(snap, cid.key)
+    snap = snapshot(sc.settings.table_name, region=cid.region)
+    return owned_by(snap, cid.key)
 
 
 def _provision_cluster(sc, name: str, region: str = REGION):
-    harness.make_cluster(name, region)
-    harness.make_role(f"KarpenterController-{name}")
-    return drive.provision(make_kit(sc.settings, clock=sc.clock), 
+    make_cluster(name, region)
+    make_role(f"KarpenterController-{name}")
+    return drive.provision(sc.engine(), 
         ClusterRequest(cluster_name=name, region=region))
 
 
@@ -349,12 +350,12 @@ def test_two_100_char_names_differing_at_the_end_never_touch_each_other(sc, reco
     a = "a" * 99 + "1"
     b = "a" * 99 + "2"
     sc.tap.reset()
-    harness.make_cluster(a)
-    harness.make_cluster(b)
+    make_cluster(a)
+    make_cluster(b)
     # the role names would be longer than 64: name shorter roles in the request
-    harness.make_role("KarpenterController-long-a")
-    harness.make_role("KarpenterController-long-b")
-    engine = make_kit(sc.settings, clock=sc.clock)
+    make_role("KarpenterController-long-a")
+    make_role("KarpenterController-long-b")
+    engine = sc.engine()
     drive.provision(engine, ClusterRequest(cluster_name=a, controller_role="KarpenterController-long-a"))
     a_before = _state_of(sc, _cid(a))
     drive.provision(engine, ClusterRequest(cluster_name=b, controller_role="KarpenterController-long-b"))
@@ -367,10 +368,10 @@ def test_two_100_char_names_differing_at_the_end_never_touch_each_other(sc, reco
     assert not flat(na) & flat(nb), flat(na) & flat(nb)
     assert len(a_before["queues"]) == 2 and len(b_before["queues"]) == 2
     # provisioning b changed nothing of a's
-    assert not harness.diff(a_before, {**_state_of(sc, _cid(a))})
+    assert not diff(a_before, {**_state_of(sc, _cid(a))})
     # tearing a down leaves b exactly as it was
     drive.teardown(engine, _cid(a))
-    assert not harness.diff(b_before, _state_of(sc, _cid(b)))
+    assert not diff(b_before, _state_of(sc, _cid(b)))
     a_after = _state_of(sc, _cid(a))
     assert not (a_after["queues"] or a_after["rules"] or a_after["policies"] or a_after["record"])
     record_property("least_privilege", {"check": "two 100-char names differing at the end",
@@ -382,7 +383,7 @@ def test_resources_tagged_for_another_cluster_are_never_touched(sc, record_prope
     sc.setup("provision")
     other = _cid("someone-else")
     tags = naming.ownership_tags(other)
-    sqs, events = harness.plain("sqs"), harness.plain("events")
+    sqs, events = plain("sqs"), plain("events")
     url = sqs.create_queue(QueueName=sc.names.queue, Attributes={"VisibilityTimeout": "42"},
                            tags=tags)["QueueUrl"]
     spot = sc.names.rule
@@ -392,7 +393,7 @@ def test_resources_tagged_for_another_cluster_are_never_touched(sc, record_prope
     # provisioning refuses before any write
     with pytest.raises(errors.ResourceNotOwned):
         sc.run("provision")
-    assert not harness.diff(before, sc.snapshot())
+    assert not diff(before, sc.snapshot())
     # teardown (no record) skips them and touches nothing
     try:
         out = sc.run("teardown")
@@ -400,7 +401,7 @@ def test_resources_tagged_for_another_cluster_are_never_touched(sc, record_prope
     except errors.RecordNotFound as exc:
         skipped = {s["name"] for s in (exc.extra.get("skipped") or [])}
     assert {sc.names.queue, spot} <= skipped
-    assert not harness.diff(before, sc.snapshot())
+    assert not diff(before, sc.snapshot())
     assert sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["VisibilityTimeout"])[
         "Attributes"]["VisibilityTimeout"] == "42"
     record_property("least_privilege", {"check": "same-named resources tagged for another "
@@ -412,13 +413,13 @@ def test_resources_tagged_for_another_cluster_are_never_touched(sc, record_prope
 def test_same_cluster_name_in_two_regions_are_isolated(sc, record_property):
     sc.tap.reset()
     _provision_cluster(sc, "shared-name", REGION)
-    harness.make_cluster("shared-name", "us-east-1")
-    drive.provision(make_kit(sc.settings, clock=sc.clock), 
+    make_cluster("shared-name", "us-east-1")
+    drive.provision(sc.engine(), 
         ClusterRequest(cluster_name="shared-name", region="us-east-1"))
     east_before = _state_of(sc, _cid("shared-name", "us-east-1"))
     assert len(east_before["policies"]) == 1 and east_before["attachments"]
-    drive.teardown(make_kit(sc.settings, clock=sc.clock), _cid("shared-name", REGION))
-    assert not harness.diff(east_before, _state_of(sc, _cid("shared-name", "us-east-1")))
+    drive.teardown(sc.engine(), _cid("shared-name", REGION))
+    assert not diff(east_before, _state_of(sc, _cid("shared-name", "us-east-1")))
     record_property("least_privilege", {"check": "one cluster name in two regions",
                                         "result": "two policies (region in the name); teardown "
                                                   "in one region keeps the other's attachment"})
@@ -431,9 +432,9 @@ def test_a_cluster_named_like_another_clusters_dlq_is_isolated_and_provisionable
     prod_before = _state_of(sc, _cid("prod"))
     out = _provision_cluster(sc, "prod-dlq")
     assert out.record["status"] == "ready"
-    assert not harness.diff(prod_before, _state_of(sc, _cid("prod")))
-    drive.teardown(make_kit(sc.settings, clock=sc.clock), _cid("prod-dlq"))
-    assert not harness.diff(prod_before, _state_of(sc, _cid("prod")))
+    assert not diff(prod_before, _state_of(sc, _cid("prod")))
+    drive.teardown(sc.engine(), _cid("prod-dlq"))
+    assert not diff(prod_before, _state_of(sc, _cid("prod")))
     record_property("least_privilege", {"check": "clusters 'prod' and 'prod-dlq'",
                                         "result": "both provisioned, neither touches the other"})
 
@@ -444,21 +445,21 @@ def test_a_short_name_equal_to_a_long_names_truncated_form_is_provisionable(sc,
     55-character cluster whose name *is* that truncated form must not share a rule name."""
     long_name = "team-" + "x" * 95
     short_name = long_name[:44] + "-" + naming.short_hash(long_name)
-    harness.make_role("KarpenterController-long")
-    harness.make_cluster(long_name)
-    engine = make_kit(sc.settings, clock=sc.clock)
+    make_role("KarpenterController-long")
+    make_cluster(long_name)
+    engine = sc.engine()
     drive.provision(engine, ClusterRequest(cluster_name=long_name,
                                     controller_role="KarpenterController-long"))
     long_before = _state_of(sc, _cid(long_name))
     outcome = "provisioned"
-    harness.make_cluster(short_name)
-    harness.make_role("KarpenterController-short")
+    make_cluster(short_name)
+    make_role("KarpenterController-short")
     try:
         drive.provision(engine, ClusterRequest(cluster_name=short_name,
                                         controller_role="KarpenterController-short"))
     except errors.ResourceNotOwned as exc:
         outcome = f"409 ResourceNotOwned on {exc.extra.get('resource')}"
-    assert not harness.diff(long_before, _state_of(sc, _cid(long_name))), "isolation broken"
+    assert not diff(long_before, _state_of(sc, _cid(long_name))), "isolation broken"
     record_property("least_privilege", {"check": "a 55-char name equal to a 100-char name's "
                                                  "truncated form", "result": outcome +
                                         "; the long cluster untouched"})

@@ -19,7 +19,9 @@ from chalicelib import aws, errors
 from chalicelib.core import naming
 from chalicelib.aws import registry
 from scripts.localstack import LOCAL_TABLE, Stack
-from tests.reliability import harness
+from tests.support.scenario import enumerate_calls
+from tests.support.snapshots import diff, snapshot
+from tests.support.world import ACCOUNT, REGION, make_cluster, make_role
 
 ALLOWED = {200, 201, 202, 409}
 
@@ -79,9 +81,9 @@ def _status(resp: Answer) -> int:
 
 def _prepare(stack: Stack, name: str) -> naming.ClusterId:
     with stack.environ():
-        harness.make_cluster(name)
-        harness.make_role(f"KarpenterController-{name}")
-    return naming.ClusterId(harness.ACCOUNT, harness.REGION, name)
+        make_cluster(name)
+        make_role(f"KarpenterController-{name}")
+    return naming.ClusterId(ACCOUNT, REGION, name)
 
 
 def cluster_state(stack: Stack, cid: naming.ClusterId) -> dict:
@@ -89,7 +91,7 @@ def cluster_state(stack: Stack, cid: naming.ClusterId) -> dict:
     and whether that is exactly one complete set or nothing at all."""
     role = f"KarpenterController-{cid.cluster_name}"
     with stack.environ():
-        snap = harness.snapshot(LOCAL_TABLE)
+        snap = snapshot(LOCAL_TABLE)
     n = naming.names_for(cid, "kip-", "/kip/")
 
     def ours(tags):
@@ -250,7 +252,7 @@ def test_an_expired_lease_of_a_crashed_run_is_taken_over(sc, record_property):
     sc.expire_lease()
     out = sc.run("provision")
     assert out.record["status"] == "ready"
-    assert not harness.diff(harness.enumerate_calls()["provision"]["reference"], sc.snapshot())
+    assert not diff(enumerate_calls()["provision"]["reference"], sc.snapshot())
     # and the dead run, should it wake up, cannot overwrite the record
     reg = registry.Registry(aws.Store(sc.settings), sc.settings, sc.clock)
     with pytest.raises(errors.StaleWrite):

@@ -1,15 +1,15 @@
 """Security scanners in CI: checkov (templates), bandit (code), parliament (IAM policies), each
 against its reviewed baseline in security/. A new finding fails, and so does a baseline entry that
 no longer occurs, so the baselines say exactly what is accepted today and why.
-How they run: tests/scanners/runner.py (checkov from its own venv, built on first use)."""
+How they run: tests/support/scanners.py (checkov from its own venv, built on first use)."""
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from tests.scanners import runner
-from tests.scanners.runner import Finding, compare
+from tests.support import scanners as runner
+from tests.support.scanners import Finding, compare
 
 SCANNERS = ("checkov", "bandit", "parliament")
 

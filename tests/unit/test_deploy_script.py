@@ -12,8 +12,8 @@ from botocore.stub import ANY, Stubber
 from moto import mock_aws
 
 from scripts import deploy
+from tests.support.world import REGION
 
-REGION = "eu-west-1"
 BUCKET = "kip-deploy-artifacts"
 SAM = {
     "AWSTemplateFormatVersion": "2010-09-09",

@@ -5,8 +5,7 @@ import pytest
 
 from chalicelib.core import drift, naming, policies
 from chalicelib.usecases.fanout import TokenBucket
-
-ACCOUNT = "123456789012"
+from tests.support.world import ACCOUNT
 
 
 @pytest.mark.parametrize("cluster", ["payments-prod", "a", "x-dlq", "foo-0123456789",

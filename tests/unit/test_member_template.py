@@ -13,7 +13,7 @@ import sys
 import pytest
 from cfnlint.api import ManualArgs, lint_file
 
-from tests.org.templates import HUB, MEMBER, Rendered, allowed, as_list, decide, load
+from tests.support.templates import HUB, MEMBER, Rendered, allowed, as_list, decide, load
 
 MEMBER_ACCOUNT = "111111111111"
 HUB_ACCOUNT = "123456789012"

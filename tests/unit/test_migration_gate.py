@@ -14,7 +14,7 @@ from chalicelib.converge import migration
 from chalicelib.converge.planner import plan_provision
 from chalicelib.core import naming, records, spec
 from chalicelib.core.observed import RuleState
-from tests.unit.test_planner import CID, LEGACY, SETTINGS, by_id, legacy_world
+from tests.support.plans import CID, LEGACY, SETTINGS, by_id, legacy_world
 
 NOW = "2026-01-01T00:10:00Z"
 SINCE = "2026-01-01T00:00:00Z"

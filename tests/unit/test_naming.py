@@ -9,9 +9,8 @@ from chalicelib.config import PREFIX_RE
 from hypothesis import given, settings, strategies as st
 
 from chalicelib.core import naming
+from tests.support.world import ACCOUNT, REGION
 
-ACCOUNT = "123456789012"
-REGION = "eu-west-1"
 PREFIX = "kip-"
 IAM_PATH = "/kip/"
 

@@ -6,10 +6,8 @@ import json
 import pytest
 
 from chalicelib.core import naming, policies
-from tests.conftest import load_event
+from tests.support.world import ACCOUNT, REGION, load_event
 
-ACCOUNT = "123456789012"
-REGION = "eu-west-1"
 QUEUE_ARN = f"arn:aws:sqs:{REGION}:{ACCOUNT}:kip-payments-prod"
 KEY_ARN = f"arn:aws:kms:{REGION}:{ACCOUNT}:key/0b5a6c8e-1111-2222-3333-444455556666"
 

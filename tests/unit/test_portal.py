@@ -14,7 +14,7 @@ import yaml
 
 from chalicelib.core import naming
 from chalicelib.config import ALL_EVENT_KINDS
-from tests.conftest import ROOT
+from tests.support.world import ROOT
 
 TEMPLATE = ROOT / "portal" / "backstage" / "template.yaml"
 APP_CONFIG = ROOT / "portal" / "backstage" / "app-config.kip.yaml"

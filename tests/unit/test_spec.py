@@ -9,10 +9,7 @@ import pytest
 from chalicelib import errors
 from chalicelib.core import naming, policies, spec
 from chalicelib.config import ALL_EVENT_KINDS, Settings
-
-ACCOUNT = "123456789012"
-OTHER_ACCOUNT = "111122223333"
-REGION = "eu-west-1"
+from tests.support.world import ACCOUNT, OTHER_ACCOUNT, REGION
 
 
 @pytest.fixture

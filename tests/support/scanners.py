@@ -16,7 +16,7 @@ checkov (check id, file, resource), bandit (test id, file, the flagged source li
 (issue, policy document, what it names). Each baseline entry carries a ``verdict``
 (``false-positive``, ``by-design``, or ``open``: real, not fixed yet) and a ``reason``.
 
-    python -m tests.scanners.runner [checkov|bandit|parliament] [template ...]
+    python -m tests.support.scanners [checkov|bandit|parliament] [template ...]
 
 prints what a scanner finds now, new and stale entries against its baseline, as JSON entries to
 review and paste (a new entry needs a verdict and a reason written by a person).
@@ -268,7 +268,7 @@ class _Resolver:
                 value = spec["Default"]
             else:
                 raise KeyError(f"template parameter {name} has no default: add a sample value "
-                               "to SAMPLE_PARAMETERS in tests/scanners/runner.py")
+                               "to SAMPLE_PARAMETERS in tests/support/scanners.py")
             if spec.get("Type") == "CommaDelimitedList" and isinstance(value, str):
                 value = [v.strip() for v in value.split(",")]
             self.parameters[name] = value
@@ -331,7 +331,7 @@ class _Resolver:
             if key == "Fn::Join":
                 return value[0].join(str(v) for v in self.resolve(value[1]))
             if key.startswith("Fn::"):
-                raise ValueError(f"{key} in a policy: teach tests/scanners/runner.py to read it")
+                raise ValueError(f"{key} in a policy: teach tests/support/scanners.py to read it")
         resolved = {k: self.resolve(v) for k, v in node.items()}
         return {k: v for k, v in resolved.items() if v is not _NO_VALUE}
 
@@ -438,7 +438,7 @@ def main(argv: list) -> int:
     elif scanner == "parliament":
         found, scanned = run_parliament(policy_documents(templates)), None
     else:
-        print("usage: python -m tests.scanners.runner [checkov|bandit|parliament] [template ...]")
+        print("usage: python -m tests.support.scanners [checkov|bandit|parliament] [template ...]")
         return 2
     result = compare(found, load_baseline(scanner), scanned)
     print(json.dumps([f.entry() for f in found], indent=2))
