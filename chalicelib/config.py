@@ -21,6 +21,8 @@ from functools import lru_cache
 STATUSES = ("provisioning", "ready", "waiting_for_role", "failed", "deleting", "blocked",
             "teardown_held", "unreachable")
 
+GRANT_MODES = ("role-policy", "queue-policy")
+
 ALL_EVENT_KINDS = (
     "spot_interruption",
     "rebalance_recommendation",
@@ -86,6 +88,9 @@ class Settings:
     token_secret: str | None = None     # signs list tokens; default: a secret kept in the table
     stale_seconds: int = 600        # consumer health: older waiting messages mean nobody reads
     alarms: bool = False            # KIP_ALARMS: per-cluster CloudWatch alarms (stale, DLQ)
+    # role-policy: an IAM policy attached to the controller role; queue-policy: the queue's own
+    # policy allows the role (aws:PrincipalArn), and kip needs no IAM write permission at all
+    grant_mode: str = "role-policy"
     rule_quota: int | None = None   # EventBridge rules per bus, when Service Quotas cannot say
     rule_reserve: int = 20          # rules kip leaves free for the account's other users
     api_budget_seconds: float = 12  # no AWS attempt starts later (+ connect 5 + read 8 < 29 s)
@@ -178,6 +183,7 @@ class Settings:
             allowed_accounts=allowed, org_id=org_id, adopt_regions=adopt_regions,
             reach_refusal=refusal,
             **_sweep_settings(env),
+            grant_mode=_grant_mode(env),
             failed_events_queue_url=(env.get("KIP_FAILED_EVENTS_QUEUE_URL") or "").strip()
             or None,
         )
@@ -212,6 +218,13 @@ def _organization_reach(env: dict) -> tuple:
                    "without one of them")
     regions = _csv(env, "KIP_ADOPT_REGIONS", r"[a-z]{2}(-[a-z]+)+-[0-9]{1,2}", "eu-west-1")
     return allowed, org_id, regions, refusal
+
+
+def _grant_mode(env: dict) -> str:
+    mode = env.get("KIP_GRANT_MODE", "role-policy")
+    if mode not in GRANT_MODES:
+        raise ValueError(f"KIP_GRANT_MODE must be role-policy or queue-policy (got {mode!r})")
+    return mode
 
 
 def _sweep_settings(env: dict) -> dict:

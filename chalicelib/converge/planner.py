@@ -12,7 +12,8 @@ from typing import Any, Optional
 
 from chalicelib.converge import alarms, migration
 from chalicelib.converge.actions import Action, Plan
-from chalicelib.core import naming
+from chalicelib import errors
+from chalicelib.core import naming, policies
 from chalicelib.errors import ResourceNotOwned
 from chalicelib.core.records import Effect, Result
 from chalicelib.core.spec import DesiredSpec
@@ -73,7 +74,10 @@ def plan_provision(spec: DesiredSpec, obs: Observed) -> list[Action]:
     plan = Plan()
     _plan_queues(plan, spec, obs)
     _plan_rules(plan, spec, obs)
-    _plan_policy(plan, spec, obs)
+    if spec.grant_mode == "queue-policy":
+        _plan_no_role_policy(plan, spec, obs)
+    else:
+        _plan_policy(plan, spec, obs)
     plan.extend(alarms.plan_provision(spec, obs))     # KIP_ALARMS (chalicelib/alarms.py)
     return list(plan)
 
@@ -157,10 +161,33 @@ def _retiring(spec: DesiredSpec, obs: Observed) -> list[str]:
             if obs.rule(name).exists and naming.is_owned(obs.rule(name).tags, spec.cid)]
 
 
+def _plan_no_role_policy(plan: Plan, spec: DesiredSpec, obs: Observed) -> None:
+    """KIP_GRANT_MODE=queue-policy: the queue policy grants the role; a controller policy kip
+    attached before (role-policy mode) is detached and deleted, after the queue policy that
+    replaces it (no gap in the controller's access)."""
+    n, pol = spec.names, obs.policy
+    if not pol.exists:
+        return
+    grant = tuple(a.id for a in plan if a.resource == "queue")
+    detach = ()
+    if obs.role.exists and n.policy_arn in obs.role.attached:
+        detach = (plan.add("detach", "detach_role_policy", "delete", "attachment", obs.role.name,
+                           {"role": obs.role.name, "policy_arn": n.policy_arn}, grant,
+                           Effect.of("attachment", attached=False)).id,)
+    prune = [_prune(plan, n, v).id for v in pol.versions or [] if not v.get("IsDefaultVersion")]
+    plan.add("policy.delete", "delete_policy", "delete", "policy", n.policy,
+             {"arn": n.policy_arn}, grant + detach + tuple(prune),
+             _gone("policy", default_version=None))
+
+
 def _plan_policy(plan: Plan, spec: DesiredSpec, obs: Observed) -> None:
     """The controller policy (a changed document becomes a new default version), attached to the
-    role once the role exists (else the record waits for it)."""
+    role once the role exists (else the record waits for it). The only document kip ever writes
+    is the one ``policies.controller_policy`` makes for this queue and key."""
     n, pol = spec.names, obs.policy
+    if not policies.is_controller_policy(spec.controller_policy, n.queue_arn, spec.kms_key_arn):
+        raise errors.Forbidden("the controller policy kip would write is not the one it generates "
+                               f"for {n.queue}; nothing was changed", field="controller_policy")
     policy_after: tuple = ()
     if not pol.exists:
         plan.add("policy.create", "create_policy", "create", "policy", n.policy,

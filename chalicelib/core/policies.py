@@ -61,9 +61,21 @@ def interruption_pattern(kinds: "list[str] | tuple[str, ...]") -> dict:
     return branches[0] if len(branches) == 1 else {"$or": branches}
 
 
-def queue_policy(queue_arn: str, rule_arns: list[str], partition: str = "aws") -> dict:
-    """EventBridge may send, only from this cluster's own rules; nothing over plain HTTP."""
+def queue_policy(queue_arn: str, rule_arns: list[str], partition: str = "aws",
+                 reader_arn: str | None = None) -> dict:
+    """EventBridge may send, only from this cluster's own rules; nothing over plain HTTP.
+    ``reader_arn`` (KIP_GRANT_MODE=queue-policy): the controller role may read, and only it: by
+    ``aws:PrincipalArn``, which holds before the role exists and after it is re-created (a
+    principal element naming the role would turn into its unique id)."""
     dns_suffix = "amazonaws.com.cn" if partition == "aws-cn" else "amazonaws.com"
+    reader = [{
+        "Sid": "KarpenterControllerReads",
+        "Effect": "Allow",
+        "Principal": {"AWS": "*"},
+        "Action": list(CONTROLLER_SQS_ACTIONS),
+        "Resource": queue_arn,
+        "Condition": {"ArnEquals": {"aws:PrincipalArn": reader_arn}},
+    }] if reader_arn else []
     return {
         "Version": "2012-10-17",
         "Id": "KarpenterInterruptionQueuePolicy",
@@ -76,6 +88,7 @@ def queue_policy(queue_arn: str, rule_arns: list[str], partition: str = "aws") -
                 "Resource": queue_arn,
                 "Condition": {"ArnEquals": {"aws:SourceArn": sorted(rule_arns)}},
             },
+            *reader,
             {
                 "Sid": "DenyHTTP",
                 "Effect": "Deny",
@@ -103,6 +116,12 @@ def controller_policy(queue_arn: str, kms_key_arn: str | None = None) -> dict:
             "Resource": kms_key_arn,
         })
     return {"Version": "2012-10-17", "Statement": statements}
+
+
+def is_controller_policy(document: dict, queue_arn: str, kms_key_arn: str | None) -> bool:
+    """Whether ``document`` is exactly the controller policy kip generates for this queue (and
+    key): the only content kip will ever attach to a role."""
+    return document == controller_policy(queue_arn, kms_key_arn)
 
 
 def dlq_policy(dlq_arn: str) -> dict:

@@ -366,6 +366,7 @@ class DesiredSpec:
     keep_legacy: bool = False    # the five-rule layout's rules stay allowed (migration, phase 1)
     retired_tags: tuple = ()     # tag keys kip applied before and no longer wants (removed)
     settling: dict = field(default_factory=dict)    # queue key -> attributes SQS may not show yet
+    grant_mode: str = "role-policy"     # KIP_GRANT_MODE: how the controller role may read
 
     @property
     def spec_hash(self) -> str:
@@ -396,7 +397,15 @@ def build_spec(req: ClusterRequest, cid: naming.ClusterId, names: naming.Names,
     # Only the cluster's rule may send; while a cluster moves from the five-rule layout, its old
     # rules too (``keep_legacy``), so events keep arriving until the old rules are gone.
     senders = [names.rule_arn] + (list(names.rule_arns.values()) if keep_legacy else [])
-    qpolicy = policies.queue_policy(names.queue_arn, senders, cid.partition)
+    by_queue = settings.grant_mode == "queue-policy"
+    if by_queue and kms_key_arn:
+        raise ValidationError(
+            "kms_key_id: with KIP_GRANT_MODE=queue-policy kip grants the controller role through "
+            "the queue policy alone and cannot give it kms:Decrypt on a customer key; use "
+            "SSE-SQS (leave kms_key_id out) or a deployment with KIP_GRANT_MODE=role-policy",
+            field="kms_key_id", allowed="no kms_key_id with KIP_GRANT_MODE=queue-policy")
+    qpolicy = policies.queue_policy(names.queue_arn, senders, cid.partition,
+                                    reader_arn=role.arn if by_queue else None)
     redrive = {"deadLetterTargetArn": names.dlq_arn,
                "maxReceiveCount": req.max_receive_count or DEFAULT_MAX_RECEIVE}
     queue_attrs = {
@@ -423,7 +432,9 @@ def build_spec(req: ClusterRequest, cid: naming.ClusterId, names: naming.Names,
     return DesiredSpec(
         cid=cid, names=names, event_kinds=kinds, queue_attributes=queue_attrs,
         dlq_attributes=dlq_attrs, queue_policy=qpolicy,
-        controller_policy=policies.controller_policy(names.queue_arn, kms_key_arn),
+        controller_policy={} if by_queue else policies.controller_policy(names.queue_arn,
+                                                                         kms_key_arn),
+        grant_mode=settings.grant_mode,
         rule_pattern=policies.interruption_pattern(kinds), role=role, tags=tags,
         alarm_threshold=settings.stale_seconds if settings.alarms else None,
         kms_key_arn=kms_key_arn, parameters=params, keep_legacy=keep_legacy,
