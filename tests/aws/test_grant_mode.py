@@ -17,8 +17,8 @@ import pytest
 
 from chalicelib import errors
 from chalicelib.core.spec import ClusterRequest
-from tests.conftest import ACCOUNT, REGION, make_cluster, make_role
-from tests.reliability.harness import FAULT_URL, fake_error
+from tests.support.faults import FAULT_URL, fake_error
+from tests.support.world import ACCOUNT, REGION, make_cluster, make_role
 from tests.support import drive
 
 SQS_READS = ["sqs:DeleteMessage", "sqs:GetQueueUrl", "sqs:ReceiveMessage"]
