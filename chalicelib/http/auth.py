@@ -360,3 +360,31 @@ def authorizer_response(settings: JwtSettings, authorization: Optional[str], met
             return deny_policy(method_arn)
         raise Exception("Unauthorized") from exc   # the one message API Gateway turns into 401
     return policy_for(principal, method_arn)
+
+
+# ------------------------------------------------------------------------------- team scopes
+
+def team_context(authz: Any, claims: Mapping[str, Any]) -> dict:
+    """The authorizer context entries that carry the token's teams (``core.scopes.Authz``) to
+    the routes: API Gateway context values are strings, so ``teams`` is a JSON list."""
+    import json
+    teams = list(authz.teams_from_claims(claims)) if authz is not None else []
+    admin = authz is not None and any(t in authz.admins for t in teams)
+    return {"teams": json.dumps(teams, separators=(",", ":")),
+            "admin": "true" if admin else "false"}
+
+
+def scoped_authorizer_response(settings: JwtSettings, authz: Any, authorization: Optional[str],
+                               method_arn: str, *, local: bool = False) -> dict:
+    """:func:`authorizer_response` with the token's teams in the context (:func:`team_context`),
+    read from the claim ``KIP_AUTHZ`` names (e.g. Backstage's ``ent``, prefix
+    ``group:default/``)."""
+    try:
+        principal = verify_bearer(settings, authorization)
+    except Unauthorized as exc:
+        if local:
+            return deny_policy(method_arn)
+        raise Exception("Unauthorized") from exc   # the one message API Gateway turns into 401
+    answer = policy_for(principal, method_arn)
+    answer["context"].update(team_context(authz, principal.claims))
+    return answer
