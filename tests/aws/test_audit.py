@@ -125,3 +125,27 @@ def test_sessions_per_actor_are_bounded(api, assumed, monkeypatch):
     # then at most two sessions are kept, and alice (evicted) assumed the role again
     assert len(clients._state["sessions"]) == 2
     assert [p["SourceIdentity"] for p in assumed] == ["alice", "bob", "carol", "alice"]
+
+
+def test_drift_repair_names_the_caller_whose_change_it_undid(api):
+    from tests.aws.test_drift import HUMAN, cloudtrail, rule_of
+    from tests.conftest import ACCOUNT, make_cluster, make_role
+    import boto3
+    import json
+    # given a cluster provisioned through the API (the local stage: no caller)
+    make_cluster("payments-prod")
+    make_role("KarpenterController-payments-prod")
+    made = api.http.post("/clusters", body=json.dumps({"cluster_name": "payments-prod"}),
+                         headers={"Content-Type": "application/json"})
+    assert made.status_code == 201
+    # when someone deletes its rule and CloudTrail's DeleteRule event reaches kip
+    events, rule = boto3.client("events"), rule_of(made.json_body["names"])
+    events.remove_targets(Rule=rule, Ids=["KarpenterInterruptionQueueTarget"])
+    events.delete_rule(Name=rule)
+    assert api.lambda_.invoke("on_drift_event", cloudtrail(
+        "events", "DeleteRule", {"name": rule})).payload.get("repaired")
+    # then the trail says who drifted it, and that the API provisioned it first
+    items = history(api, "payments-prod", account_id=ACCOUNT)["items"]
+    assert [(i["action"], i["source"], i["actor"]) for i in items] == [
+        ("reconcile", "drift", HUMAN), ("provision", "api", "kip")]
+    assert f"rule:{rule}" in items[0]["resources"]
