@@ -188,3 +188,51 @@ def test_a_jwt_stage_without_authz_refuses_every_request(portal, caplog):
     with pytest.raises(errors.KipError, match="KIP_AUTHZ"):
         As(portal, backstage_token("alice", "payments")).get("/clusters")
     assert "kip is not configured: KIP_API_AUTH=jwt needs KIP_AUTHZ" in caplog.text
+
+
+def test_iam_callers_get_their_teams_from_the_principals_map(monkeypatch):
+    """KIP_API_AUTH=iam: the SigV4 caller's ARN (API Gateway's identity.userArn) maps to teams
+    through KIP_AUTHZ ``principals``; an unmapped caller has none (reads nothing, writes
+    nothing); without KIP_AUTHZ an IAM stage has no scopes."""
+    import dataclasses
+
+    import app as service_app
+    doc = {**AUTHZ, "principals": {"arn:aws:sts::*:assumed-role/payments-deployer/*": "payments",
+                                   "arn:aws:iam::*:role/platform-*": "platform"}}
+    monkeypatch.setattr(service_app, "settings", dataclasses.replace(
+        service_app.settings, api_auth="iam", authz=json.dumps(doc)))
+    monkeypatch.setattr(service_app, "_authz_doc", None)
+
+    def caller(arn):
+        request = type("Request", (), {"context": {"identity": {"userArn": arn}}})()
+        monkeypatch.setattr(service_app.app, "current_request", request, raising=False)
+        return service_app._access()
+    ci = caller(f"arn:aws:sts::{ACCOUNT}:assumed-role/payments-deployer/ci-run")
+    assert ci.teams == ("payments",) and ci.can_read(ACCOUNT, "payments-prod")
+    assert not ci.can_read(ACCOUNT, "search-prod") and not ci.admin
+    assert caller(f"arn:aws:iam::{ACCOUNT}:role/platform-ops").admin
+    stranger = caller(f"arn:aws:iam::{ACCOUNT}:user/mallory")
+    assert stranger.teams == () and not stranger.can_read(ACCOUNT, "payments-prod")
+    monkeypatch.setattr(service_app, "settings", dataclasses.replace(
+        service_app.settings, authz=None))
+    monkeypatch.setattr(service_app, "_authz_doc", None)
+    assert caller(f"arn:aws:iam::{ACCOUNT}:user/mallory").unrestricted
+
+
+def test_authz_from_an_ssm_parameter_is_read_once(moto_env, monkeypatch):
+    import dataclasses
+
+    import boto3
+
+    import app as service_app
+    from chalicelib import aws
+    boto3.client("ssm").put_parameter(Name="/kip/authz", Type="SecureString",
+                                      Value=json.dumps(AUTHZ))
+    reads: list[str] = []
+    aws.add_hook("before-call.ssm.GetParameter", lambda params, **_: reads.append("x"))
+    monkeypatch.setattr(service_app, "settings", dataclasses.replace(
+        service_app.settings, api_auth="jwt", authz="ssm:/kip/authz", authz_refusal=None))
+    monkeypatch.setattr(service_app, "_authz_doc", None)
+    first, second = service_app._authz(), service_app._authz()
+    assert first is second and first.claim == "ent" and set(first.teams) == {"payments", "search"}
+    assert len(reads) == 1
