@@ -43,11 +43,11 @@ def refuse_unconfigured(event: Any, get_response: Callable[..., Any]) -> Any:
     """Fail closed at run time: a deployed stage (KIP_REQUIRE_ACCOUNT_LIST) without an account
     list or org id answers every invocation with a refusal that names the settings. The lists are
     stack parameters, so packaging (which imports this module) works without them."""
-    if settings.reach_refusal is None:
+    refusal = settings.reach_refusal or settings.authz_refusal
+    if refusal is None:
         return get_response(event)
-    logger.error(f"kip is not configured: {settings.reach_refusal}",
-                 extra={"code": "NotConfigured"})
-    exc = errors.KipError(f"kip is not configured: {settings.reach_refusal}")
+    logger.error(f"kip is not configured: {refusal}", extra={"code": "NotConfigured"})
+    exc = errors.KipError(f"kip is not configured: {refusal}")
     exc.code, exc.status = "NotConfigured", 503
     if isinstance(event, Request):
         return error_response(exc)
@@ -77,9 +77,10 @@ def _authorizer() -> Any:
     @app.authorizer(ttl_seconds=60)
     def portal_jwt(auth_request: Any) -> Any:
         try:
-            return auth.authorizer_response(jwt_settings, auth_request.token,
-                                            auth_request.method_arn,
-                                            local=bool(os.environ.get("AWS_CHALICE_CLI_MODE")))
+            # the token's teams (KIP_AUTHZ) ride in the context; no KIP_AUTHZ: refused (500)
+            return auth.scoped_authorizer_response(
+                jwt_settings, _authz(), auth_request.token, auth_request.method_arn,
+                local=bool(os.environ.get("AWS_CHALICE_CLI_MODE")))
         except Exception as exc:
             cause = exc.__cause__
             if isinstance(cause, errors.KipError):
@@ -96,6 +97,7 @@ CONTENT_TYPES = ["application/json", "text/plain", "application/octet-stream",
 MAX_BODY = 64 * 1024
 
 _kit: Any = None
+_authz_doc: Any = None
 
 
 def kit() -> Any:
@@ -111,6 +113,49 @@ def kit() -> Any:
         from chalicelib.aws import read_secret
         _kit = build(with_external_id(settings, lambda arn: read_secret(arn, settings)))
     return _kit
+
+
+def _authz() -> Any:
+    """KIP_AUTHZ parsed (core.scopes.Authz), read once per container: inline JSON, or the SSM
+    parameter ``ssm:<name>`` names. None when unset (no scopes: local, or IAM without it); with
+    JWT auth an unset one is refused (settings.authz_refusal)."""
+    global _authz_doc
+    if settings.authz_refusal:
+        logger.error(f"kip is not configured: {settings.authz_refusal}",
+                     extra={"code": "NotConfigured"})
+        raise errors.KipError(f"kip is not configured: {settings.authz_refusal}")
+    if _authz_doc is None and settings.authz:
+        from chalicelib.core import scopes
+        raw = settings.authz
+        if raw.startswith("ssm:"):
+            from chalicelib.aws.params import read_parameter
+            raw = read_parameter(raw[len("ssm:"):], settings)
+        _authz_doc = scopes.parse(raw)
+    return _authz_doc
+
+
+def _access() -> Any:
+    """What this caller may read and change (core.scopes.Access): the teams the authorizer put in
+    its context (JWT), or the teams KIP_AUTHZ ``principals`` give the SigV4 caller's ARN (IAM);
+    everything when no scopes are configured."""
+    from chalicelib.core.scopes import Access
+    authz = None if settings.api_auth == "none" else _authz()
+    if authz is None:
+        return Access.everyone()
+    context = app.current_request.context or {}
+    if settings.api_auth == "jwt":
+        try:
+            teams = json.loads((context.get("authorizer") or {}).get("teams") or "[]")
+        except ValueError:
+            teams = []
+        return Access.of(authz, [t for t in teams if isinstance(t, str)])
+    return Access.of(authz, authz.teams_for_arn((context.get("identity") or {}).get("userArn")))
+
+
+def _acting(source: str = "api") -> Any:
+    """Within the block, changes are attributed to the caller (the audit trail, SourceIdentity)."""
+    from chalicelib.core.actor import acting
+    return acting(_caller(), source)
 
 
 def _identity(name: Any, account_id: Any = None, region: Any = None) -> Any:
@@ -136,7 +181,9 @@ def api(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from chalicelib.aws import request_budget
         try:
-            with request_budget(settings.api_budget_seconds, settings.api_max_attempts):
+            # every AWS call of the request is made as the caller (audit trail, SourceIdentity)
+            with request_budget(settings.api_budget_seconds, settings.api_max_attempts), \
+                    _acting():
                 return fn(*args, **kwargs)
         except errors.KipError as exc:
             level = logger.warning if exc.status < 500 else logger.error
@@ -217,9 +264,11 @@ def create_cluster() -> Response:
     from chalicelib.core import spec
     _query("NoQuery")
     from chalicelib.usecases import clusters
+    from chalicelib.usecases import access
     req = spec.parse_request(_json_body(), settings.default_tags)
     started = time.perf_counter()
     cid = _identity(req.cluster_name, req.account_id, req.region)
+    req = req.model_copy(update={"team": access.write_team(kit(), _access(), cid, req.team)})
     out = clusters.provision(kit(), cid, req, source="api", requested_by=_caller(),
                              if_match=_if_match())
     if out.dry_run:
@@ -240,17 +289,18 @@ def create_cluster() -> Response:
 @api
 def list_clusters() -> dict:
     query = _query("ListQuery")
-    from chalicelib.usecases import inventory
+    from chalicelib.usecases import access, inventory
     items, token = inventory.page(kit(), int(query.limit), query.next_token, query.status,
                                   query.consumer)
-    return {"items": [_view(i) for i in items], "next_token": token}
+    return {"items": [_view(i) for i in access.visible(_access(), items)], "next_token": token}
 
 
 @app.route("/clusters/{cluster_name}", methods=["GET"], authorizer=AUTH, cors=CORS)
 @api
 def get_cluster(cluster_name: str) -> Response:
-    from chalicelib.usecases import inventory
+    from chalicelib.usecases import access, inventory
     cid = _cluster_id(cluster_name, _query("IdentityQuery"))
+    access.check_read(kit(), _access(), cid)
     view = inventory.describe(kit(), cid)
     return Response(body=view, status_code=200, headers=_etag(view))
 
@@ -260,8 +310,9 @@ def get_cluster(cluster_name: str) -> Response:
 def delete_cluster(cluster_name: str) -> dict:
     """Conditional: If-Match with the ETag of GET /clusters/{name} (428 without, 412 stale), so a
     mistaken or concurrent DELETE never removes a record it did not see."""
-    from chalicelib.usecases import teardown
+    from chalicelib.usecases import access, teardown
     cid = _cluster_id(cluster_name, _query("IdentityQuery"))
+    access.write_team(kit(), _access(), cid)
     out = teardown.teardown(kit(), cid, source="api", requested_by=_caller(),
                             if_match=_if_match(), require_match=True)
     metrics.add_metric(name="TornDown", unit=MetricUnit.Count, value=1)
@@ -277,8 +328,9 @@ def reconcile_cluster(cluster_name: str) -> dict:
     query = _query("ReconcileQuery")
     body = spec.parse(spec.ReconcileBody, _json_body(required=False))
     dry_run = body.dry_run if "dry_run" in body.model_fields_set else query.dry_run in ("true", "1")
-    from chalicelib.usecases import clusters
+    from chalicelib.usecases import access, clusters
     cid = _cluster_id(cluster_name, query)
+    access.write_team(kit(), _access(), cid)
     out = clusters.reconcile(kit(), cid, dry_run=dry_run, requested_by=_caller(),
                              if_match=_if_match())
     if out.actions and not dry_run:
@@ -294,8 +346,9 @@ def reconcile_cluster(cluster_name: str) -> dict:
 def release_cluster(cluster_name: str) -> dict:
     """Release a teardown the hourly budget held (status teardown_held): EKS is asked once more
     (409 if it reports the cluster live), then the cluster's wiring is removed."""
-    from chalicelib.usecases import lifecycle
+    from chalicelib.usecases import access, lifecycle
     cid = _cluster_id(cluster_name, _query("IdentityQuery"))
+    access.write_team(kit(), _access(), cid)
     out = lifecycle.release(kit(), cid, requested_by=_caller(), if_match=_if_match())
     metrics.add_metric(name="TornDown", unit=MetricUnit.Count, value=1)
     logger.info("held teardown released", extra={"removed": len(out["removed"])})
@@ -307,17 +360,32 @@ def release_cluster(cluster_name: str) -> dict:
 @api
 def backfill() -> dict:
     """Adopt the EKS clusters without a record in these account-regions (chalicelib/backfill)."""
-    from chalicelib.usecases import backfill as use_case
+    from chalicelib.usecases import access, backfill as use_case
     from chalicelib.core import spec
     _query("NoQuery")
+    access.require_admin(_access(), "POST /backfill")
     req = spec.parse(spec.BackfillRequest, _json_body())
-    out = use_case.run(kit(), req.accounts, req.regions, dry_run=req.dry_run,
-                       budget=use_case.API_BUDGET)
+    with _acting("backfill"):
+        out = use_case.run(kit(), req.accounts, req.regions, dry_run=req.dry_run,
+                           budget=use_case.API_BUDGET)
     if not req.dry_run:
         metrics.add_metric(name="Provisioned", unit=MetricUnit.Count,
                            value=out["counts"].get("provisioned", 0))
     logger.info("backfill done", extra={"dry_run": req.dry_run, **out["counts"]})
     return out
+
+
+@app.route("/clusters/{cluster_name}/history", methods=["GET"], authorizer=AUTH, cors=CORS)
+@api
+def cluster_history(cluster_name: str) -> dict:
+    """The audit trail of one cluster, newest first, also after its teardown: who changed what,
+    by which path (API, trigger, replay, sweep, drift repair, backfill)."""
+    from chalicelib.usecases import access, audit
+    query = _query("HistoryQuery")
+    cid = _cluster_id(cluster_name, query)
+    access.check_read(kit(), _access(), cid)
+    items, token = audit.history(kit(), cid, int(query.limit), query.next_token)
+    return {"items": items, "next_token": token}
 
 
 @app.route("/openapi.json", methods=["GET"], authorizer=AUTH, cors=CORS)
@@ -337,8 +405,8 @@ def on_eks_event(event: Any) -> dict:
     return handle_eks_event(event.to_dict())
 
 
-def handle_eks_event(raw: dict) -> dict:
-    """on_eks_event's body, also run on each replayed failed event."""
+def handle_eks_event(raw: dict, source: str = "trigger") -> dict:
+    """on_eks_event's body, also run on each replayed failed event (``source="replay"``)."""
     from chalicelib.core.events import parse_eks_event
     from chalicelib.usecases import lifecycle
     ev = parse_eks_event(raw)
@@ -349,10 +417,12 @@ def handle_eks_event(raw: dict) -> dict:
     try:
         cid = _identity(ev.cluster_name, ev.account_id, ev.region)
         logger.append_keys(trigger=ev.name)
-        if ev.name == "DeleteCluster":     # acted on only if EKS confirms (core.generations)
-            out = lifecycle.cluster_deleted(kit(), cid, ev)
-        else:
-            out = lifecycle.cluster_created(kit(), cid, ev)
+        from chalicelib.core.actor import acting
+        with acting(ev.actor, source):
+            if ev.name == "DeleteCluster":    # acted on only if EKS confirms (core.generations)
+                out = lifecycle.cluster_deleted(kit(), cid, ev)
+            else:
+                out = lifecycle.cluster_created(kit(), cid, ev)
     except errors.KipError as exc:  # the record already says what exists; the sweep finishes
         if not exc.retryable and exc.status in (400, 403, 409):
             metrics.add_metric(name="Blocked", unit=MetricUnit.Count, value=1)
@@ -400,8 +470,10 @@ def on_drift_event(event: Any) -> dict:
         return {"ignored": parsed.ignored}
     change = parsed.change
     logger.append_keys(trigger=change.event, resource=change.name)
+    from chalicelib.core.actor import acting
     try:
-        out = repair.repair(kit(), change)
+        with acting(change.actor, "drift"):
+            out = repair.repair(kit(), change)
     except errors.KipError as exc:
         return _retried_or_ignored(exc, "drift repair failed", "drift not repaired")
     if out.get("repaired"):
@@ -419,9 +491,11 @@ def on_drift_event(event: Any) -> dict:
 def sweep_worker(event: Any) -> dict:
     """One batch of the fan-out sweep: reconcile each cluster; the ids of items to retry go
     back to Lambda as batchItemFailures (the others are deleted from the queue)."""
+    from chalicelib.core.actor import acting
     from chalicelib.usecases import fanout
-    out = fanout.work(kit(), [(r.to_dict().get("messageId", ""), r.body) for r in event],
-                      _remaining(event))
+    with acting(None, "sweep"):
+        out = fanout.work(kit(), [(r.to_dict().get("messageId", ""), r.body) for r in event],
+                          _remaining(event))
     for key in ("repaired", "adopted", "failed", "errors"):
         metrics.add_metric(name=f"Sweep{key.title()}", unit=MetricUnit.Count,
                            value=len(out[key]))
@@ -445,13 +519,17 @@ def _sweep(event: Any) -> dict:
 
 @app.schedule(Rate(settings.schedule_minutes, unit=Rate.MINUTES), name="reconcile_all")
 def reconcile_all(event: Any) -> dict:
-    summary = _sweep(event)
+    from chalicelib.core.actor import acting
     from chalicelib.usecases import queue_health
-    # inline: the health pass after the repairs; fanout: the worker reads each record's health
-    summary["health"] = [] if settings.sweep_mode == "fanout" else queue_health.sweep(kit())
+    with acting(None, "sweep"):
+        summary = _sweep(event)
+        # inline: the health pass after the repairs; fanout: the worker reads each record's
+        # health
+        summary["health"] = [] if settings.sweep_mode == "fanout" else queue_health.sweep(kit())
     if kit().settings.failed_events_queue_url:   # the EKS trigger's lost events, replayed
         from chalicelib.usecases import replay
-        summary["failed_events"] = replay.replay(kit(), handle_eks_event, _remaining(event))
+        summary["failed_events"] = replay.replay(
+            kit(), functools.partial(handle_eks_event, source="replay"), _remaining(event))
     for key in ("repaired", "adopted", "errors"):
         metrics.add_metric(name=f"Sweep{key.title()}", unit=MetricUnit.Count,
                            value=len(summary[key]))

@@ -117,6 +117,12 @@ class Settings:
     # The EKS trigger's on-failure destination / rule DLQ (chalicelib/failed_events.py): the
     # schedule replays what it holds; unset (the local stage) = replay off.
     failed_events_queue_url: str | None = None
+    # Team scopes (chalicelib/core/scopes.py): KIP_AUTHZ, a JSON document or ``ssm:<name>`` of an
+    # SSM parameter holding it (read once per container, app.py). Unset: no scopes (iam, none).
+    authz: str | None = None
+    # set when KIP_API_AUTH=jwt and KIP_AUTHZ is unset: every handler refuses to run (fail closed)
+    authz_refusal: str | None = None
+    audit_days: int = 400           # KIP_AUDIT_DAYS: audit entries outlive their cluster this long
 
     @property
     def allowed_role_pattern(self) -> str:
@@ -186,6 +192,7 @@ class Settings:
             grant_mode=_grant_mode(env),
             failed_events_queue_url=(env.get("KIP_FAILED_EVENTS_QUEUE_URL") or "").strip()
             or None,
+            **_authz_settings(env, api_auth),
         )
 
 
@@ -225,6 +232,28 @@ def _grant_mode(env: dict) -> str:
     if mode not in GRANT_MODES:
         raise ValueError(f"KIP_GRANT_MODE must be role-policy or queue-policy (got {mode!r})")
     return mode
+
+
+def _authz_settings(env: dict, api_auth: str) -> dict:
+    """KIP_AUTHZ (validated here when it is inline JSON; an ``ssm:`` name is read and validated
+    at the first invocation) and KIP_AUDIT_DAYS. JWT auth without KIP_AUTHZ gets a refusal
+    message, like ``reach_refusal``: every handler refuses to run until it is set."""
+    raw = (env.get("KIP_AUTHZ") or "").strip() or None
+    if raw is not None and raw.startswith("{"):
+        from chalicelib.core import scopes
+        scopes.parse(raw)       # ValueError naming KIP_AUTHZ and the key
+    elif raw is not None and not re.fullmatch(r"ssm:/?[A-Za-z0-9_.\-/]{1,1011}", raw):
+        raise ValueError(f"KIP_AUTHZ: {raw[:80]!r} is not ssm:<parameter name> (e.g. "
+                         "ssm:/kip/authz) nor a JSON document")
+    refusal = None
+    if api_auth == "jwt" and raw is None:
+        refusal = ("KIP_API_AUTH=jwt needs KIP_AUTHZ (the team scopes: a JSON document, or "
+                   "ssm:<parameter name>); kip refuses every request without it rather than "
+                   "letting every token reach every cluster")
+    days = _int(env, "KIP_AUDIT_DAYS", 400)
+    if not 1 <= days <= 3650:
+        raise ValueError("KIP_AUDIT_DAYS must be a number of days from 1 to 3650")
+    return {"authz": raw, "authz_refusal": refusal, "audit_days": days}
 
 
 def _sweep_settings(env: dict) -> dict:

@@ -222,6 +222,7 @@ def finish_template(template: dict) -> dict:
         "the sweep an hour later: find out why so many clusters went at once",
         "KarpenterInterruptionProvisioner", "TeardownHeld", [{"Name": "service", "Value": "kip"}],
         1, "Sum")
+    _access_logs(res)
     outputs = template.setdefault("Outputs", {})
     outputs.update({
         "EksTriggerFunctionArn": {
@@ -237,6 +238,34 @@ def finish_template(template: dict) -> dict:
     for name in ("EndpointURL", "ClustersTableName"):
         outputs.get(name, {}).setdefault("Description", "for the portal (docs/portal.md)")
     return template
+
+
+# One JSON line per API request: who called (the JWT subject the authorizer returned, or the
+# SigV4 caller's ARN), what, and the answer. Written to the stack's log group with a retention.
+ACCESS_LOG_FORMAT = json.dumps({
+    "requestId": "$context.requestId", "time": "$context.requestTime",
+    "ip": "$context.identity.sourceIp", "principal": "$context.authorizer.principalId",
+    "userArn": "$context.identity.userArn", "method": "$context.httpMethod",
+    "path": "$context.path", "status": "$context.status",
+    "error": "$context.error.message", "authorizerError": "$context.authorizer.error",
+    "latencyMs": "$context.responseLatency"}, separators=(",", ":"))
+
+
+def _access_logs(res: dict) -> None:
+    """API Gateway access logs on the API's stage, into a log group of the stack with the
+    LogRetentionDays retention. (API Gateway writes them through the account's CloudWatch role,
+    set once per account and region: docs/DEPLOY.md.)"""
+    apis = [k for k, v in res.items() if v["Type"] == "AWS::Serverless::Api"]
+    if not apis:
+        return
+    res["ApiAccessLogGroup"] = {
+        "Type": "AWS::Logs::LogGroup", "DeletionPolicy": "Delete",
+        "Properties": {"LogGroupName": {"Fn::Sub": "/aws/apigateway/${AWS::StackName}/access"},
+                       "RetentionInDays": {"Ref": "LogRetentionDays"}}}
+    for api in apis:
+        res[api]["Properties"]["AccessLogSetting"] = {
+            "DestinationArn": {"Fn::GetAtt": ["ApiAccessLogGroup", "Arn"]},
+            "Format": ACCESS_LOG_FORMAT}
 
 
 def build(stage: str, out: pathlib.Path, partition: str = "aws") -> dict:

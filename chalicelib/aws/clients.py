@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator, Optional
 import boto3
 from botocore.config import Config
 
-from chalicelib.core import naming
+from chalicelib.core import actor, naming
 from chalicelib import errors
 from chalicelib.aws.calls import THROTTLE_CODES, call, stop_on_quota
 from chalicelib.config import Settings, get_settings
@@ -29,8 +29,9 @@ _lock = threading.RLock()
 # the schedule keep botocore's full retries). One request at a time per Lambda process.
 _budget: dict[str, Any] = {"deadline": None, "attempts": None}
 _state: dict[str, Any] = {"session": None, "clients": {}, "sessions": {}, "account": None,
-                          "hooks": [], "building": {}}    # building: account -> its build lock
+                          "hooks": [], "building": {}}    # building: session key -> its build lock
 RENEW_BEFORE = 300      # seconds before assumed-role credentials expire
+MAX_SESSIONS = 32       # assumed-role sessions kept (one per account x actor x path)
 
 
 def add_hook(event_name: str, handler: Callable[..., Any]) -> None:
@@ -136,44 +137,61 @@ def own_account(settings: Optional[Settings] = None) -> str:
 
 
 def _session_for(account: Optional[str], settings: Settings) -> boto3.session.Session:
+    """The session into ``account`` for the current actor (``core.actor``): AssumeRole with the
+    actor as ``SourceIdentity`` and the path in the session name, so the member account's
+    CloudTrail names who caused each change. SourceIdentity is fixed for a session's life, so
+    sessions are cached per (account, source identity, session name), at most MAX_SESSIONS
+    (least recently used dropped, with their clients). AssumeRole runs outside the shared lock:
+    one build per session key at a time, and other keys (other accounts) go on."""
     if account is None or account == own_account(settings):
         return base_session()
+    who = actor.current()
+    key = (account, who.source_identity, who.session_name)
     with _lock:
-        fresh = _fresh_session(account)
+        fresh = _fresh_session(key)
         if fresh is not None:
             return fresh
-        building = _state["building"].setdefault(account, threading.Lock())
-    with building:          # one AssumeRole per account at a time; other accounts go on
+        building = _state["building"].setdefault(key, threading.Lock())
+    with building:
         with _lock:
-            fresh = _fresh_session(account)     # built by the thread this one waited for
+            fresh = _fresh_session(key)     # built by the thread this one waited for
             if fresh is not None:
                 return fresh
         sts = client("sts", None, settings.region, settings)
         arn = (f"arn:{naming.partition_for(settings.region)}:iam::{account}:role/"
                f"{settings.cross_account_role}")
-        kw: dict[str, Any] = {"RoleArn": arn, "RoleSessionName": "kip-provisioner",
-                              "DurationSeconds": 3600}
+        kw: dict[str, Any] = {"RoleArn": arn, "RoleSessionName": who.session_name,
+                              "SourceIdentity": who.source_identity, "DurationSeconds": 3600}
         if settings.external_id:
             kw["ExternalId"] = settings.external_id
         creds = call(f"sts:AssumeRole {arn}", sts.assume_role, **kw)["Credentials"]
+        sess = _new_session(aws_access_key_id=creds["AccessKeyId"],
+                            aws_secret_access_key=creds["SecretAccessKey"],
+                            aws_session_token=creds["SessionToken"])
         with _lock:
-            sess = _new_session(aws_access_key_id=creds["AccessKeyId"],
-                                aws_secret_access_key=creds["SecretAccessKey"],
-                                aws_session_token=creds["SessionToken"])
-            _state["sessions"][account] = (sess, creds["Expiration"].timestamp())
-            # drop the clients of the expired session
-            _state["clients"] = {k: v for k, v in _state["clients"].items() if k[0] != account}
+            _state["sessions"].pop(key, None)
+            _state["sessions"][key] = (sess, creds["Expiration"].timestamp())
+            # drop the clients of the expired session, and of sessions past the bound
+            gone = {key} | set(list(_state["sessions"])[:-MAX_SESSIONS])
+            for old in gone - {key}:
+                _state["sessions"].pop(old, None)
+                _state["building"].pop(old, None)
+            _state["clients"] = {k: v for k, v in _state["clients"].items() if k[0] not in gone}
             return sess
 
 
-def _fresh_session(account: str) -> Optional[boto3.session.Session]:
-    """The account's assumed-role session unless it expires soon (call under ``_lock``)."""
-    cached = _state["sessions"].get(account)
-    return cached[0] if cached and cached[1] - time.time() > RENEW_BEFORE else None
+def _fresh_session(key: tuple) -> Optional[boto3.session.Session]:
+    """The key's assumed-role session unless it expires soon, marked most recently used (call
+    under ``_lock``)."""
+    cached = _state["sessions"].get(key)
+    if cached and cached[1] - time.time() > RENEW_BEFORE:
+        _state["sessions"][key] = _state["sessions"].pop(key)
+        return cached[0]
+    return None
 
 
-def _session_expiring(account: Optional[str]) -> bool:
-    cached = _state["sessions"].get(account)
+def _session_expiring(key: tuple) -> bool:
+    cached = _state["sessions"].get(key)
     return bool(cached and cached[1] - time.time() <= RENEW_BEFORE)
 
 
@@ -195,13 +213,15 @@ def read_secret(arn: str, settings: Settings) -> str:
 def client(service: str, account: Optional[str], region: str,
            settings: Optional[Settings] = None) -> Any:
     settings = settings or get_settings()
-    if service in ("sts", "dynamodb") or account is None:
+    if service in ("sts", "dynamodb", "ssm") or account is None or \
+            account == own_account(settings):
         key: tuple = ("self", region, service)
     else:
-        key = (account, region, service)
+        who = actor.current()
+        key = ((account, who.source_identity, who.session_name), region, service)
     with _lock:
         c = _state["clients"].get(key)
-        if c is not None and (key[0] == "self" or not _session_expiring(account)):
+        if c is not None and (key[0] == "self" or not _session_expiring(key[0])):
             return c
         if key[0] == "self":
             c = _state["clients"][key] = base_session().client(
@@ -210,7 +230,7 @@ def client(service: str, account: Optional[str], region: str,
     sess = _session_for(account, settings)      # may call STS: outside the shared lock
     with _lock:
         c = _state["clients"].get(key)
-        if c is None or _session_expiring(account):
+        if c is None or _session_expiring(key[0]):
             c = _state["clients"][key] = sess.client(service, region_name=region,
                                                      config=_config(settings))
         return c

@@ -9,6 +9,7 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from chalicelib.aws.calls import call, error_code, translate
 from chalicelib.aws.clients import client
 from chalicelib.config import Settings, get_settings
+from chalicelib.errors import Throttled
 from botocore.exceptions import BotoCoreError, ClientError
 
 
@@ -181,6 +182,37 @@ class Store:
         except ConditionFailed:
             return False
         return True
+
+    def append_log(self, key: str, entry: dict, keep: int, expires_at: int) -> None:
+        """Append ``entry`` to the list ``entries`` of item ``key`` (created on first use), keeping
+        the newest ``keep``; the item's ``expires_at`` (the table's TTL) moves with each append.
+        One conditional UpdateItem (list_append) while the list has room; when full, the list is
+        rewritten without its oldest entries, conditional on the append count ``n`` read, retried
+        if another writer appended meanwhile. Log ids start with ``#`` and have no
+        ``cluster_name``: pages of records leave them out."""
+        try:
+            self._cond("dynamodb:UpdateItem", self._c().update_item, TableName=self.table,
+                       Key={"id": {"S": key}},
+                       UpdateExpression="SET entries = list_append(if_not_exists(entries, :none), "
+                                        ":e), expires_at = :x ADD n :one",
+                       ConditionExpression="attribute_not_exists(entries) OR size(entries) < :k",
+                       ExpressionAttributeValues=_to_ddb({":none": [], ":e": [entry], ":x":
+                                                          expires_at, ":one": 1, ":k": keep}))
+            return
+        except ConditionFailed:
+            pass
+        for _ in range(5):
+            item = self.get(key) or {}
+            kept = (item.get("entries") or [])[-(keep - 1):] if keep > 1 else []
+            count = int(item.get("n", 0))
+            try:
+                self.put({"id": key, "entries": kept + [entry], "n": count + 1,
+                          "expires_at": expires_at}, "n = :n", {":n": count})
+                return
+            except ConditionFailed:
+                continue
+        raise Throttled(f"the audit log {key} kept changing under five rewrites; retry",
+                        retry_after=1)
 
     def create_table(self) -> None:
         """For the local stack and tests; deployed stages get the table from CloudFormation."""

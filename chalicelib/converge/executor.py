@@ -6,6 +6,7 @@ the result says what was done and what failed.
 """
 from __future__ import annotations
 
+import contextvars
 import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -30,7 +31,8 @@ class Workers:
         with self._lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.size, thread_name_prefix="kip-aws")
-        return self._pool.submit(fn, *args, **kw)
+        # the caller's context (who is acting: core.actor) goes with the task to its thread
+        return self._pool.submit(contextvars.copy_context().run, fn, *args, **kw)
 
     def shutdown(self) -> None:
         """Stop: queued tasks are dropped, running ones finish (a dead process, in tests)."""

@@ -51,6 +51,7 @@ class EksCloudTrailDetail(BaseModel):
     errorCode: Optional[str] = None
     errorMessage: Optional[str] = None
     requestParameters: Optional[EksRequestParameters] = None
+    userIdentity: Optional[dict] = None     # who made the call (the audit trail's actor)
 
 
 class EksCloudTrailEvent(EventBridgeModel):
@@ -68,6 +69,7 @@ class EksEvent:
     event_time: Optional[float] = None      # when the call was made (epoch seconds)
     created_at: Optional[float] = None      # the cluster generation the call was about
     cluster_arn: Optional[str] = None
+    actor: Optional[str] = None     # the caller, CloudTrail's detail.userIdentity.arn
 
 
 def epoch(value: Any) -> Optional[float]:
@@ -125,4 +127,12 @@ def parse_eks_event(raw: Any) -> EksEvent:
                     region=d.awsRegion or ev.region, tags=d.requestParameters.tags or {},
                     event_time=epoch(d.eventTime) or epoch(ev.time),
                     created_at=epoch(cluster.createdAt) if cluster else None,
-                    cluster_arn=cluster.arn if cluster else None)
+                    cluster_arn=cluster.arn if cluster else None,
+                    actor=_caller_arn(d.userIdentity))
+
+
+def _caller_arn(identity: Optional[dict]) -> Optional[str]:
+    """``userIdentity.arn`` (an AWS service's call has none: its ``invokedBy``)."""
+    identity = identity or {}
+    value = identity.get("arn") or identity.get("invokedBy")
+    return str(value)[:512] if isinstance(value, str) and value else None

@@ -140,6 +140,7 @@ class ClusterRecord(BaseModel):
     cluster: Optional[EksCluster] = None
     last_error: Optional[LastError] = None
     requested_by: Optional[str] = None     # the API caller of the last change (JWT sub, IAM ARN)
+    owner_team: Optional[str] = None       # the team (KIP_AUTHZ) whose callers may change it
     health: Optional[Health] = None        # written by the sweep when the consumer state changes
     settling: Optional[dict] = None     # queue attributes kip set lately: {key: {at, attributes}}
     tag_keys: Optional[list[str]] = None  # the tag keys kip applied (removed when unwanted)

@@ -106,6 +106,8 @@ class ClusterRequest(BaseModel):
     visibility_timeout_seconds: Optional[StrictInt] = Field(default=None, ge=0, le=43200)
     max_receive_count: Optional[StrictInt] = Field(default=None, ge=1, le=1000)
     tags: Optional[dict[StrictStr, StrictStr]] = Field(default=None, max_length=20)
+    # the team the cluster is provisioned for (KIP_AUTHZ), when several of the caller's cover it
+    team: Optional[StrictStr] = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
     dry_run: StrictBool = False
 
     @field_validator("controller_role")
@@ -190,6 +192,19 @@ class IdentityQuery(BaseModel):
 class NoQuery(BaseModel):
     """Routes that take no query parameters."""
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HistoryQuery(IdentityQuery):
+    """The query of ``GET /clusters/{cluster_name}/history``."""
+    limit: StrictStr = Field(default="50", pattern=r"^[0-9]{1,3}$")
+    next_token: Optional[StrictStr] = Field(default=None, pattern=r"^[0-9]{1,12}$")
+
+    @field_validator("limit")
+    @classmethod
+    def _limit(cls, v: str) -> str:
+        if not 1 <= int(v) <= 100:
+            raise ValueError("must be an integer from 1 to 100")
+        return v
 
 
 class ReconcileQuery(IdentityQuery):
@@ -427,7 +442,7 @@ def build_spec(req: ClusterRequest, cid: naming.ClusterId, names: naming.Names,
         raise ValidationError(f"tags: {problem}", field="tags", allowed=ALLOWED["tags"])
     tags = {**settings.default_tags, **(req.tags or {}), naming.DISCOVERY_TAG: cid.cluster_name,
             **naming.ownership_tags(cid)}
-    params = req.model_dump(exclude_none=True, exclude={"dry_run"})
+    params = req.model_dump(exclude_none=True, exclude={"dry_run", "team"})
     params.update(account_id=cid.account_id, region=cid.region)
     return DesiredSpec(
         cid=cid, names=names, event_kinds=kinds, queue_attributes=queue_attrs,

@@ -78,6 +78,9 @@ class JwtSettings:
     max_lifetime_seconds: int = DEFAULT_MAX_LIFETIME_SECONDS
     # KIP_JWT_AZP: when not empty, a token's azp (the OAuth client it was issued to) must be one
     allowed_azp: tuple = ()
+    # KIP_JWT_TYP: typ values accepted besides JWT/at+jwt, named by the deployment: a Backstage
+    # user token's typ is vnd.backstage.user (the forwarded-credentials path)
+    extra_types: tuple = ()
 
     def __post_init__(self) -> None:
         _check_url(self.jwks_url, "KIP_JWKS_URL")
@@ -126,7 +129,17 @@ class JwtSettings:
                    audience=values["KIP_JWT_AUDIENCE"], write_claim=write_claim,
                    leeway_seconds=int(raw_leeway) if raw_leeway else 30,
                    max_lifetime_seconds=_parse_lifetime(env.get("KIP_JWT_MAX_LIFETIME")),
-                   allowed_azp=_parse_azp(env.get("KIP_JWT_AZP")))
+                   allowed_azp=_parse_azp(env.get("KIP_JWT_AZP")),
+                   extra_types=_parse_types(env.get("KIP_JWT_TYP")))
+
+
+def _parse_types(raw: Optional[str]) -> tuple:
+    """KIP_JWT_TYP: comma-separated typ values (e.g. vnd.backstage.user); empty: none."""
+    values = tuple(v.strip() for v in (raw or "").split(",") if v.strip())
+    if not all(re.fullmatch(r"[A-Za-z0-9.+/_-]{1,100}", v) for v in values):
+        raise ValueError("KIP_JWT_TYP must be comma-separated typ values such as "
+                         "vnd.backstage.user")
+    return values
 
 
 @dataclass(frozen=True)
@@ -279,7 +292,8 @@ def verify_token(settings: JwtSettings, token: str) -> Principal:
                            field="Authorization") from None
     if "typ" in header:
         typ = header["typ"]
-        if not isinstance(typ, str) or typ.lower() not in ACCEPTED_TYPES:
+        if not isinstance(typ, str) or typ.lower() not in ACCEPTED_TYPES | {
+                t.lower() for t in settings.extra_types}:
             # before any key lookup, like alg: another kind of JWT never costs a JWKS fetch
             raise Unauthorized(f"the token's header typ {str(typ)[:40]!r} is not accepted; an "
                                "access token has typ JWT or at+jwt (or no typ)", field="typ")
@@ -463,3 +477,31 @@ def authorizer_response(settings: JwtSettings, authorization: Optional[str], met
             return deny_policy(method_arn)
         raise Exception("Unauthorized") from exc   # the one message API Gateway turns into 401
     return policy_for(principal, method_arn)
+
+
+# ------------------------------------------------------------------------------- team scopes
+
+def team_context(authz: Any, claims: Mapping[str, Any]) -> dict:
+    """The authorizer context entries that carry the token's teams (``core.scopes.Authz``) to
+    the routes: API Gateway context values are strings, so ``teams`` is a JSON list."""
+    import json
+    teams = list(authz.teams_from_claims(claims)) if authz is not None else []
+    admin = authz is not None and any(t in authz.admins for t in teams)
+    return {"teams": json.dumps(teams, separators=(",", ":")),
+            "admin": "true" if admin else "false"}
+
+
+def scoped_authorizer_response(settings: JwtSettings, authz: Any, authorization: Optional[str],
+                               method_arn: str, *, local: bool = False) -> dict:
+    """:func:`authorizer_response` with the token's teams in the context (:func:`team_context`),
+    read from the claim ``KIP_AUTHZ`` names (e.g. Backstage's ``ent``, prefix
+    ``group:default/``)."""
+    try:
+        principal = verify_bearer(settings, authorization)
+    except Unauthorized as exc:
+        if local:
+            return deny_policy(method_arn)
+        raise Exception("Unauthorized") from exc   # the one message API Gateway turns into 401
+    answer = policy_for(principal, method_arn)
+    answer["context"].update(team_context(authz, principal.claims))
+    return answer

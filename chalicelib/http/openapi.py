@@ -14,8 +14,8 @@ from pydantic import BaseModel, ConfigDict
 from pydantic.json_schema import models_json_schema
 
 from chalicelib.core.records import ClusterRecord
-from chalicelib.core.spec import (BackfillOutcome, BackfillRequest, ClusterRequest, IdentityQuery,
-                                  ListQuery, ReconcileBody, ReconcileQuery)
+from chalicelib.core.spec import (BackfillOutcome, BackfillRequest, ClusterRequest, HistoryQuery,
+                                  IdentityQuery, ListQuery, ReconcileBody, ReconcileQuery)
 
 
 class Action(BaseModel):
@@ -112,6 +112,21 @@ class BackfillResult(BaseModel):
     counts: dict[str, int]
 
 
+class AuditEntry(BaseModel):
+    """One write to a cluster (``usecases.audit``)."""
+    at: str                             # ISO-8601 UTC
+    actor: str                          # token subject, IAM ARN, CloudTrail userIdentity.arn, kip
+    source: str                         # api, trigger, replay, sweep, drift, backfill
+    action: str                         # provision, reconcile, teardown, block, hold
+    outcome: str                        # the resulting status, deleted, or failed: <code>
+    resources: list[str]                # <resource>:<name> of each change made
+
+
+class History(BaseModel):
+    items: list[AuditEntry]
+    next_token: Optional[str] = None
+
+
 RESPONSES = {400: "Invalid input", 403: "Forbidden", 404: "Not found", 409: "Conflict",
              412: "If-Match names a version of the record that is no longer current",
              413: "Payload too large",
@@ -119,7 +134,7 @@ RESPONSES = {400: "Invalid input", 403: "Forbidden", 404: "Not found", 409: "Con
              500: "Internal error", 502: "AWS call failed",
              503: "Throttled or unavailable; retry after Retry-After"}
 OUTPUT_MODELS = (Error, ProvisionResult, DryRunResult, ClusterList, TeardownResult,
-                 ReconcileResult, ClusterRecord, BackfillResult)
+                 ReconcileResult, ClusterRecord, BackfillResult, History)
 
 
 def _ref(name: str) -> dict:
@@ -188,7 +203,7 @@ def _paths() -> dict:
                        "parameters": [*ident, _if_match(True)],
                        "responses": _responses({"200": _json(_ref("TeardownResult"),
                                                              "What was removed")},
-                                               400, 404, 409, 412, 428, 502, 503)}},
+                                               400, 403, 404, 409, 412, 428, 502, 503)}},
         "/clusters/{cluster_name}/release": {
             "post": {"operationId": "releaseTeardown",
                      "summary": "Release a teardown the hourly budget held (teardown_held); EKS "
@@ -196,7 +211,7 @@ def _paths() -> dict:
                      "parameters": [*ident, _if_match(False)],
                      "responses": _responses({"200": _json(_ref("TeardownResult"),
                                                            "What was removed")},
-                                             400, 404, 409, 412, 502, 503)}},
+                                             400, 403, 404, 409, 412, 502, 503)}},
         "/clusters/{cluster_name}/reconcile": {
             "post": {"operationId": "reconcileCluster",
                      "summary": "Detect drift and repair it (or only report, with dry_run)",
@@ -220,6 +235,16 @@ def _paths() -> dict:
     }
 
 
+def _history_paths() -> dict:
+    return {"/clusters/{cluster_name}/history": {
+        "get": {"operationId": "clusterHistory",
+                "summary": "The cluster's audit trail, newest first (also after its teardown): "
+                           "who changed what, by which path",
+                "parameters": [PATH_NAME, *_parameters(HistoryQuery, "query")],
+                "responses": _responses({"200": _json(_ref("History"), "A page of entries")},
+                                        400, 404, 503)}}}
+
+
 def _schemas() -> dict:
     models: list[Any] = [(ClusterRequest, "validation"), (ReconcileBody, "validation"),
                          (BackfillRequest, "validation")]
@@ -238,9 +263,12 @@ def _document() -> dict:
         "info": {"title": "Karpenter interruption-handling provisioner", "version": "2.0.0",
                  "description": "Provisions, repairs and removes the SQS interruption queue, "
                                 "EventBridge rules and IAM policy that Karpenter needs per EKS "
-                                "cluster. Deployed stages require SigV4-signed requests."},
+                                "cluster. Deployed stages require SigV4-signed requests or "
+                                "portal bearer tokens; with team scopes (KIP_AUTHZ) a caller "
+                                "reads and changes only its teams' clusters (others: 404 on "
+                                "reads, 403 on writes); POST /backfill is for admin teams."},
         "security": [{"sigv4": []}],
-        "paths": _paths(),
+        "paths": {**_paths(), **_history_paths()},
         "components": {
             "securitySchemes": {"sigv4": {"type": "apiKey", "name": "Authorization",
                                           "in": "header",

@@ -19,7 +19,7 @@ from chalicelib.core.preconditions import IfMatch
 from chalicelib.core.observed import Observed
 from chalicelib.core.records import ClusterRecord, EksCluster, LastError
 from chalicelib.core.spec import ClusterRequest, DesiredSpec, build_spec, is_opted_out, resolve_role
-from chalicelib.usecases import skeleton, teardown
+from chalicelib.usecases import audit, skeleton, teardown
 from chalicelib.usecases.kit import Kit
 from chalicelib.usecases.skeleton import Context, Outcome
 
@@ -61,8 +61,11 @@ def _block(kit: Kit, cid: naming.ClusterId, req: ClusterRequest, source: str,
     error = LastError(step="admission", call=type(exc).__name__, resource=cid.key,
                       code=exc.code, message=exc.message, at=registry.iso(kit.clock()),
                       during="admission")
-    kit.registry.block(cid, {"source": source, "request": req.model_dump(exclude_none=True, exclude={"dry_run"}),
-                             "last_error": error.model_dump(), **kit.recorder.stamps(None)})
+    blocked = kit.registry.block(cid, {
+        "source": source, "request": req.model_dump(exclude_none=True, exclude={"dry_run"}),
+        "last_error": error.model_dump(), **kit.recorder.stamps(None)})
+    if blocked is not None:
+        audit.record(kit, cid, "block", f"blocked: {exc.code}", source=source)
 
 
 def reconcile(kit: Kit, cid: naming.ClusterId, dry_run: bool = False,
@@ -85,9 +88,15 @@ def reconcile(kit: Kit, cid: naming.ClusterId, dry_run: bool = False,
 def describe(kit: Kit, cid: naming.ClusterId) -> ClusterRecord:
     rec = kit.registry.get(cid)
     if rec is None:
-        raise errors.RecordNotFound(f"no record for cluster {cid.key}; provision it with "
-                                    "POST /clusters", field="cluster_name")
+        raise missing(cid)
     return rec
+
+
+def missing(cid: naming.ClusterId) -> errors.KipError:
+    """The 404 of a cluster without a record (also of one outside the caller's team scopes:
+    the same answer, so a read is no oracle of what exists)."""
+    return errors.RecordNotFound(f"no record for cluster {cid.key}; provision it with "
+                                 "POST /clusters", field="cluster_name")
 
 
 def page(kit: Kit, limit: int = 50, next_token: Optional[str] = None,
@@ -123,6 +132,8 @@ def _converge(kit: Kit, cid: naming.ClusterId, req: ClusterRequest, source: str,
             return Outcome(_note_in_sync(kit, ctx, rec, check, cheap),
                            queue_attributes=skeleton.queue_attributes(check))
     fields = kit.recorder.provision_fields(spec, source, ctx.cluster, ctx.record, requested_by)
+    if req.team:
+        fields["owner_team"] = req.team
     with kit.registry.lease(cid, rec, fields, kit.workers.submit) as held:
         if not ctx.found.rules.get(ctx.names.rule):     # a rule will be created
             ctx.counting = kit.rule_room.prefetch(ctx.target, kit.workers)
@@ -184,6 +195,9 @@ def _apply(kit: Kit, ctx: Context, spec: DesiredSpec, obs: Observed,
         update.update(status="failed", last_error=kit.recorder.failure(run, "provisioning"))
     previous = ctx.record.status if ctx.record else None
     saved = kit.recorder.save(leased.model_copy(update=update), held.owner, previous)
+    audit.record(kit, ctx.cid, "reconcile" if leased.source == "reconcile" else "provision",
+                 f"failed: {run.failure[1].code}" if run.failure else saved.status,
+                 audit.changed(run.finished(actions)), source=leased.source)
     if run.failure:
         run.failure[1].extra["record"] = saved.public()
         raise run.failure[1]

@@ -10,6 +10,9 @@ from chalicelib.usecases import clusters, queue_health
 from chalicelib.usecases.kit import Kit
 
 
+FILL_CALLS = 4
+
+
 def describe(kit: Kit, cid: naming.ClusterId) -> dict:
     """The record as the API shows it, with ``health`` read now."""
     record = clusters.describe(kit, cid)
@@ -18,5 +21,14 @@ def describe(kit: Kit, cid: naming.ClusterId) -> dict:
 
 def page(kit: Kit, limit: int, next_token: Optional[str], status: Optional[str],
          consumer: Optional[str]) -> tuple[list[ClusterRecord], Optional[str]]:
-    """``GET /clusters``: with ``consumer``, only records whose last recorded health says so."""
-    return clusters.page(kit, limit, next_token, status, consumer)
+    """``GET /clusters``: with ``consumer``, only records whose last recorded health says so.
+    Items that are not records (audit logs, counters) share the table and use up a Scan's
+    ``Limit``: the page is topped up with up to ``FILL_CALLS`` more reads, each asking only for
+    what is missing, so a page never exceeds ``limit`` and its token resumes after it."""
+    items, token = clusters.page(kit, limit, next_token, status, consumer)
+    for _ in range(FILL_CALLS):
+        if len(items) >= limit or not token:
+            break
+        more, token = clusters.page(kit, limit - len(items), token, status, consumer)
+        items = items + more
+    return items, token

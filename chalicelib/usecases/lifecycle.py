@@ -24,7 +24,7 @@ from chalicelib.core import generations, naming, preconditions
 from chalicelib.core.events import EksEvent
 from chalicelib.core.observed import ClusterState
 from chalicelib.core.records import ClusterRecord, LastError
-from chalicelib.usecases import clusters, skeleton, teardown
+from chalicelib.usecases import audit, clusters, skeleton, teardown
 from chalicelib.usecases.kit import Kit
 
 log = Logger(service="kip", child=True)
@@ -126,8 +126,9 @@ def _hold(kit: Kit, record: ClusterRecord, reason: str) -> None:
                               "hour: held until an operator releases it (POST "
                               "/clusters/{name}/release) or the sweep, an hour on, still finds "
                               "the cluster gone")
-    kit.registry.note(record, {"status": "teardown_held", "held_at": stamp,
-                               "last_error": error.model_dump()})
+    if kit.registry.note(record, {"status": "teardown_held", "held_at": stamp,
+                                  "last_error": error.model_dump()}):
+        audit.record(kit, record.cid, "hold", "teardown_held", source=record.source)
     log.error("teardown held", extra={"cluster": record.id, "budget":
                                       kit.settings.teardown_budget})
     kit.recorder.publish(record.cid, "teardown_held", record.status,

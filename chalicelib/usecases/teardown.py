@@ -12,7 +12,7 @@ from chalicelib.converge.executor import execute, preview
 from chalicelib.core import naming, preconditions, records
 from chalicelib.core.preconditions import IfMatch
 from chalicelib.core.observed import Observed
-from chalicelib.usecases import skeleton
+from chalicelib.usecases import audit, skeleton
 from chalicelib.usecases.kit import Kit
 from chalicelib.usecases.recorder import by
 from chalicelib.usecases.skeleton import Context, Outcome
@@ -64,9 +64,13 @@ def _remove(kit: Kit, ctx: Context, obs: Observed, actions: list, skipped: list,
         saved = kit.recorder.save(leased.model_copy(update={
             "resources": resources, "removed": removed,
             "last_error": kit.recorder.failure(run, "teardown")}), held.owner, leased.status)
+        audit.record(kit, ctx.cid, "teardown", f"failed: {run.failure[1].code}",
+                     audit.changed(run.finished(actions)), source=leased.source)
         run.failure[1].extra["record"] = saved.public()
         raise run.failure[1]
     kit.registry.delete(leased, held.owner)
+    audit.record(kit, ctx.cid, "teardown", "deleted", audit.changed(run.finished(actions)),
+                 source=leased.source)
     if ctx.record is not None:
         kit.recorder.deleted(leased, ctx.record.status)
     return Outcome(None, changed=bool(actions), actions=removed, skipped=skipped)

@@ -102,6 +102,10 @@ def test_a_create_cluster_lambda_gave_up_on_is_provisioned_by_the_schedule(api, 
     assert rec["status"] == "ready" and rec["source"] == "eks-event"
     assert boto3.client("sqs").get_queue_url(QueueName="kip-payments-prod")["QueueUrl"]
     assert counts(queue) == (0, 0)      # handled: deleted
+    # and the audit trail says the replay did it, for the caller of the EKS call
+    (entry,) = api.http.get("/clusters/payments-prod/history").json_body["items"]
+    assert (entry["action"], entry["source"]) == ("provision", "replay")
+    assert entry["actor"] == create_event()["detail"]["userIdentity"]["arn"]
 
 
 @pytest.mark.parametrize("forged", [

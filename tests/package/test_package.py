@@ -89,6 +89,20 @@ def test_every_function_has_a_retained_log_group_and_an_errors_alarm(translated)
                                                        "TeardownHeld")
 
 
+def test_api_access_logs_go_to_a_log_group_with_a_retention_and_audit_items_expire(translated):
+    res = translated["Resources"]
+    (stage,) = [v for v in res.values() if v["Type"] == "AWS::ApiGateway::Stage"]
+    setting = stage["Properties"]["AccessLogSetting"]
+    assert setting["DestinationArn"] == {"Fn::GetAtt": ["ApiAccessLogGroup", "Arn"]}
+    fields = json.loads(setting["Format"])
+    assert {"principal", "userArn", "status", "requestId"} <= set(fields)
+    assert res["ApiAccessLogGroup"]["Properties"]["RetentionInDays"] == \
+        {"Ref": "LogRetentionDays"}
+    # audit items (and counters) carry expires_at: the table's TTL removes them
+    assert res["ClustersTable"]["Properties"]["TimeToLiveSpecification"] == {
+        "AttributeName": "expires_at", "Enabled": True}
+
+
 def test_the_docs_state_the_reserved_concurrency_the_config_reserves():
     config = json.loads((ROOT / ".chalice" / "config.json").read_text())
     total = sum(f["reserved_concurrency"]

@@ -233,6 +233,9 @@ IMPLICIT = {
     "iam:TagPolicy": "CreatePolicy with Tags is authorized as CreatePolicy + TagPolicy",
     "sqs:TagQueue": "CreateQueue with tags is authorized as CreateQueue + TagQueue",
     "sts:AssumeRole": "clusters in other accounts (KIP_CROSS_ACCOUNT_ROLE)",
+    "sts:SetSourceIdentity": "AssumeRole names the actor as SourceIdentity (tests/aws/"
+                             "test_audit.py)",
+    "ssm:GetParameter": "KIP_AUTHZ=ssm:/kip/..., read once per container",
     "events:PutEvents": "status events to the portal bus (KIP_STATUS_BUS)",
     "eks:ListClusters": "the schedule's adoption of existing clusters (KIP_ADOPT_EXISTING)",
     "organizations:DescribeAccount": "KIP_ORG_ID membership of an account outside "

@@ -635,3 +635,14 @@ def test_authorizer_response_allows_and_lets_an_outage_propagate(jwks):
     auth.reset_cache()
     with pytest.raises(errors.AuthUnavailable):
         auth.authorizer_response(s, f"Bearer {mint()}", METHOD_ARN)
+
+
+def test_a_deployment_may_accept_backstages_user_token_type(jwks):
+    # Backstage's own user tokens say typ vnd.backstage.user: refused unless KIP_JWT_TYP names it
+    token = typed("vnd.backstage.user")
+    refused(settings_for(jwks), token)
+    assert verify(settings_for(jwks, extra_types=("vnd.backstage.user",)),
+                  bearer(token)).subject == "user:alice"
+    with pytest.raises(ValueError, match="KIP_JWT_TYP"):
+        auth.JwtSettings.from_env({"KIP_JWKS_URL": jwks.url, "KIP_JWT_ISSUER": ISSUER,
+                                   "KIP_JWT_AUDIENCE": AUDIENCE, "KIP_JWT_TYP": "a b"})

@@ -106,13 +106,17 @@ def test_forwarding_rules_per_region_and_flag(region, drift, expected):
 def test_trust_only_the_hub_account_with_the_external_id():
     doc = member().resources()["ProvisionerRole"]["Properties"]["AssumeRolePolicyDocument"]
     (st,) = doc["Statement"]
-    assert st["Effect"] == "Allow" and st["Action"] == "sts:AssumeRole"
+    assert st["Effect"] == "Allow" and st["Action"] == ["sts:AssumeRole",
+                                                         "sts:SetSourceIdentity"]
     assert st["Principal"] == {"AWS": f"arn:aws:iam::{HUB_ACCOUNT}:root"}
     assert st["Condition"]["StringEquals"] == {"sts:ExternalId": EXTERNAL_ID}
     hub_lambda = f"arn:aws:iam::{HUB_ACCOUNT}:role/kip-prod"
     ok = {"sts:ExternalId": EXTERNAL_ID, "aws:PrincipalArn": hub_lambda}
     role = f"arn:aws:iam::{MEMBER_ACCOUNT}:role/kip-provisioner"
     assert allowed(doc, "sts:AssumeRole", role, ok)
+    # kip's sessions name their actor (SourceIdentity), under the same conditions
+    assert allowed(doc, "sts:SetSourceIdentity", role, ok)
+    assert not allowed(doc, "sts:SetSourceIdentity", role, {"aws:PrincipalArn": hub_lambda})
     assert not allowed(doc, "sts:AssumeRole", role, {**ok, "sts:ExternalId": "guess"})
     assert not allowed(doc, "sts:AssumeRole", role, {"aws:PrincipalArn": hub_lambda})
     assert not allowed(doc, "sts:AssumeRole", role,
