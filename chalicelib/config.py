@@ -145,10 +145,6 @@ class Settings:
         if api_auth not in ("iam", "none", "jwt"):
             # fail closed: a typo ("IAM", "iam ") must never silently remove authorization
             raise ValueError(f"KIP_API_AUTH must be exactly iam, none or jwt (got {api_auth!r})")
-        tags = {}
-        for pair in filter(None, (env.get("KIP_DEFAULT_TAGS") or "").split(",")):
-            key, _, value = pair.partition("=")
-            tags[key.strip()] = value.strip()
         allowed, org_id, adopt_regions, refusal = _organization_reach(env)
         return cls(
             prefix=_prefix(env),
@@ -174,7 +170,7 @@ class Settings:
             schedule_minutes=_int(env, "KIP_SCHEDULE_MINUTES", 15),
             api_auth=api_auth,
             cors_origin=env.get("KIP_CORS_ORIGIN") or None,
-            default_tags=tags,
+            default_tags=_default_tags(env),
             token_secret=env.get("KIP_TOKEN_SECRET") or None,
             stale_seconds=_int(env, "KIP_STALE_SECONDS", 600),
             alarms=_bool(env.get("KIP_ALARMS"), False),
@@ -225,6 +221,14 @@ def _organization_reach(env: dict) -> tuple:
                    "without one of them")
     regions = _csv(env, "KIP_ADOPT_REGIONS", r"[a-z]{2}(-[a-z]+)+-[0-9]{1,2}", "eu-west-1")
     return allowed, org_id, regions, refusal
+
+
+def _default_tags(env: dict) -> dict:
+    tags = {}
+    for pair in filter(None, (env.get("KIP_DEFAULT_TAGS") or "").split(",")):
+        key, _, value = pair.partition("=")
+        tags[key.strip()] = value.strip()
+    return tags
 
 
 def _grant_mode(env: dict) -> str:

@@ -8,9 +8,7 @@ import pytest
 from chalicelib import aws
 from chalicelib.aws import clients
 from chalicelib.core import actor
-from tests.aws.test_triggers import (SAMPLE_ACCOUNT, make_cluster_in, other_account_session,
-                                     sample)
-from tests.conftest import REGION
+from tests.support.world import OTHER_ACCOUNT as SAMPLE_ACCOUNT, REGION, make_cluster_in, sample
 from tests.support.events import eks_event
 
 SAMPLE_ACTOR = "arn:aws:sts::111122223333:assumed-role/platform-admin/platform-bot"
@@ -35,8 +33,7 @@ def history(client, name: str, **query) -> dict:
 
 def test_history_survives_teardown_and_names_the_actor_of_each_path(api, assumed):
     # given a cluster in a member account, wired by the CreateCluster trigger
-    sess = other_account_session(SAMPLE_ACCOUNT)
-    make_cluster_in(sess, "payments-prod")
+    sess = make_cluster_in(SAMPLE_ACCOUNT, REGION, "payments-prod")
     assert api.lambda_.invoke("on_eks_event",
                               sample("cloudtrail-eks-create-cluster.json")).payload["status"] \
         == "ready"
@@ -128,8 +125,8 @@ def test_sessions_per_actor_are_bounded(api, assumed, monkeypatch):
 
 
 def test_drift_repair_names_the_caller_whose_change_it_undid(api):
-    from tests.aws.test_drift import HUMAN, cloudtrail, rule_of
-    from tests.conftest import ACCOUNT, make_cluster, make_role
+    from tests.support.events import HUMAN, cloudtrail, rule_of
+    from tests.support.world import ACCOUNT, make_cluster, make_role
     import boto3
     import json
     # given a cluster provisioned through the API (the local stage: no caller)

@@ -8,28 +8,9 @@ import time
 import boto3
 import pytest
 
+from tests.support.events import KIP_LAMBDA_ROLE, cloudtrail, rule_of
 from tests.support.world import ACCOUNT, REGION, load_event, make_cluster, make_role
 from tests.support import drive
-
-HUMAN = f"arn:aws:sts::{ACCOUNT}:assumed-role/platform-admin/someone"
-KIP_LAMBDA_ROLE = f"arn:aws:iam::{ACCOUNT}:role/kip-prod-DefaultRole-ABC"
-
-
-def cloudtrail(service: str, name: str, params: dict, *, region: str = REGION,
-               actor: str = HUMAN, issuer: str = f"arn:aws:iam::{ACCOUNT}:role/platform-admin"
-               ) -> dict:
-    """The EventBridge envelope of a CloudTrail management event (shared sample's shape)."""
-    event = load_event("cloudtrail-eks-delete-cluster.json")
-    event.update(version="0", source=f"aws.{service}", account=ACCOUNT, region=region)
-    event["detail"].update(eventSource=f"{service}.amazonaws.com", eventName=name,
-                           awsRegion=region, requestParameters=params, responseElements=None,
-                           recipientAccountId=ACCOUNT, userIdentity={
-                               "type": "AssumedRole", "arn": actor, "accountId": ACCOUNT,
-                               "sessionContext": {"sessionIssuer": {
-                                   "type": "Role", "arn": issuer,
-                                   "userName": issuer.rsplit("/", 1)[-1]}}})
-    return event
-
 
 @pytest.fixture
 def provisioned(api, moto_env):
@@ -39,10 +20,6 @@ def provisioned(api, moto_env):
                       headers={"Content-Type": "application/json"})
     assert r.status_code == 201, r.json_body
     return r.json_body["names"]
-
-
-def rule_of(names: dict) -> str:
-    return names.get("rule") or sorted(names["rules"].values())[0]
 
 
 def invoke(api, event: dict) -> tuple[dict, float]:

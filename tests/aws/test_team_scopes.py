@@ -17,8 +17,8 @@ import pytest
 
 from chalicelib.config import get_settings
 from chalicelib.http import auth
-from tests.conftest import ACCOUNT, make_cluster, make_role
-from tests.unit.test_auth import EC_KEY, Jwks, jwk
+from tests.support.tokens import EC_KEY, Jwks, jwk
+from tests.support.world import ACCOUNT, make_cluster, make_role
 
 BACKSTAGE = "https://backstage.example.test/api/auth"
 AUTHZ = {"claim": "ent", "prefix": "group:default/", "admins": ["platform"],
