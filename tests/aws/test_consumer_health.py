@@ -285,7 +285,10 @@ def test_jwt_end_to_end_the_token_subject_becomes_requested_by():
     root = pathlib.Path(__file__).resolve().parents[2]
     env = {**os.environ, "KIP_API_AUTH": "jwt", "KIP_JWKS_URL": server.url,
            "KIP_JWT_ISSUER": ISSUER, "KIP_JWT_AUDIENCE": AUDIENCE,
-           "TOKEN": mint(sub="portal:team-payments"), "PYTHONPATH": str(root)}
+           # a JWT stage needs its team scopes: this token's group is an admin team
+           "KIP_AUTHZ": json.dumps({"claim": "groups", "admins": ["platform"], "teams": {}}),
+           "TOKEN": mint(sub="portal:team-payments", groups=["platform"]),
+           "PYTHONPATH": str(root)}
     try:
         done = subprocess.run([sys.executable, "-c", JWT_RUN], cwd=root, env=env, timeout=120,
                               capture_output=True, text=True)

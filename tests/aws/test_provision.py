@@ -465,8 +465,9 @@ def test_clean_provision_makes_exactly_the_expected_write_calls(clean_run):
 
     # then: the AWS resource writes (DynamoDB record writes are tested separately)
     assert sorted(w for w in writes if w[0] != "dynamodb") == EXPECTED_WRITES
-    # the lease, the shared rule count (one new rule), the record
-    assert [w[1] for w in writes if w[0] == "dynamodb"] == ["PutItem", "UpdateItem", "PutItem"]
+    # the lease, the shared rule count (one new rule), the record, the audit entry
+    assert [w[1] for w in writes if w[0] == "dynamodb"] == ["PutItem", "UpdateItem", "PutItem",
+                                                            "UpdateItem"]
     assert record["status"] == "ready"
 
 

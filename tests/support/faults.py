@@ -52,6 +52,9 @@ def label_for(service: str, operation: str, params: dict) -> str:
     if service == "dynamodb" and operation == "PutItem":
         item = params.get("Item") or {}
         label += "(lease)" if "lease_owner" in item else "(record)"
+    if service == "dynamodb" and operation == "UpdateItem" and \
+            str((params.get("Key") or {}).get("id", {}).get("S", "")).startswith("#audit/"):
+        label += "(audit)"
     return label
 
 
