@@ -70,8 +70,9 @@ def rewrite_template(template: dict, stage: str, partition: str) -> int:
             continue
         for policy in res.get("Properties", {}).get("Policies", []):
             doc = policy.get("PolicyDocument")
-            if doc == original or doc == wanted:
-                policy["PolicyDocument"] = wanted
+            if _canon(ungated(doc)) in (_canon(original), _canon(wanted)):
+                policy["PolicyDocument"] = gated(wanted) \
+                    if "IamWritesOn" in template.get("Conditions", {}) else wanted
                 count += 1
             else:
                 raise ValueError(f"{logical_id} carries a policy that is not "
@@ -178,6 +179,79 @@ def _alarm(description: str, namespace: str, metric: str, dimensions: list, thre
                                     {"Ref": "AWS::NoValue"}]}}}
 
 
+# kip's IAM write actions: only the role-policy grant needs them (KIP_GRANT_MODE)
+IAM_WRITES = frozenset({"iam:CreatePolicy", "iam:CreatePolicyVersion", "iam:DeletePolicy",
+                        "iam:DeletePolicyVersion", "iam:TagPolicy", "iam:UntagPolicy",
+                        "iam:AttachRolePolicy", "iam:DetachRolePolicy", "iam:DetachUserPolicy",
+                        "iam:DetachGroupPolicy"})
+GRANT_PARAMETERS = {
+    "GrantMode": {
+        "Type": "String", "Default": "role-policy", "AllowedValues": ["role-policy", "queue-policy"],
+        "Description": "KIP_GRANT_MODE: role-policy attaches an IAM policy to each controller "
+                       "role; queue-policy lets the role read through the queue's own policy "
+                       "(no IAM writes; no customer KMS keys)."},
+    "IamWrites": {
+        "Type": "String", "Default": "true", "AllowedValues": ["true", "false"],
+        "Description": "false drops kip's IAM write permissions (create, version, attach, detach, "
+                       "delete policies). Set it only with GrantMode=queue-policy, once a sweep "
+                       "has moved every cluster (its old policy detached and deleted)."},
+}
+
+
+def _grant_mode(template: dict, functions: list) -> None:
+    """GrantMode reaches every function as KIP_GRANT_MODE; with IamWrites=false the statements
+    of kip's IAM write actions leave its roles' policies (Fn::If ... AWS::NoValue)."""
+    template["Parameters"].update(GRANT_PARAMETERS)
+    template["Conditions"]["IamWritesOn"] = {"Fn::Equals": [{"Ref": "IamWrites"}, "true"]}
+    # (rewrite_template gates the roles' IAM write statements on IamWritesOn: ``gated``)
+    res = template["Resources"]
+    for fn in functions:
+        res[fn]["Properties"]["Environment"]["Variables"]["KIP_GRANT_MODE"] = {"Ref": "GrantMode"}
+
+
+def gated(doc: dict) -> dict:
+    """``doc`` with kip's IAM write actions only under IamWrites=true: a statement that mixes
+    them with reads is split in two (the reads stay, Sid kept; the writes get Sid<name>Writes)."""
+    out = []
+    for st in doc["Statement"]:
+        actions = _as_list(st.get("Action"))
+        writes = [a for a in actions if a in IAM_WRITES]
+        if not writes:
+            out.append(st)
+            continue
+        reads = [a for a in actions if a not in IAM_WRITES]
+        if reads:
+            out.append({**st, "Action": reads})
+        sid = f"{st.get('Sid', 'Iam')}Writes" if reads else st.get("Sid")
+        out.append({"Fn::If": ["IamWritesOn", {**st, "Action": writes,
+                                                **({"Sid": sid} if sid else {})},
+                               {"Ref": "AWS::NoValue"}]})
+    return {**doc, "Statement": out}
+
+
+def _canon(doc: dict) -> str:
+    """A policy document with each statement's actions sorted (their order means nothing)."""
+    return json.dumps({**doc, "Statement": [{**st, "Action": sorted(_as_list(st.get("Action")))}
+                                            for st in doc.get("Statement", [])]}, sort_keys=True)
+
+
+def ungated(doc: dict) -> dict:
+    """The document ``gated`` was made from (read-back of an already finished template)."""
+    merged: list = []
+    for st in doc.get("Statement", []):
+        st = st["Fn::If"][1] if "Fn::If" in st else st
+        prev = merged[-1] if merged else None
+        if prev is not None and st.get("Sid") == f"{prev.get('Sid')}Writes":
+            merged[-1] = {**prev, "Action": _as_list(prev["Action"]) + _as_list(st["Action"])}
+        else:
+            merged.append(st)
+    return {**doc, "Statement": merged}
+
+
+def _as_list(value: object) -> list:
+    return value if isinstance(value, list) else [value]
+
+
 def finish_template(template: dict) -> dict:
     """Add the deploy-time parameters, the external-id secret, log groups, alarms and outputs to
     the packaged template (in place; returned for convenience). Idempotent."""
@@ -191,6 +265,7 @@ def finish_template(template: dict) -> dict:
                                       "(the stack parameter ExternalId)",
                        "SecretString": {"Ref": "ExternalId"}, "Tags": TAGS}}
     functions = sorted(k for k, v in res.items() if v["Type"] == FUNCTION)
+    _grant_mode(template, functions)
     for fn in functions:
         props = res[fn]["Properties"]
         env = props.setdefault("Environment", {}).setdefault("Variables", {})

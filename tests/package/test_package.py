@@ -103,6 +103,27 @@ def test_api_access_logs_go_to_a_log_group_with_a_retention_and_audit_items_expi
         "AttributeName": "expires_at", "Enabled": True}
 
 
+def test_the_grant_mode_is_a_parameter_and_iam_writes_can_be_dropped(translated):
+    # GrantMode reaches every function; IamWrites=false removes every statement of kip's IAM
+    # write actions from its roles (issue: least authority), and nothing else
+    from scripts.package import IAM_WRITES
+    params, res = translated["Parameters"], translated["Resources"]
+    assert params["GrantMode"]["AllowedValues"] == ["role-policy", "queue-policy"]
+    assert params["IamWrites"]["Default"] == "true"
+    functions = [r for r in res.values() if r["Type"] == "AWS::Lambda::Function"]
+    assert all(f["Properties"]["Environment"]["Variables"]["KIP_GRANT_MODE"] == {
+        "Ref": "GrantMode"} for f in functions)
+    gated, plain = [], []
+    for role in (r for r in res.values() if r["Type"] == "AWS::IAM::Role"):
+        for policy in role["Properties"].get("Policies", []):
+            for st in policy["PolicyDocument"]["Statement"]:
+                (gated if "Fn::If" in st else plain).append(st)
+    assert gated and all(st["Fn::If"][0] == "IamWritesOn" and
+                         set(st["Fn::If"][1]["Action"]) <= IAM_WRITES for st in gated)
+    assert not any(set(st["Action"] if isinstance(st["Action"], list) else [st["Action"]])
+                   & IAM_WRITES for st in plain)
+
+
 def test_the_docs_state_the_reserved_concurrency_the_config_reserves():
     config = json.loads((ROOT / ".chalice" / "config.json").read_text())
     total = sum(f["reserved_concurrency"]
