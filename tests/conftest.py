@@ -44,11 +44,25 @@ def moto_env(settings):
     from moto import mock_aws
 
     from chalicelib import aws
-    with mock_aws():
+    from tests.support.pod_identity import distinct_issuers
+    with mock_aws(), distinct_issuers():
         aws.reset()
         aws.Store(settings).create_table()
+        _pods(ACCOUNT, REGION)          # moto has no Pod Identity API: the strict-AWS fake
         yield settings
         aws.reset()
+
+
+def _pods(account: str, region: str):
+    from tests.support.pod_identity import PodIdentity
+    return PodIdentity(account, region)
+
+
+@pytest.fixture
+def pod_identity(moto_env):
+    """The Pod Identity fake of this test's world (add associations with ``associate``)."""
+    from tests.support import pod_identity as fake
+    return fake.current()
 
 
 def make_cluster(name: str, tags: dict | None = None, region: str = REGION) -> dict:

@@ -236,10 +236,12 @@ def provision_clean_cluster() -> tuple[list[tuple], dict, dict]:
     get_settings.cache_clear()
     settings = get_settings()
     _clients.clear()
+    from tests.support.pod_identity import PodIdentity
     with mock_aws():
         aws.reset()
         try:
             aws.Store(settings).create_table()
+            PodIdentity(ACCOUNT, REGION)    # moto has no Pod Identity API
             make_cluster(CLUSTER)
             make_role(ROLE)
             writes = WriteRecorder()
