@@ -18,8 +18,11 @@ from functools import lru_cache
 # teardown_held: an event-driven teardown past KIP_TEARDOWN_BUDGET per hour, waiting for an
 # operator's release or the sweep's second look after the hour.
 # unreachable: kip's role in the cluster's account is missing or refuses AssumeRole.
+# external: another tool handles the cluster's interruptions (KIP_ON_EXISTING=report): kip
+# created nothing; no_karpenter: no Karpenter controller role was found by any method: kip
+# created nothing. The sweep looks at both again.
 STATUSES = ("provisioning", "ready", "waiting_for_role", "failed", "deleting", "blocked",
-            "teardown_held", "unreachable")
+            "teardown_held", "unreachable", "external", "no_karpenter")
 
 ALL_EVENT_KINDS = (
     "spot_interruption",
@@ -112,6 +115,12 @@ class Settings:
     # The EKS trigger's on-failure destination / rule DLQ (chalicelib/failed_events.py): the
     # schedule replays what it holds; unset (the local stage) = replay off.
     failed_events_queue_url: str | None = None
+    # Brownfield (docs/BROWNFIELD.md). Karpenter's service accounts, tried in order, when the
+    # controller role is looked up from the cluster (Pod Identity, then IRSA trust).
+    karpenter_service_accounts: tuple = (("kube-system", "karpenter"), ("karpenter", "karpenter"))
+    # What kip does where another tool already handles a cluster: report | coexist.
+    on_existing: str = "report"
+    role_list_seconds: int = 300    # how long one account's ListRoles answer serves IRSA lookups
 
     @property
     def allowed_role_pattern(self) -> str:
@@ -180,6 +189,7 @@ class Settings:
             **_sweep_settings(env),
             failed_events_queue_url=(env.get("KIP_FAILED_EVENTS_QUEUE_URL") or "").strip()
             or None,
+            **_brownfield_settings(env),
         )
 
 
@@ -232,6 +242,28 @@ def _sweep_settings(env: dict) -> dict:
                   if r.strip())
     return {"sweep_mode": mode, "sweep_queue_url": url, "sweep_rate": rates["KIP_SWEEP_RATE"],
             "sweep_account_rate": rates["KIP_SWEEP_ACCOUNT_RATE"], "service_role_arns": roles}
+
+
+ON_EXISTING = ("report", "coexist")
+
+
+def _brownfield_settings(env: dict) -> dict:
+    """KIP_KARPENTER_SERVICE_ACCOUNTS (``ns/sa,...``), KIP_ON_EXISTING, KIP_ROLE_LIST_SECONDS."""
+    raw = env.get("KIP_KARPENTER_SERVICE_ACCOUNTS") or "kube-system/karpenter,karpenter/karpenter"
+    pairs = []
+    for item in filter(None, (x.strip() for x in raw.split(","))):
+        ns, _, sa = item.partition("/")
+        if not (re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", ns) and
+                re.fullmatch(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?", sa)):
+            raise ValueError(f"KIP_KARPENTER_SERVICE_ACCOUNTS: {item[:80]!r} is not "
+                             "<namespace>/<service account> (e.g. kube-system/karpenter)")
+        pairs.append((ns, sa))
+    mode = (env.get("KIP_ON_EXISTING") or "report").strip()
+    if mode not in ON_EXISTING:
+        raise ValueError(f"KIP_ON_EXISTING must be one of {', '.join(ON_EXISTING)} "
+                         f"(got {mode[:40]!r})")
+    return {"karpenter_service_accounts": tuple(dict.fromkeys(pairs)), "on_existing": mode,
+            "role_list_seconds": _int(env, "KIP_ROLE_LIST_SECONDS", 300)}
 
 
 def with_external_id(settings: Settings, read_secret) -> Settings:

@@ -18,8 +18,8 @@ from chalicelib.core import naming, preconditions, records
 from chalicelib.core.preconditions import IfMatch
 from chalicelib.core.observed import Observed
 from chalicelib.core.records import ClusterRecord, EksCluster, LastError
-from chalicelib.core.spec import ClusterRequest, DesiredSpec, build_spec, is_opted_out, resolve_role
-from chalicelib.usecases import skeleton, teardown
+from chalicelib.core.spec import ClusterRequest, DesiredSpec, build_spec, is_opted_out
+from chalicelib.usecases import brownfield, skeleton, teardown
 from chalicelib.usecases.kit import Kit
 from chalicelib.usecases.skeleton import Context, Outcome
 
@@ -101,9 +101,12 @@ def page(kit: Kit, limit: int = 50, next_token: Optional[str] = None,
 def _converge(kit: Kit, cid: naming.ClusterId, req: ClusterRequest, source: str, guard: Guard,
               requested_by: Optional[str] = None,
               known: Optional[ClusterRecord] = None) -> Outcome:
-    role = resolve_role(req, cid, kit.settings)       # 400/403 before any AWS call
+    found = brownfield.controller_role(kit, cid, req, known)   # request, cluster or template
+    role = found.role
     ctx = skeleton.first_wave(kit, cid, role, [role.name], req.kms_key_id, known=known)
-    stop = guard(kit, ctx)
+    stop = guard(kit, ctx) or brownfield.gate(kit, ctx, req, found, source, look=not (
+        known and known.status in IN_SYNC and
+        _recent(known.verified_at, kit.clock(), kit.settings.full_check_hours)))
     if stop is not None:
         return stop
     spec = _desired(kit, ctx, req)
@@ -180,6 +183,7 @@ def _apply(kit: Kit, ctx: Context, spec: DesiredSpec, obs: Observed,
                                                   now, stamp),
               **migration.recorded_fields(spec, resources, run.failure is None, stamp,
                                           leased.rule_migration_since)}
+    update.update(brownfield.recorded(ctx))
     if run.failure:
         update.update(status="failed", last_error=kit.recorder.failure(run, "provisioning"))
     previous = ctx.record.status if ctx.record else None

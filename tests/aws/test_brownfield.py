@@ -1,0 +1,248 @@
+"""Brownfield (issue 20): kip finds the cluster's real Karpenter controller role (request, Pod
+Identity, IRSA trust, template), finds another tool's interruption handling for that role, and
+either reports it (creates nothing) or wires its own beside it -- on every entry path."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import boto3
+import pytest
+
+from chalicelib import errors
+from chalicelib.core.events import parse_eks_event
+from chalicelib.core.spec import ClusterRequest
+from chalicelib.usecases import backfill, lifecycle
+from tests.conftest import ACCOUNT, REGION, make_cluster, make_role
+from tests.support import drive, layouts
+from tests.support.events import eks_event
+
+KEY = f"{ACCOUNT}/{REGION}"
+
+
+def kip_made_nothing() -> bool:
+    sqs, events = boto3.client("sqs"), boto3.client("events")
+    return (not sqs.list_queues(QueueNamePrefix="kip-").get("QueueUrls") and
+            not events.list_rules(NamePrefix="kip-")["Rules"] and
+            not boto3.client("iam").list_policies(Scope="Local", PathPrefix="/kip/")["Policies"])
+
+
+def attached(role: str) -> list:
+    return [p["PolicyName"] for p in boto3.client("iam").list_attached_role_policies(
+        RoleName=role)["AttachedPolicies"]]
+
+
+# ----------------------------------------------------------------------- 1. the real role
+
+def test_an_eksctl_pod_identity_role_is_found_and_wired(moto_env, pod_identity):
+    # given the KP guide's cluster: role <cluster>-karpenter, bound by Pod Identity, no handler
+    make_cluster("shop")
+    arn = layouts.role("shop-karpenter", layouts.POD_TRUST)
+    pod_identity.associate("shop", "kube-system", "karpenter", arn)
+    kit = drive.make_kit(moto_env)
+    # when kip is asked without naming the role
+    out = drive.provision(kit, ClusterRequest(cluster_name="shop"))
+    # then the association's role gets kip's policy, though its name is outside the pattern
+    rec = out.record
+    assert (rec.status, rec.role_source, rec.handler) == ("ready", "pod-identity", "kip")
+    assert rec.resources.attachment.role_name == "shop-karpenter"
+    assert attached("shop-karpenter") == [f"kip-{REGION}-shop"]
+    assert rec.existing_handler is None
+
+
+def test_a_terraform_irsa_role_is_found_by_its_trust_not_its_name(moto_env):
+    # given terraform-aws-eks v20's IRSA role (a name_prefix name) trusting the cluster's OIDC
+    # provider for karpenter/karpenter, and a decoy trusting another cluster's provider
+    make_cluster("ledger")
+    make_cluster("other")
+    name = f"KarpenterController-{layouts.TF_SUFFIX}"
+    layouts.role(name, layouts.irsa_trust("ledger", "system:serviceaccount:karpenter:karpenter"))
+    layouts.role("KarpenterController-00000000000000000000000000", layouts.irsa_trust(
+        "other", "system:serviceaccount:karpenter:karpenter"))
+    kit = drive.make_kit(moto_env)
+    # when
+    out = drive.provision(kit, ClusterRequest(cluster_name="ledger"))
+    # then
+    assert (out.record.status, out.record.role_source) == ("ready", "irsa")
+    assert out.record.resources.attachment.role_name == name
+    assert attached(name) == [f"kip-{REGION}-ledger"]
+
+
+def test_pod_identity_wins_over_irsa_and_the_request_wins_over_both(moto_env, pod_identity):
+    make_cluster("both")
+    pod = layouts.role("both-karpenter", layouts.POD_TRUST)
+    pod_identity.associate("both", "karpenter", "karpenter", pod)   # the second default SA
+    layouts.role("irsa-karpenter", layouts.irsa_trust(
+        "both", "system:serviceaccount:kube-system:karpenter"))
+    make_role("KarpenterController-both")
+    kit = drive.make_kit(moto_env)
+    out = drive.provision(kit, ClusterRequest(cluster_name="both"))
+    assert (out.record.role_source, out.record.resources.attachment.role_name) == \
+        ("pod-identity", "both-karpenter")
+    out = drive.provision(kit, ClusterRequest(cluster_name="both",
+                                              controller_role="KarpenterController-both"))
+    assert (out.record.role_source, out.record.resources.attachment.role_name) == \
+        ("request", "KarpenterController-both")
+
+
+def test_without_any_binding_the_template_names_the_role(moto_env):
+    make_cluster("plain")
+    make_role("KarpenterController-plain")
+    out = drive.provision(drive.make_kit(moto_env), ClusterRequest(cluster_name="plain"))
+    assert (out.record.status, out.record.role_source) == ("ready", "template")
+
+
+def test_configured_service_accounts_replace_the_defaults(moto_env, pod_identity):
+    make_cluster("custom")
+    arn = layouts.role("custom-karpenter", layouts.POD_TRUST)
+    pod_identity.associate("custom", "kube-system", "karpenter", arn)
+    other = layouts.role("ops-karpenter", layouts.POD_TRUST)
+    pod_identity.associate("custom", "ops", "kctl", other)
+    kit = drive.make_kit(dataclasses.replace(
+        moto_env, karpenter_service_accounts=(("ops", "kctl"),)))
+    out = drive.provision(kit, ClusterRequest(cluster_name="custom"))
+    assert out.record.resources.attachment.role_name == "ops-karpenter"
+
+
+def test_a_reconcile_keeps_the_discovered_role_without_looking_again(moto_env, pod_identity):
+    make_cluster("shop")
+    pod_identity.associate("shop", "kube-system", "karpenter",
+                           layouts.role("shop-karpenter", layouts.POD_TRUST))
+    kit = drive.make_kit(moto_env)
+    drive.provision(kit, ClusterRequest(cluster_name="shop"))
+    looked = len(pod_identity.calls)
+    out = drive.reconcile(kit, drive.identity(kit, "shop"))
+    assert out.record.role_source == "pod-identity" and len(pod_identity.calls) == looked
+
+
+# ---------------------------------------------------------------- 5. room on the role
+
+def test_a_role_holding_the_quota_of_managed_policies_is_refused_before_anything_exists(
+        moto_env):
+    make_cluster("full")
+    make_role("KarpenterController-full")
+    for i in range(10):
+        layouts.managed("KarpenterController-full", f"team-policy-{i}",
+                        {"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*"})
+    kit = drive.make_kit(moto_env)
+    with pytest.raises(errors.RolePolicyQuotaExceeded) as err:
+        drive.provision(kit, ClusterRequest(cluster_name="full"))
+    assert err.value.status == 409 and err.value.extra["quota"] == 10
+    assert "Managed policies attached to an IAM role" in err.value.message
+    assert kip_made_nothing()
+    # an automatic path records the cluster blocked, naming the quota
+    with pytest.raises(errors.RolePolicyQuotaExceeded):
+        drive.adopt(kit, drive.identity(kit, "full"), "backfill")
+    rec = drive.describe(kit, drive.identity(kit, "full"))
+    assert (rec.status, rec.last_error.code) == ("blocked", "RolePolicyQuotaExceeded")
+    assert kip_made_nothing()
+
+
+# ------------------------------------------------------------ 4. no Karpenter at all
+
+def test_an_automatic_path_records_a_cluster_without_karpenter_and_creates_nothing(moto_env):
+    make_cluster("bare")
+    kit = drive.make_kit(moto_env)
+    out = lifecycle.cluster_created(kit, drive.identity(kit, "bare"), parse_eks_event(
+        eks_event("CreateCluster", "bare", ACCOUNT, REGION)))
+    assert out == {"recorded": f"{KEY}/bare", "status": "no_karpenter", "existing_handler": None}
+    rec = drive.describe(kit, drive.identity(kit, "bare"))
+    assert (rec.status, rec.handler) == ("no_karpenter", "none")
+    assert kip_made_nothing()
+    # the sweep looks again: once Karpenter's role exists, the cluster is wired
+    make_role("KarpenterController-bare")
+    assert drive.sweep(kit)["repaired"] == [f"{KEY}/bare"]
+    rec = drive.describe(kit, drive.identity(kit, "bare"))
+    assert (rec.status, rec.handler, rec.role_source) == ("ready", "kip", "template")
+
+
+# ------------------------------------------------- 2, 3, 6. layouts x entry paths x modes
+
+PATHS = ("api", "trigger", "backfill", "sweep")
+
+
+def enter(path: str, kit, cluster: str, api=None, mode: str = "report"):
+    """Enter kip for ``cluster`` the way ``path`` does; the API's answer, or the record."""
+    if path == "api":
+        body = {"cluster_name": cluster, **({"on_existing": mode} if mode != "report" else {})}
+        return api.http.post("/clusters", body=json.dumps(body),
+                             headers={"Content-Type": "application/json"})
+    if path == "trigger":
+        lifecycle.cluster_created(kit, drive.identity(kit, cluster), parse_eks_event(
+            eks_event("CreateCluster", cluster, ACCOUNT, REGION)))
+    elif path == "backfill":
+        summary = backfill.run(kit, [ACCOUNT], [REGION])
+        assert summary["clusters"][0]["outcome"] == ("external" if mode == "report"
+                                                     else "provisioned"), summary
+    else:
+        fresh = drive.make_kit(dataclasses.replace(kit.settings, adopt_existing=True))
+        summary = drive.sweep(fresh)
+        if mode == "report":
+            assert summary["adopted"] == [] and summary["recorded"] == [
+                {"cluster": f"{KEY}/{cluster}", "status": "external"}], summary
+        else:
+            assert summary["adopted"] == [f"{KEY}/{cluster}"], summary
+    return drive.describe(kit, drive.identity(kit, cluster))
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("layout", sorted(layouts.LAYOUTS))
+def test_report_creates_nothing_and_says_who_handles_the_cluster(moto_env, api, pod_identity,
+                                                                  layout, path):
+    # given a cluster another tool already wires
+    made = layouts.LAYOUTS[layout]("brown", pod_identity)
+    kit = drive.make_kit(moto_env)          # KIP_ON_EXISTING defaults to report
+    # when kip meets it
+    got = enter(path, kit, "brown", api)
+    # then kip created nothing, and says which tool, queue and rules handle it
+    assert kip_made_nothing()
+    if path == "api":
+        assert got.status_code == 409
+        err = got.json_body["error"]
+        assert err["code"] == "AlreadyHandled" and made.tool in err["message"]
+        found = err["existing_handler"]
+    else:
+        assert (got.status, got.handler, got.role_source) == \
+            ("external", "external", made.role_source)
+        found = got.existing_handler
+    assert (found["tool"], found["queue"], found["rules"]) == (made.tool, made.queue, made.rules)
+    assert found["policies"]
+    # and the other tool's resources are as they were
+    assert boto3.client("sqs").get_queue_url(QueueName=made.queue)
+    assert sorted(boto3.client("events").list_rule_names_by_target(
+        TargetArn=f"arn:aws:sqs:{REGION}:{ACCOUNT}:{made.queue}")["RuleNames"]) == made.rules
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("layout", sorted(layouts.LAYOUTS))
+def test_coexist_wires_kip_beside_the_other_handler_and_records_it(moto_env, api, pod_identity,
+                                                                   layout, path):
+    made = layouts.LAYOUTS[layout]("brown", pod_identity)
+    kit = drive.make_kit(dataclasses.replace(moto_env, on_existing="coexist"))
+    got = enter(path, kit, "brown", api, mode="coexist")
+    rec = drive.describe(kit, drive.identity(kit, "brown"))
+    if path == "api":
+        assert got.status_code == 201, got.json_body
+    assert (rec.status, rec.handler, rec.role_source) == ("ready", "kip", made.role_source)
+    assert rec.resources.attachment.role_name == made.role
+    assert (rec.existing_handler["tool"], rec.existing_handler["queue"]) == \
+        (made.tool, made.queue)
+    assert boto3.client("sqs").get_queue_url(QueueName="kip-brown")
+    assert f"kip-{REGION}-brown" in attached(made.role)
+
+
+def test_a_parked_cluster_is_wired_once_the_other_handler_is_removed(moto_env, pod_identity):
+    made = layouts.terraform("brown")
+    kit = drive.make_kit(moto_env)
+    assert enter("trigger", kit, "brown").status == "external"
+    # the team removes terraform's queue and rules (enable_spot_termination = false)
+    events = boto3.client("events")
+    for rule in made.rules:
+        events.remove_targets(Rule=rule, Ids=[layouts.TARGET_ID])
+        events.delete_rule(Name=rule)
+    sqs = boto3.client("sqs")
+    sqs.delete_queue(QueueUrl=sqs.get_queue_url(QueueName=made.queue)["QueueUrl"])
+    # the sweep's next look wires kip's own
+    assert drive.sweep(kit)["repaired"] == [f"{KEY}/brown"]
+    rec = drive.describe(kit, drive.identity(kit, "brown"))
+    assert (rec.status, rec.handler, rec.existing_handler) == ("ready", "kip", None)
