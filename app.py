@@ -242,7 +242,7 @@ def list_clusters() -> dict:
     query = _query("ListQuery")
     from chalicelib.usecases import inventory
     items, token = inventory.page(kit(), int(query.limit), query.next_token, query.status,
-                                  query.consumer)
+                                  query.consumer, query.handler)
     return {"items": [_view(i) for i in items], "next_token": token}
 
 

@@ -153,10 +153,12 @@ class Registry:
                           f"status {item.get('status') if item else None!r})")
 
     def page(self, limit: int, next_token: Optional[str], status: Optional[str],
-             consumer: Optional[str] = None) -> tuple[list[ClusterRecord], Optional[str]]:
-        start = _open_token(next_token, status, self._key(), consumer) if next_token else None
-        items, last = self.store.page(limit, start, status, consumer)
-        token = _seal_token(last, status, self._key(), consumer) if last else None
+             consumer: Optional[str] = None,
+             handler: Optional[str] = None) -> tuple[list[ClusterRecord], Optional[str]]:
+        start = _open_token(next_token, status, self._key(), consumer, handler) \
+            if next_token else None
+        items, last = self.store.page(limit, start, status, consumer, handler)
+        token = _seal_token(last, status, self._key(), consumer, handler) if last else None
         return [ClusterRecord.model_validate(i) for i in items], token
 
     def note_health(self, record: ClusterRecord, health: dict) -> bool:
@@ -237,14 +239,15 @@ def _mac(body: bytes, key: bytes) -> str:
 
 
 def _seal_token(start: dict, status: Optional[str], key: bytes,
-                consumer: Optional[str] = None) -> str:
-    bound = {"k": start, "s": status, **({"c": consumer} if consumer else {})}
+                consumer: Optional[str] = None, handler: Optional[str] = None) -> str:
+    bound = {"k": start, "s": status, **({"c": consumer} if consumer else {}),
+             **({"h": handler} if handler else {})}
     body = json.dumps(bound, sort_keys=True, separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(body).decode().rstrip("=") + "." + _mac(body, key)
 
 
 def _open_token(token: str, status: Optional[str], key: bytes,
-                consumer: Optional[str] = None) -> dict:
+                consumer: Optional[str] = None, handler: Optional[str] = None) -> dict:
     bad = ValidationError("next_token: not a token this API returned for this query",
                           field="next_token",
                           allowed="the next_token of the previous page of the same query")
@@ -255,7 +258,7 @@ def _open_token(token: str, status: Optional[str], key: bytes,
             raise ValueError
         data = json.loads(body)
         start = data["k"]
-        if data.get("s") != status or data.get("c") != consumer or \
+        if data.get("s") != status or data.get("c") != consumer or data.get("h") != handler or \
                 not isinstance(start, dict) or \
                 not all(isinstance(v, str) for v in start.values()):
             raise ValueError

@@ -94,7 +94,7 @@ class Store:
                    ReturnValuesOnConditionCheckFailure="ALL_OLD")
 
     def page(self, limit: int, start: Optional[dict], status: Optional[str],
-             consumer: Optional[str] = None) -> tuple:
+             consumer: Optional[str] = None, handler: Optional[str] = None) -> tuple:
         """One page. ``consumer`` filters on ``health.consumer`` (a FilterExpression: applied
         after ``Limit`` items are read, so a page may hold fewer items, even none, and still
         carry a next key)."""
@@ -109,6 +109,13 @@ class Store:
                       ExpressionAttributeNames={"#n": "cluster_name", "#h": "health",
                                                 "#c": "consumer"},
                       ExpressionAttributeValues={":c": {"S": consumer}})
+        if handler:     # a record from before issue 20 has no handler: kip wired it
+            missing = "attribute_not_exists(#hd) OR " if handler == "kip" else ""
+            kw.update(FilterExpression=f"{kw['FilterExpression']} AND ({missing}#hd = :hd)",
+                      ExpressionAttributeNames={**kw["ExpressionAttributeNames"],
+                                                "#hd": "handler"},
+                      ExpressionAttributeValues={**kw.get("ExpressionAttributeValues", {}),
+                                                 ":hd": {"S": handler}})
         if status:
             kw.update(IndexName=self.STATUS_INDEX,
                       KeyConditionExpression="#s = :s",

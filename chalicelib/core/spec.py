@@ -60,6 +60,7 @@ ALLOWED = {
     "limit": "an integer from 1 to 100",
     "next_token": "the next_token of the previous page of the same query",
     "status": "one of " + ", ".join(STATUSES),
+    "handler": "one of kip, external, auto-mode, none",
     "accounts": "1-50 distinct 12-digit account ids",
     "regions": "1-20 distinct AWS region codes such as eu-west-1",
 }
@@ -175,6 +176,8 @@ class ListQuery(BaseModel):
     next_token: Optional[StrictStr] = Field(default=None, max_length=4096)
     status: Optional[Literal[STATUSES]] = None  # type: ignore[valid-type]
     consumer: Optional[ConsumerState] = None
+    # who handles the cluster's interruptions (docs/BROWNFIELD.md): the fleet's coverage
+    handler: Optional[Literal["kip", "external", "auto-mode", "none"]] = None
 
     @field_validator("limit")
     @classmethod

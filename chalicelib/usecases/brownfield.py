@@ -77,12 +77,16 @@ def _by_irsa(kit: Kit, cid: naming.ClusterId, target: aws.Target,
              cluster: ClusterState) -> Optional[FoundRole]:
     if not cluster.oidc_issuer:
         return None
-    roles = (kit.role_list.roles(cid.account_id, target.list_roles) if kit.role_list
-             else target.list_roles())
     provider = brownfield.provider_arn(cid.partition, cid.account_id, cluster.oidc_issuer)
     subjects = [f"system:serviceaccount:{ns}:{sa}"
                 for ns, sa in kit.settings.karpenter_service_accounts]
-    role = brownfield.irsa_role(roles, provider, subjects)
+    if kit.role_list is None:
+        role = brownfield.irsa_role(target.list_roles(), provider, subjects)
+    else:
+        role = brownfield.irsa_role(kit.role_list.roles(cid.account_id, target.list_roles),
+                                    provider, subjects) or \
+            brownfield.irsa_role(kit.role_list.roles(cid.account_id, target.list_roles, True),
+                                 provider, subjects)
     ref = _ref(cid, role["arn"]) if role else None
     return FoundRole(ref, "irsa") if ref else None
 

@@ -91,9 +91,9 @@ def describe(kit: Kit, cid: naming.ClusterId) -> ClusterRecord:
 
 
 def page(kit: Kit, limit: int = 50, next_token: Optional[str] = None,
-         status: Optional[str] = None,
-         consumer: Optional[str] = None) -> tuple[list[ClusterRecord], Optional[str]]:
-    return kit.registry.page(limit, next_token, status, consumer)
+         status: Optional[str] = None, consumer: Optional[str] = None,
+         handler: Optional[str] = None) -> tuple[list[ClusterRecord], Optional[str]]:
+    return kit.registry.page(limit, next_token, status, consumer, handler)
 
 
 # ---------------------------------------------------------------------------- the skeleton

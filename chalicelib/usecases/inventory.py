@@ -17,6 +17,8 @@ def describe(kit: Kit, cid: naming.ClusterId) -> dict:
 
 
 def page(kit: Kit, limit: int, next_token: Optional[str], status: Optional[str],
-         consumer: Optional[str]) -> tuple[list[ClusterRecord], Optional[str]]:
-    """``GET /clusters``: with ``consumer``, only records whose last recorded health says so."""
-    return clusters.page(kit, limit, next_token, status, consumer)
+         consumer: Optional[str],
+         handler: Optional[str] = None) -> tuple[list[ClusterRecord], Optional[str]]:
+    """``GET /clusters``: with ``consumer``, only records whose last recorded health says so;
+    with ``handler``, only clusters handled so (kip, external, auto-mode, none)."""
+    return clusters.page(kit, limit, next_token, status, consumer, handler)

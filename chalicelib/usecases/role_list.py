@@ -1,5 +1,7 @@
 """One account's ListRoles answer, kept for ``KIP_ROLE_LIST_SECONDS``: IRSA discovery reads every
-role's trust policy, and a backfill or sweep asks once per account, not once per cluster."""
+role's trust policy, and a backfill or sweep asks once per account, not once per cluster. A
+lookup that finds nothing in a list older than a tenth of that reads it again (a role made a
+moment ago, e.g. right after its cluster), at most that often."""
 from __future__ import annotations
 
 import threading
@@ -12,11 +14,13 @@ class RoleList:
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[float, list]] = {}
 
-    def roles(self, account: str, read: Callable[[], list]) -> list[Any]:
+    def roles(self, account: str, read: Callable[[], list], missed: bool = False) -> list[Any]:
+        """``missed``: the caller found nothing in the list it got: re-read when it is old."""
         now = self.clock()
         with self._lock:
             hit = self._cache.get(account)
-            if hit and now - hit[0] < self.seconds:
+            fresh = self.seconds / 10 if missed else self.seconds
+            if hit and now - hit[0] < fresh:
                 return hit[1]
         roles = read()
         with self._lock:

@@ -246,3 +246,46 @@ def test_a_parked_cluster_is_wired_once_the_other_handler_is_removed(moto_env, p
     assert drive.sweep(kit)["repaired"] == [f"{KEY}/brown"]
     rec = drive.describe(kit, drive.identity(kit, "brown"))
     assert (rec.status, rec.handler, rec.existing_handler) == ("ready", "kip", None)
+
+
+def test_the_fleet_inventory_filters_by_handler(moto_env, api, pod_identity):
+    # given one cluster per handler: kip's, another tool's (reported), none (no Karpenter)
+    kit = drive.make_kit(moto_env)
+    make_cluster("mine")
+    make_role("KarpenterController-mine")
+    layouts.eksctl("theirs")
+    make_cluster("bare")
+    drive.provision(kit, ClusterRequest(cluster_name="mine"))
+    for name in ("theirs", "bare"):
+        enter("trigger", kit, name)
+    # when a portal asks who handles what
+    def names(query: str) -> list:
+        got = api.http.get(f"/clusters?{query}")
+        assert got.status_code == 200, got.json_body
+        return sorted(i["cluster_name"] for i in got.json_body["items"])
+    # then
+    assert names("handler=kip") == ["mine"]
+    assert names("handler=external") == ["theirs"]
+    assert names("handler=none") == ["bare"]
+    assert names("status=no_karpenter") == ["bare"]
+    assert names("status=external&handler=external") == ["theirs"]
+    assert api.http.get("/clusters?handler=other").status_code == 400
+    # a token is bound to its filter
+    page = api.http.get("/clusters?handler=kip&limit=1").json_body
+    if page["next_token"]:
+        assert api.http.get(f"/clusters?handler=external&next_token={page['next_token']}"
+                            ).status_code == 400
+
+
+def test_an_irsa_role_made_after_the_account_was_listed_is_found_once_the_list_is_old(
+        moto_env, clock):
+    kit = drive.make_kit(moto_env, clock=clock)
+    make_cluster("first")
+    make_role("KarpenterController-first")
+    drive.provision(kit, ClusterRequest(cluster_name="first"))     # lists the account's roles
+    make_cluster("late")
+    name = f"KarpenterController-{layouts.TF_SUFFIX}"
+    layouts.role(name, layouts.irsa_trust("late", "system:serviceaccount:karpenter:karpenter"))
+    clock.now += kit.settings.role_list_seconds / 10 + 1      # a miss re-reads an older list
+    out = drive.provision(kit, ClusterRequest(cluster_name="late"))
+    assert (out.record.role_source, out.record.resources.attachment.role_name) == ("irsa", name)

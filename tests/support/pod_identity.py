@@ -72,6 +72,8 @@ class PodIdentity:
         return parts, {k: v[0] for k, v in parse_qs(split.query).items()}
 
     def _list(self, request, **_):
+        if request.url.startswith(FAULT_URL):   # a fault hook (``before-send.*.*``, which runs
+            return None                         # first) answered this attempt already
         parts, query = self._parts(request)     # clusters/{name}/pod-identity-associations
         self.calls.append("ListPodIdentityAssociations")
         with self._lock:
@@ -93,6 +95,8 @@ class PodIdentity:
         return self._answer(request, 200, body)
 
     def _describe(self, request, **_):
+        if request.url.startswith(FAULT_URL):
+            return None
         parts, _query = self._parts(request)    # clusters/{name}/pod-identity-associations/{id}
         self.calls.append("DescribePodIdentityAssociation")
         with self._lock:
