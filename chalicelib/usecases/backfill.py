@@ -118,6 +118,9 @@ def _one(kit: Kit, account: str, region: str, name: str, dry_run: bool, source: 
     try:
         cid = skeleton.identity(kit, name, account, region)
         record = kit.registry.get(cid)
+        if record is not None and record.handler == "auto-mode":
+            return {**base, "outcome": "auto_mode", "reason": "EKS Auto Mode handles its "
+                    "interruptions (recorded with handler auto-mode)"}
         if record is not None:
             return {**base, "outcome": "already_managed", "status": record.status}
         out = clusters.adopt(kit, cid, source, dry_run=dry_run)

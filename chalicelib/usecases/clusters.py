@@ -48,6 +48,10 @@ def adopt(kit: Kit, cid: naming.ClusterId, source: str, dry_run: bool = False) -
                          region=cid.region, dry_run=dry_run)
     try:
         return _converge(kit, cid, req, source, _opted_out_or_unusable)
+    except errors.AutoModeCluster:      # EKS handles it: in the inventory as handler auto-mode
+        if not dry_run:
+            brownfield.park(kit, cid, req, source, "external", "auto-mode", None)
+        raise
     except BLOCKING as exc:
         if not dry_run:
             _block(kit, cid, req, source, exc)
@@ -78,8 +82,16 @@ def reconcile(kit: Kit, cid: naming.ClusterId, dry_run: bool = False,
         return teardown.teardown(kit, cid, "reconcile", dry_run, requested_by)
     params = {**rec.request, "cluster_name": cid.cluster_name,
               "account_id": cid.account_id, "region": cid.region, "dry_run": dry_run}
-    return _converge(kit, cid, ClusterRequest.model_validate(params), "reconcile",
-                     _refuse_unusable_cluster, requested_by, known=rec)
+    req = ClusterRequest.model_validate(params)
+    try:
+        return _converge(kit, cid, req, "reconcile", _refuse_unusable_cluster, requested_by,
+                         known=rec)
+    except errors.AutoModeCluster:      # a parked cluster (nothing of kip's) went Auto Mode
+        if dry_run or rec.status not in brownfield.PARKED:
+            raise
+        parked = brownfield.park(kit, cid, req, rec.source or "reconcile", "external",
+                                 "auto-mode", rec.role_source)
+        return Outcome(parked or rec, parked="external")
 
 
 def describe(kit: Kit, cid: naming.ClusterId) -> ClusterRecord:
@@ -213,7 +225,8 @@ def _refuse_unusable_cluster(kit: Kit, ctx: Context) -> Optional[Outcome]:
     """No new provisioning for an EKS Auto Mode cluster. One kip already manages keeps its
     resources (the record shows ``cluster.auto_mode``): self-managed Karpenter may still be
     running while the cluster moves to Auto Mode, and only its owner knows when it is gone."""
-    if ctx.cluster is not None and ctx.cluster.auto_mode and ctx.record is None:
+    nothing_of_kips = ctx.record is None or ctx.record.status in brownfield.PARKED
+    if ctx.cluster is not None and ctx.cluster.auto_mode and nothing_of_kips:
         raise errors.AutoModeCluster(
             f"EKS cluster {ctx.cid.cluster_name!r} runs EKS Auto Mode (computeConfig.enabled), "
             "which handles Spot interruptions itself: it needs no interruption queue; nothing "

@@ -289,3 +289,26 @@ def test_an_irsa_role_made_after_the_account_was_listed_is_found_once_the_list_i
     clock.now += kit.settings.role_list_seconds / 10 + 1      # a miss re-reads an older list
     out = drive.provision(kit, ClusterRequest(cluster_name="late"))
     assert (out.record.role_source, out.record.resources.attachment.role_name) == ("irsa", name)
+
+
+def test_an_auto_mode_cluster_is_in_the_inventory_as_auto_mode_and_the_sweep_stays_quiet(
+        moto_env, api):
+    from tests.aws.test_organization_reach import auto_mode
+    kit = drive.make_kit(moto_env)
+    make_cluster("auto")
+    make_cluster("bare")
+    auto_mode("auto")
+    with pytest.raises(errors.AutoModeCluster):      # the trigger still answers why
+        enter("trigger", kit, "auto")
+    rec = drive.describe(kit, drive.identity(kit, "auto"))
+    assert (rec.status, rec.handler) == ("external", "auto-mode")
+    # a cluster parked without Karpenter that turns Auto Mode on is never wired by the sweep
+    enter("trigger", kit, "bare")
+    make_role("KarpenterController-bare")
+    auto_mode("bare")
+    summary = drive.sweep(kit)
+    assert summary["errors"] == [] and summary["repaired"] == [], summary
+    assert drive.describe(kit, drive.identity(kit, "bare")).handler == "auto-mode"
+    assert kip_made_nothing()
+    got = api.http.get("/clusters?handler=auto-mode").json_body["items"]
+    assert sorted(i["cluster_name"] for i in got) == ["auto", "bare"]
