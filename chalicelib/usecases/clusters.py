@@ -161,7 +161,8 @@ def _note_in_sync(kit: Kit, ctx: Context, rec: ClusterRecord, check: Observed,
     """An in-sync record, brought up to date without a lease or a version bump (one
     UpdateItem, only when something changed): when it was last fully verified, the EKS
     cluster's summary (upgraded, Auto Mode turned on) and the alarms found (a record from
-    before alarms were recorded, or alarms deleted by hand once KIP_ALARMS is off)."""
+    before alarms were recorded, or alarms deleted by hand once KIP_ALARMS is off), and what a
+    full look found of other tools' handlers."""
     update: dict = {} if cheap else {"verified_at": registry.iso(kit.clock())}
     cluster = {k: v for k, v in (ctx.cluster.summary() if ctx.cluster else {}).items()
                if v is not None}
@@ -170,6 +171,8 @@ def _note_in_sync(kit: Kit, ctx: Context, rec: ClusterRecord, check: Observed,
     alarms = records.owned_alarms(check, ctx.cid)
     if alarms is not None and alarms.keys() != rec.resources.alarms.keys():
         update["resources"] = rec.resources.model_copy(update={"alarms": alarms})
+    update.update({k: v for k, v in brownfield.recorded(ctx).items()   # another handler seen
+                   if getattr(rec, k) != v})                          # (or gone) since
     if not update:
         return rec
     kit.registry.note(rec, {k: v.model_dump() if hasattr(v, "model_dump") else v

@@ -312,3 +312,26 @@ def test_an_auto_mode_cluster_is_in_the_inventory_as_auto_mode_and_the_sweep_sta
     assert kip_made_nothing()
     got = api.http.get("/clusters?handler=auto-mode").json_body["items"]
     assert sorted(i["cluster_name"] for i in got) == ["auto", "bare"]
+
+
+def test_a_handler_that_appears_beside_kips_wiring_is_recorded_not_parked(moto_env, clock):
+    # given a cluster kip wires
+    kit = drive.make_kit(moto_env, clock=clock)
+    make_cluster("mine")
+    make_role("KarpenterController-mine")
+    drive.provision(kit, ClusterRequest(cluster_name="mine"))
+    # when someone adds a hand-written queue, rule and grant for the same role
+    arn = layouts.queue("karpenter-mine")
+    rule = layouts.rules({"SpotInterruption": "by-hand-mine"}, arn)
+    boto3.client("iam").put_role_policy(
+        RoleName="KarpenterController-mine", PolicyName="by-hand",
+        PolicyDocument=json.dumps({"Version": "2012-10-17",
+                                   "Statement": [layouts.sqs_statement(arn)]}))
+    # then the next full reconcile records it beside kip's (kip's own queue never counts)
+    clock.now += kit.settings.full_check_hours * 3600 + 1
+    rec = drive.reconcile(kit, drive.identity(kit, "mine")).record
+    assert (rec.status, rec.handler) == ("ready", "kip")
+    assert rec.existing_handler == {
+        "tool": "unknown", "queue": "karpenter-mine", "queue_arn": arn, "rules": rule,
+        "policies": ["inline:KarpenterController-mine/by-hand"]}
+    assert boto3.client("sqs").get_queue_url(QueueName="kip-mine")

@@ -120,3 +120,19 @@ def test_interruption_patterns(pattern, expected):
 ])
 def test_the_tool_is_named_only_when_certain(queue, tags, rules, tool):
     assert bf.tool_of("c", queue, tags, rules) == tool
+
+
+def test_brownfield_settings_are_read_and_checked():
+    from chalicelib.config import Settings
+    s = Settings.from_env({})
+    assert s.on_existing == "report" and s.karpenter_service_accounts == (
+        ("kube-system", "karpenter"), ("karpenter", "karpenter"))
+    s = Settings.from_env({"KIP_ON_EXISTING": "coexist",
+                           "KIP_KARPENTER_SERVICE_ACCOUNTS": "ops/kctl, kube-system/karpenter"})
+    assert s.on_existing == "coexist"
+    assert s.karpenter_service_accounts == (("ops", "kctl"), ("kube-system", "karpenter"))
+    for env in ({"KIP_ON_EXISTING": "takeover"}, {"KIP_ON_EXISTING": "Report"},
+                {"KIP_KARPENTER_SERVICE_ACCOUNTS": "karpenter"},
+                {"KIP_KARPENTER_SERVICE_ACCOUNTS": "Kube_System/karpenter"}):
+        with pytest.raises(ValueError):
+            Settings.from_env(env)
