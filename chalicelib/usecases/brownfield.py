@@ -26,6 +26,7 @@ from chalicelib.core.spec import ROLE_ARN_RE, ClusterRequest, RoleRef, resolve_r
 from chalicelib.usecases.kit import Kit
 from chalicelib.usecases.skeleton import Context, Outcome
 
+MAX_QUEUES = 50     # queues a role's grants cover, looked at per run (broad grants: likeliest)
 # Records kip wrote without creating anything: the sweep looks at them again, and a later
 # provision may replace them.
 PARKED = ("blocked", "external", "no_karpenter")
@@ -106,9 +107,15 @@ def detect(kit: Kit, cid: naming.ClusterId, target: aws.Target, role: str, state
             grants.setdefault(pattern, []).append(where)
     queues = _granted_queues(target, cid, list(grants))
     queues.pop(own_queue, None)
-    for name in sorted(queues):
+    # a broad grant ("*", sqs:*) may cover many queues: the likeliest first, a bounded number,
+    # their rule look-ups in parallel
+    names = sorted(queues, key=lambda n: (cid.cluster_name not in n,
+                                          "karpenter" not in n.lower(), n))[:MAX_QUEUES]
+    targeting = dict(zip(names, gather([kit.workers.submit(target.rules_targeting, queues[n])
+                                        for n in names])))
+    for name in names:
         arn = queues[name]
-        rules = _interruption_rules(kit, target, arn)
+        rules = _interruption_rules(kit, target, targeting[name])
         url = target.queue_url(name) if rules else None
         if url:                 # rules feeding a queue that exists
             policies = {w for p, ws in grants.items() if brownfield.grants_cover([p], arn)
@@ -141,11 +148,10 @@ def _granted_queues(target: aws.Target, cid: naming.ClusterId, grants: list) -> 
     return out
 
 
-def _interruption_rules(kit: Kit, target: aws.Target, queue_arn: str) -> dict:
-    """rule name -> tags, of the default-bus rules targeting the queue with an interruption
-    pattern (kip's own rules left out: they carry its prefix)."""
-    names = [n for n in target.rules_targeting(queue_arn)
-             if not n.startswith(kit.settings.prefix)]
+def _interruption_rules(kit: Kit, target: aws.Target, targeting: list) -> dict:
+    """rule name -> tags, of the default-bus rules targeting a queue (``targeting``: their
+    names) with an interruption pattern (kip's own rules left out: they carry its prefix)."""
+    names = [n for n in targeting if not n.startswith(kit.settings.prefix)]
     futures: list[Future] = [kit.workers.submit(target.describe_rule, n) for n in names]
     found = {}
     for name, rule in zip(names, gather(futures)):

@@ -335,3 +335,33 @@ def test_a_handler_that_appears_beside_kips_wiring_is_recorded_not_parked(moto_e
         "tool": "unknown", "queue": "karpenter-mine", "queue_arn": arn, "rules": rule,
         "policies": ["inline:KarpenterController-mine/by-hand"]}
     assert boto3.client("sqs").get_queue_url(QueueName="kip-mine")
+
+
+def test_a_broad_sqs_grant_alone_is_not_a_handler_only_a_queue_interruption_rules_feed(
+        moto_env):
+    # given a template-named role allowed sqs:* on every queue, and unrelated queues
+    make_cluster("wide")
+    make_role("KarpenterController-wide")
+    boto3.client("iam").put_role_policy(
+        RoleName="KarpenterController-wide", PolicyName="sqs-everything",
+        PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Action": "sqs:*", "Resource": "*"}]}))
+    for i in range(5):
+        layouts.queue(f"orders-{i}")
+    other = layouts.queue("billing-events")
+    boto3.client("events").put_rule(Name="billing", EventPattern=json.dumps(
+        {"source": ["aws.ec2"], "detail-type": ["AWS API Call via CloudTrail"]}))
+    boto3.client("events").put_targets(Rule="billing", Targets=[{"Id": "q", "Arn": other}])
+    kit = drive.make_kit(moto_env)
+    # then the grant alone, or a rule without interruption events, is nobody's handler
+    out = drive.provision(kit, ClusterRequest(cluster_name="wide"))
+    assert (out.record.status, out.record.existing_handler) == ("ready", None)
+    # once an interruption rule feeds one of those queues, that queue is the handler
+    arn = layouts.queue("wide-spot")
+    layouts.rules({"SpotInterruption": "wide-spot"}, arn)
+    drive.teardown(kit, drive.identity(kit, "wide"))
+    with pytest.raises(errors.AlreadyHandled) as err:
+        drive.provision(kit, ClusterRequest(cluster_name="wide"))
+    assert err.value.extra["existing_handler"]["queue"] == "wide-spot"
+    assert err.value.extra["existing_handler"]["policies"] == [
+        "inline:KarpenterController-wide/sqs-everything"]
