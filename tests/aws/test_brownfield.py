@@ -365,3 +365,14 @@ def test_a_broad_sqs_grant_alone_is_not_a_handler_only_a_queue_interruption_rule
     assert err.value.extra["existing_handler"]["queue"] == "wide-spot"
     assert err.value.extra["existing_handler"]["policies"] == [
         "inline:KarpenterController-wide/sqs-everything"]
+
+
+def test_the_eks_trigger_lambda_answers_who_handles_a_cluster_it_leaves_alone(moto_env, api,
+                                                                            pod_identity):
+    made = layouts.karpenter_cfn("brown", pod_identity)
+    out = api.lambda_.invoke("on_eks_event", eks_event("CreateCluster", "brown", ACCOUNT,
+                                                       REGION)).payload
+    assert (out["recorded"], out["status"]) == (f"{KEY}/brown", "external")
+    assert (out["existing_handler"]["tool"], out["existing_handler"]["rules"]) == \
+        ("karpenter-cloudformation", made.rules)
+    assert kip_made_nothing()
