@@ -99,8 +99,8 @@ def detect(kit: Kit, cid: naming.ClusterId, target: aws.Target, role: str, state
     """Another tool's handler for ``role``: a queue (not kip's ``own_queue``) the role's identity
     policies let it receive from, fed by default-bus rules with interruption patterns. A
     wildcard grant counts only for queues such rules feed (conservative)."""
-    own_policies = [a for a in state.attached if f":policy{kit.settings.iam_path}" not in a]
-    docs = target.role_policy_documents(role, own_policies)
+    others = [a for a in state.attached if f":policy{kit.settings.iam_path}" not in a]
+    docs = target.role_policy_documents(role, others)     # kip's own policies left out
     grants: dict[str, list] = {}
     for where, doc in docs.items():
         for pattern in brownfield.receive_grants(doc):
