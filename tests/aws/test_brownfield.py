@@ -376,3 +376,16 @@ def test_the_eks_trigger_lambda_answers_who_handles_a_cluster_it_leaves_alone(mo
     assert (out["existing_handler"]["tool"], out["existing_handler"]["rules"]) == \
         ("karpenter-cloudformation", made.rules)
     assert kip_made_nothing()
+
+
+def test_a_parked_record_is_deleted_without_touching_the_other_tools_wiring(moto_env, api):
+    made = layouts.terraform("brown")
+    kit = drive.make_kit(moto_env)
+    assert enter("trigger", kit, "brown").status == "external"
+    got = api.http.delete("/clusters/brown", headers={"If-Match": "*"})
+    assert got.status_code == 200, got.json_body
+    assert api.http.get("/clusters/brown").status_code == 404
+    assert boto3.client("sqs").get_queue_url(QueueName=made.queue)
+    assert sorted(boto3.client("events").list_rule_names_by_target(
+        TargetArn=f"arn:aws:sqs:{REGION}:{ACCOUNT}:{made.queue}")["RuleNames"]) == made.rules
+    assert attached(made.role) == [f"KarpenterController-{layouts.TF_SUFFIX}"]
