@@ -118,7 +118,7 @@ class Settings:
     # Brownfield (docs/BROWNFIELD.md). Karpenter's service accounts, tried in order, when the
     # controller role is looked up from the cluster (Pod Identity, then IRSA trust).
     karpenter_service_accounts: tuple = (("kube-system", "karpenter"), ("karpenter", "karpenter"))
-    # What kip does where another tool already handles a cluster: report | coexist.
+    # What kip does where another tool already handles a cluster: report | coexist | takeover.
     on_existing: str = "report"
     role_list_seconds: int = 300    # how long one account's ListRoles answer serves IRSA lookups
 
@@ -244,7 +244,7 @@ def _sweep_settings(env: dict) -> dict:
             "sweep_account_rate": rates["KIP_SWEEP_ACCOUNT_RATE"], "service_role_arns": roles}
 
 
-ON_EXISTING = ("report", "coexist")
+ON_EXISTING = ("report", "coexist", "takeover")
 
 
 def _brownfield_settings(env: dict) -> dict:

@@ -224,3 +224,22 @@ REMOVAL = {
 
 def how_to_remove(tool: str) -> str:
     return REMOVAL.get(tool, REMOVAL["unknown"])
+
+
+def cutover(mode: str, existing: Optional[ExistingHandler], previous: Optional[dict],
+            consumer: Optional[str], queue: str) -> Optional[dict]:
+    """The takeover's state, from what was observed (kip never changes another tool's wiring):
+    ``wired`` (kip's queue exists; Karpenter must be pointed at it) -> ``retire_other`` (the
+    sweep saw Karpenter read kip's queue: the other wiring can go, by its own tool) -> ``done``
+    (the other wiring is gone). None outside a takeover."""
+    if existing is None:
+        return {"state": "done", "next": None} if previous else None
+    if mode != "takeover" and not previous:
+        return None
+    if consumer == "active":
+        return {"state": "retire_other",
+                "next": f"Karpenter reads kip's queue {queue}: remove the {existing.tool} "
+                        f"wiring (queue {existing.queue}): {how_to_remove(existing.tool)}"}
+    return {"state": "wired",
+            "next": f"set the Helm value settings.interruptionQueue={queue} (kip's queue) and "
+                    "roll Karpenter out; the sweep moves on once Karpenter reads it"}

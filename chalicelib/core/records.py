@@ -153,6 +153,7 @@ class ClusterRecord(BaseModel):
     role_source: Optional[Literal["request", "pod-identity", "irsa", "template"]] = None
     handler: Optional[Literal["kip", "external", "auto-mode", "none"]] = None
     existing_handler: Optional[dict] = None
+    cutover: Optional[dict] = None      # on_existing=takeover: {state, next} (core.brownfield)
     created_at: Optional[str] = None
     updated_at: Optional[str] = None
 

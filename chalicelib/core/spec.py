@@ -56,7 +56,7 @@ ALLOWED = {
             "and from KIP_DEFAULT_TAGS keys in more than case (IAM tag keys are case-insensitive); "
             "at most 50 tags per resource with KIP_DEFAULT_TAGS and kip's own 3",
     "dry_run": "true or false",
-    "on_existing": "report or coexist",
+    "on_existing": "report, coexist or takeover",
     "limit": "an integer from 1 to 100",
     "next_token": "the next_token of the previous page of the same query",
     "status": "one of " + ", ".join(STATUSES),
@@ -108,9 +108,10 @@ class ClusterRequest(BaseModel):
     visibility_timeout_seconds: Optional[StrictInt] = Field(default=None, ge=0, le=43200)
     max_receive_count: Optional[StrictInt] = Field(default=None, ge=1, le=1000)
     tags: Optional[dict[StrictStr, StrictStr]] = Field(default=None, max_length=20)
-    # another tool already handles the cluster: report (409, nothing created) or coexist (kip's
-    # wiring beside it); default: the deployment's KIP_ON_EXISTING
-    on_existing: Optional[Literal["report", "coexist"]] = None
+    # another tool already handles the cluster: report (409, nothing created), coexist (kip's
+    # wiring beside it) or takeover (beside it, with a cutover the record walks through);
+    # default: the deployment's KIP_ON_EXISTING
+    on_existing: Optional[Literal["report", "coexist", "takeover"]] = None
     dry_run: StrictBool = False
 
     @field_validator("controller_role")

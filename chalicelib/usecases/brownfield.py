@@ -192,8 +192,8 @@ def gate(kit: Kit, ctx: Context, req: ClusterRequest, found: FoundRole,
         return None
     ctx.looked = True
     ctx.existing = detect(kit, ctx.cid, ctx.target, ctx.role.name, state, ctx.names.queue)
-    mode = req.on_existing or kit.settings.on_existing
-    if ctx.existing is None or mode == "coexist" or managed:
+    mode = ctx.on_existing = req.on_existing or kit.settings.on_existing
+    if ctx.existing is None or mode in ("coexist", "takeover") or managed:
         return None
     if not automatic:
         raise already_handled(ctx.cid, ctx.existing)
@@ -235,6 +235,10 @@ def recorded(ctx: Context) -> dict:
     fields = {"handler": "kip", "role_source": ctx.role_source}
     if ctx.looked:
         fields["existing_handler"] = ctx.existing.to_dict() if ctx.existing else None
+        rec = ctx.record
+        fields["cutover"] = brownfield.cutover(
+            ctx.on_existing or "", ctx.existing, rec.cutover if rec else None,
+            rec.health.consumer if rec and rec.health else None, ctx.names.queue)
     return fields
 
 

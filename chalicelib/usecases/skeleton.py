@@ -49,6 +49,7 @@ class Context:
     role_source: Optional[str] = None   # request | pod-identity | irsa | template
     existing: Optional[Any] = None      # another tool's handler (core.brownfield)
     looked: bool = False                # this run looked for other handlers
+    on_existing: Optional[str] = None   # report | coexist | takeover, for this run
 
 
 def identity(kit: Kit, cluster_name: str, account_id: Optional[str] = None,

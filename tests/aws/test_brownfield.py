@@ -389,3 +389,33 @@ def test_a_parked_record_is_deleted_without_touching_the_other_tools_wiring(moto
     assert sorted(boto3.client("events").list_rule_names_by_target(
         TargetArn=f"arn:aws:sqs:{REGION}:{ACCOUNT}:{made.queue}")["RuleNames"]) == made.rules
     assert attached(made.role) == [f"KarpenterController-{layouts.TF_SUFFIX}"]
+
+
+def test_takeover_wires_kip_and_walks_the_cutover_as_it_observes_it(moto_env, api, clock):
+    # given terraform's wiring, and a takeover asked for by API
+    made = layouts.terraform("brown")
+    kit = drive.make_kit(moto_env, clock=clock)
+    got = enter("api", kit, "brown", api, mode="takeover")
+    assert got.status_code == 201, got.json_body
+    rec = drive.describe(kit, drive.identity(kit, "brown"))
+    # then kip's wiring exists beside terraform's, and the record says what to do next
+    assert (rec.status, rec.handler, rec.existing_handler["tool"]) == \
+        ("ready", "kip", "terraform-aws-eks")
+    assert rec.cutover["state"] == "wired" and "interruptionQueue=kip-brown" in \
+        rec.cutover["next"]
+    # when the sweep's health pass has seen Karpenter read kip's queue
+    assert kit.registry.note_health(rec, {"consumer": "active", "checked_at": "now"})
+    clock.now += kit.settings.full_check_hours * 3600 + 1
+    rec = drive.reconcile(kit, drive.identity(kit, "brown")).record
+    # then the other wiring may go, removed by its own tool (kip never touches it)
+    assert rec.cutover["state"] == "retire_other" and "enable_spot_termination" in \
+        rec.cutover["next"]
+    assert boto3.client("sqs").get_queue_url(QueueName=made.queue)
+    # when the team removed it, the next full look closes the cutover
+    events = boto3.client("events")
+    for rule in made.rules:
+        events.remove_targets(Rule=rule, Ids=[layouts.TARGET_ID])
+        events.delete_rule(Name=rule)
+    clock.now += kit.settings.full_check_hours * 3600 + 1
+    rec = drive.reconcile(kit, drive.identity(kit, "brown")).record
+    assert (rec.cutover, rec.existing_handler) == ({"state": "done", "next": None}, None)

@@ -131,7 +131,8 @@ def test_brownfield_settings_are_read_and_checked():
                            "KIP_KARPENTER_SERVICE_ACCOUNTS": "ops/kctl, kube-system/karpenter"})
     assert s.on_existing == "coexist"
     assert s.karpenter_service_accounts == (("ops", "kctl"), ("kube-system", "karpenter"))
-    for env in ({"KIP_ON_EXISTING": "takeover"}, {"KIP_ON_EXISTING": "Report"},
+    assert Settings.from_env({"KIP_ON_EXISTING": "takeover"}).on_existing == "takeover"
+    for env in ({"KIP_ON_EXISTING": "replace"}, {"KIP_ON_EXISTING": "Report"},
                 {"KIP_KARPENTER_SERVICE_ACCOUNTS": "karpenter"},
                 {"KIP_KARPENTER_SERVICE_ACCOUNTS": "Kube_System/karpenter"}):
         with pytest.raises(ValueError):
