@@ -291,7 +291,7 @@ def list_clusters() -> dict:
     query = _query("ListQuery")
     from chalicelib.usecases import access, inventory
     items, token = inventory.page(kit(), int(query.limit), query.next_token, query.status,
-                                  query.consumer)
+                                  query.consumer, query.handler)
     return {"items": [_view(i) for i in access.visible(_access(), items)], "next_token": token}
 
 

@@ -18,8 +18,11 @@ from functools import lru_cache
 # teardown_held: an event-driven teardown past KIP_TEARDOWN_BUDGET per hour, waiting for an
 # operator's release or the sweep's second look after the hour.
 # unreachable: kip's role in the cluster's account is missing or refuses AssumeRole.
+# external: another tool handles the cluster's interruptions (KIP_ON_EXISTING=report): kip
+# created nothing; no_karpenter: no Karpenter controller role was found by any method: kip
+# created nothing. The sweep looks at both again.
 STATUSES = ("provisioning", "ready", "waiting_for_role", "failed", "deleting", "blocked",
-            "teardown_held", "unreachable")
+            "teardown_held", "unreachable", "external", "no_karpenter")
 
 GRANT_MODES = ("role-policy", "queue-policy")
 
@@ -123,6 +126,12 @@ class Settings:
     # set when KIP_API_AUTH=jwt and KIP_AUTHZ is unset: every handler refuses to run (fail closed)
     authz_refusal: str | None = None
     audit_days: int = 400           # KIP_AUDIT_DAYS: audit entries outlive their cluster this long
+    # Brownfield (docs/BROWNFIELD.md). Karpenter's service accounts, tried in order, when the
+    # controller role is looked up from the cluster (Pod Identity, then IRSA trust).
+    karpenter_service_accounts: tuple = (("kube-system", "karpenter"), ("karpenter", "karpenter"))
+    # What kip does where another tool already handles a cluster: report | coexist | takeover.
+    on_existing: str = "report"
+    role_list_seconds: int = 300    # how long one account's ListRoles answer serves IRSA lookups
 
     @property
     def allowed_role_pattern(self) -> str:
@@ -189,6 +198,7 @@ class Settings:
             failed_events_queue_url=(env.get("KIP_FAILED_EVENTS_QUEUE_URL") or "").strip()
             or None,
             **_authz_settings(env, api_auth),
+            **_brownfield_settings(env),
         )
 
 
@@ -278,6 +288,28 @@ def _sweep_settings(env: dict) -> dict:
                   if r.strip())
     return {"sweep_mode": mode, "sweep_queue_url": url, "sweep_rate": rates["KIP_SWEEP_RATE"],
             "sweep_account_rate": rates["KIP_SWEEP_ACCOUNT_RATE"], "service_role_arns": roles}
+
+
+ON_EXISTING = ("report", "coexist", "takeover")
+
+
+def _brownfield_settings(env: dict) -> dict:
+    """KIP_KARPENTER_SERVICE_ACCOUNTS (``ns/sa,...``), KIP_ON_EXISTING, KIP_ROLE_LIST_SECONDS."""
+    raw = env.get("KIP_KARPENTER_SERVICE_ACCOUNTS") or "kube-system/karpenter,karpenter/karpenter"
+    pairs = []
+    for item in filter(None, (x.strip() for x in raw.split(","))):
+        ns, _, sa = item.partition("/")
+        if not (re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", ns) and
+                re.fullmatch(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?", sa)):
+            raise ValueError(f"KIP_KARPENTER_SERVICE_ACCOUNTS: {item[:80]!r} is not "
+                             "<namespace>/<service account> (e.g. kube-system/karpenter)")
+        pairs.append((ns, sa))
+    mode = (env.get("KIP_ON_EXISTING") or "report").strip()
+    if mode not in ON_EXISTING:
+        raise ValueError(f"KIP_ON_EXISTING must be one of {', '.join(ON_EXISTING)} "
+                         f"(got {mode[:40]!r})")
+    return {"karpenter_service_accounts": tuple(dict.fromkeys(pairs)), "on_existing": mode,
+            "role_list_seconds": _int(env, "KIP_ROLE_LIST_SECONDS", 300)}
 
 
 def with_external_id(settings: Settings, read_secret) -> Settings:

@@ -83,6 +83,12 @@ class AutoModeCluster(Conflict):
     retryable = False
 
 
+class AlreadyHandled(Conflict):
+    """Another tool already handles the cluster's interruptions (KIP_ON_EXISTING=report)."""
+    code = "AlreadyHandled"
+    retryable = False
+
+
 class InProgress(Conflict):
     """Another run holds the cluster's lease."""
     code = "ProvisioningInProgress"
@@ -123,6 +129,12 @@ class QuotaExceeded(KipError):
     status = 409
     code = "QuotaExceeded"
     retryable = False
+
+
+class RolePolicyQuotaExceeded(QuotaExceeded):
+    """The controller role already holds as many managed policies as IAM allows (checked before
+    anything is created; an automatic path records the cluster ``blocked``)."""
+    code = "RolePolicyQuotaExceeded"
 
 
 class AwsCallFailed(KipError):

@@ -58,13 +58,43 @@ def fidelity_set_attributes(original: Any) -> Any:
 
 
 def install_aws_fidelity() -> None:
-    """Make moto's SQS behave as AWS where kip would otherwise see false drift (moto 5.2.5)."""
+    """Make moto's SQS behave as AWS where kip would otherwise see false drift (moto 5.2.5), and
+    answer EKS Pod Identity as AWS does for clusters without associations."""
     from moto.sqs.models import Queue
     original = Queue._set_attributes
     if getattr(original, "_kip_fidelity", False):
         return
     _set_attributes = fidelity_set_attributes(original)
     Queue._set_attributes = _set_attributes  # type: ignore[method-assign]
+    _install_pod_identity()
+
+
+def _install_pod_identity() -> None:
+    """moto has no Pod Identity API (404 'Not yet implemented'): the local stack answers
+    ListPodIdentityAssociations with no associations and DescribePodIdentityAssociation with
+    ResourceNotFoundException, in EKS's rest-json (tests/support/pod_identity.py is the
+    in-process fake that also holds associations)."""
+    import json
+    import re
+
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication
+
+    original = DomainDispatcherApplication.__call__
+    path = re.compile(r"^/clusters/[^/]+/pod-identity-associations(/[^/]+)?/?$")
+
+    def call(self, environ, start_response):  # type: ignore[no-untyped-def]
+        m = path.match(environ.get("PATH_INFO", ""))
+        if m is None or environ.get("REQUEST_METHOD") != "GET":
+            return original(self, environ, start_response)
+        if m.group(1):
+            status, headers = "404 Not Found", [("x-amzn-ErrorType", "ResourceNotFoundException")]
+            body = {"message": "No Pod Identity association found"}
+        else:
+            status, headers, body = "200 OK", [], {"associations": []}
+        start_response(status, [("Content-Type", "application/json"), *headers])
+        return [json.dumps(body).encode()]
+
+    DomainDispatcherApplication.__call__ = call  # type: ignore[method-assign]
 
 
 def _install_latency(delay: float) -> None:

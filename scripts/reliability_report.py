@@ -323,6 +323,18 @@ MOTO_GAPS = [
      'STS AssumeRole API reference (errors)',
      "the sweep marks the account's records unreachable (last_error names the call) and tries again an hour later, not on every pass",
      'tests/aws/test_blocked.py::test_an_account_whose_kip_role_refuses_assume_role_is_unreachable_not_retried_hot'),
+    ("EKS Pod Identity: ListPodIdentityAssociations (summaries without roleArn) and DescribePodIdentityAssociation; moto answers 404 'Not yet implemented'",
+     'EKS API reference, ListPodIdentityAssociations / DescribePodIdentityAssociation (rest-json GET /clusters/{name}/pod-identity-associations)',
+     'with no controller_role in the request, the role of the association for KIP_KARPENTER_SERVICE_ACCOUNTS (kube-system/karpenter, karpenter/karpenter) is the controller role (role_source pod-identity), whatever its name; tests/support/pod_identity.py answers both calls in rest-json',
+     'tests/aws/test_brownfield.py::test_an_eksctl_pod_identity_role_is_found_and_wired'),
+    ('Each EKS cluster has its own OIDC issuer (identity.oidc.issuer), which is what an IRSA trust names; moto gives every cluster the same one',
+     'EKS User Guide, create an IAM OIDC provider for your cluster; IAM roles for service accounts (trust policy :sub / :aud)',
+     "an IRSA role is one whose trust allows AssumeRoleWithWebIdentity from this cluster's provider for Karpenter's service account (StringEquals over StringLike; :aud optional); the test world gives each cluster its own issuer",
+     'tests/aws/test_brownfield.py::test_a_terraform_irsa_role_is_found_by_its_trust_not_its_name'),
+    ('IAM attaches at most 10 managed policies per role by default (20 at most; GetAccountSummary AttachedPoliciesPerRoleQuota); moto attaches any number',
+     'IAM User Guide, IAM and AWS STS quotas; IAM GetAccountSummary API reference',
+     'before anything is created, a role already holding its quota is refused: 409 RolePolicyQuotaExceeded naming the quota; automatic paths record the cluster blocked',
+     'tests/aws/test_brownfield.py::test_a_role_holding_the_quota_of_managed_policies_is_refused_before_anything_exists'),
 ]
 
 

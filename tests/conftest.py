@@ -13,7 +13,7 @@ import pytest
 
 from tests.support import world       # first: sets the test environment and speed patches
 from tests.support.clock import Clock
-from tests.support.world import ROOT
+from tests.support.world import ACCOUNT, REGION, ROOT
 from tests.support.drive import make_kit
 
 
@@ -31,9 +31,11 @@ def moto_env(settings):
     from moto import mock_aws
 
     from chalicelib import aws
-    with mock_aws():
+    from tests.support.pod_identity import distinct_issuers
+    with mock_aws(), distinct_issuers():
         aws.reset()
         aws.Store(settings).create_table()
+        _pods(ACCOUNT, REGION)          # moto has no Pod Identity API: the strict-AWS fake
         yield settings
         aws.reset()
 
@@ -45,6 +47,18 @@ def kit_factory(moto_env) -> Callable[..., Any]:
     def make(clock: Callable[[], float] = time.time, **overrides: Any) -> Any:
         return make_kit(dataclasses.replace(moto_env, **overrides), clock=clock)
     return make
+
+
+def _pods(account: str, region: str):
+    from tests.support.pod_identity import PodIdentity
+    return PodIdentity(account, region)
+
+
+@pytest.fixture
+def pod_identity(moto_env):
+    """The Pod Identity fake of this test's world (add associations with ``associate``)."""
+    from tests.support import pod_identity as fake
+    return fake.current()
 
 
 @pytest.fixture

@@ -173,10 +173,12 @@ class Registry:
                           f"{found.get('status')!r}); this write changed nothing")
 
     def page(self, limit: int, next_token: Optional[str], status: Optional[str],
-             consumer: Optional[str] = None) -> tuple[list[ClusterRecord], Optional[str]]:
-        start = _open_token(next_token, status, self._key(), consumer) if next_token else None
-        items, last = self.store.page(limit, start, status, consumer)
-        token = _seal_token(last, status, self._key(), consumer) if last else None
+             consumer: Optional[str] = None,
+             handler: Optional[str] = None) -> tuple[list[ClusterRecord], Optional[str]]:
+        start = _open_token(next_token, status, self._key(), consumer, handler) \
+            if next_token else None
+        items, last = self.store.page(limit, start, status, consumer, handler)
+        token = _seal_token(last, status, self._key(), consumer, handler) if last else None
         return [ClusterRecord.model_validate(i) for i in items], token
 
     def note_health(self, record: ClusterRecord, health: dict) -> bool:
@@ -199,6 +201,30 @@ class Registry:
         item = {**(current.item() if current else {}), **fields, "id": cid.key,
                 "account_id": cid.account_id, "region": cid.region,
                 "cluster_name": cid.cluster_name, "status": "blocked",
+                "version": (current.version if current else 0) + 1, "write_id": new_token(),
+                "lease_owner": None, "lease_expires": None}
+        if current is not None:
+            item["created_at"] = current.created_at or item.get("created_at")
+        record = ClusterRecord.model_validate(item)
+        cond, values = (("attribute_not_exists(id)", {}) if current is None else
+                        ("version = :v", {":v": current.version}))
+        try:
+            self.store.put(record.item(), cond, values)
+        except ConditionFailed:
+            return None
+        return record
+
+    def park(self, cid: ClusterId, status: str, fields: dict,
+             replaceable: tuple) -> Optional[ClusterRecord]:
+        """Like ``block`` for another status kip records without creating anything
+        (``external``, ``no_karpenter``): written where the cluster has no record or one whose
+        status is in ``replaceable``; None otherwise, or when another run wrote first."""
+        current = self.get(cid)
+        if current is not None and current.status not in replaceable:
+            return None
+        item = {**(current.item() if current else {}), **fields, "id": cid.key,
+                "account_id": cid.account_id, "region": cid.region,
+                "cluster_name": cid.cluster_name, "status": status, "last_error": None,
                 "version": (current.version if current else 0) + 1, "write_id": new_token(),
                 "lease_owner": None, "lease_expires": None}
         if current is not None:
@@ -304,14 +330,15 @@ def _mac(body: bytes, key: bytes) -> str:
 
 
 def _seal_token(start: dict, status: Optional[str], key: bytes,
-                consumer: Optional[str] = None) -> str:
-    bound = {"k": start, "s": status, **({"c": consumer} if consumer else {})}
+                consumer: Optional[str] = None, handler: Optional[str] = None) -> str:
+    bound = {"k": start, "s": status, **({"c": consumer} if consumer else {}),
+             **({"h": handler} if handler else {})}
     body = json.dumps(bound, sort_keys=True, separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(body).decode().rstrip("=") + "." + _mac(body, key)
 
 
 def _open_token(token: str, status: Optional[str], key: bytes,
-                consumer: Optional[str] = None) -> dict:
+                consumer: Optional[str] = None, handler: Optional[str] = None) -> dict:
     bad = ValidationError("next_token: not a token this API returned for this query",
                           field="next_token",
                           allowed="the next_token of the previous page of the same query")
@@ -322,7 +349,7 @@ def _open_token(token: str, status: Optional[str], key: bytes,
             raise ValueError
         data = json.loads(body)
         start = data["k"]
-        if data.get("s") != status or data.get("c") != consumer or \
+        if data.get("s") != status or data.get("c") != consumer or data.get("h") != handler or \
                 not isinstance(start, dict) or \
                 not all(isinstance(v, str) for v in start.values()):
             raise ValueError

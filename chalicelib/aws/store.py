@@ -95,10 +95,11 @@ class Store:
                    ReturnValuesOnConditionCheckFailure="ALL_OLD")
 
     def page(self, limit: int, start: Optional[dict], status: Optional[str],
-             consumer: Optional[str] = None) -> tuple:
-        """One page of cluster records. ``consumer`` filters on ``health.consumer`` (a
-        FilterExpression, as is skipping kip's own items: applied after ``Limit`` items are
-        read, so a page may hold fewer items, even none, and still carry a next key)."""
+             consumer: Optional[str] = None, handler: Optional[str] = None) -> tuple:
+        """One page of cluster records. ``consumer`` filters on ``health.consumer``, ``handler``
+        on who handles the cluster (FilterExpressions, as is skipping kip's own items: applied
+        after ``Limit`` items are read, so a page may hold fewer items, even none, and still
+        carry a next key)."""
         kw: dict[str, Any] = {"TableName": self.table, "Limit": limit}
         if start:
             kw["ExclusiveStartKey"] = _to_ddb(start)
@@ -109,6 +110,13 @@ class Store:
             kw.update(FilterExpression="attribute_exists(account_id) AND #h.#c = :c",
                       ExpressionAttributeNames={"#h": "health", "#c": "consumer"},
                       ExpressionAttributeValues={":c": {"S": consumer}})
+        if handler:     # a record from before issue 20 has no handler: kip wired it
+            missing = "attribute_not_exists(#hd) OR " if handler == "kip" else ""
+            kw.update(FilterExpression=f"{kw['FilterExpression']} AND ({missing}#hd = :hd)",
+                      ExpressionAttributeNames={**kw["ExpressionAttributeNames"],
+                                                "#hd": "handler"},
+                      ExpressionAttributeValues={**kw.get("ExpressionAttributeValues", {}),
+                                                 ":hd": {"S": handler}})
         if status:
             kw.update(IndexName=self.STATUS_INDEX,
                       KeyConditionExpression="#s = :s",

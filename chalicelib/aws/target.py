@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from typing import Any, Callable, Optional
+from urllib.parse import unquote
 
 from chalicelib import errors
 from chalicelib.core import kms, naming
@@ -58,7 +59,8 @@ class _Reads:
                             version=c.get("version"), tags=c.get("tags") or {},
                             auto_mode=bool((c.get("computeConfig") or {}).get("enabled")),
                             created_at=created.timestamp() if hasattr(created, "timestamp")
-                            else created)
+                            else created,
+                            oidc_issuer=((c.get("identity") or {}).get("oidc") or {}).get("issuer"))
 
     def list_clusters(self) -> list[str]:
         paginator = self._c("eks").get_paginator("list_clusters")
@@ -240,7 +242,85 @@ class _Reads:
         return tags_dict((r or {}).get("Tags"))
 
 
-class Target(_Reads):
+class _Brownfield(_Reads):
+    """Reads that find who already handles a cluster, and as which role (docs/BROWNFIELD.md)."""
+
+    def pod_identity_roles(self, cluster: str, namespace: str, service_account: str) -> list:
+        """The role ARNs of the cluster's Pod Identity associations for one service account
+        (every page; each association described: the summaries carry no roleArn). A target
+        role (cross-account chaining) wins when set."""
+        eks, arns, kw = self._c("eks"), [], {"clusterName": cluster, "namespace": namespace,
+                                             "serviceAccount": service_account}
+        step = f"eks:ListPodIdentityAssociations {cluster} {namespace}/{service_account}"
+        for _ in range(20):
+            r = call(step, eks.list_pod_identity_associations, gone_ok=True, **kw) or {}
+            for summary in r.get("associations", []):
+                d = call(f"eks:DescribePodIdentityAssociation {summary['associationId']}",
+                         eks.describe_pod_identity_association, clusterName=cluster,
+                         associationId=summary["associationId"], gone_ok=True)
+                assoc = (d or {}).get("association") or {}
+                arn = assoc.get("targetRoleArn") or assoc.get("roleArn")
+                if arn:
+                    arns.append(arn)
+            if not r.get("nextToken"):
+                break
+            kw["nextToken"] = r["nextToken"]
+        return arns
+
+    def list_roles(self) -> list[dict]:
+        """Every role of the account: ``{"name", "arn", "trust"}`` (all pages of ListRoles)."""
+        paginator = self._c("iam").get_paginator("list_roles")
+        pages = call("iam:ListRoles", lambda: list(paginator.paginate()))
+        return [{"name": r["RoleName"], "arn": r["Arn"],
+                 "trust": _decoded(r.get("AssumeRolePolicyDocument"))}
+                for p in pages for r in p.get("Roles", [])]
+
+    def role_policy_documents(self, role: str, attached: list) -> dict:
+        """The role's identity policies: ``{policy ARN or "inline:<role>/<name>": document}``
+        (managed: GetPolicy + GetPolicyVersion of each attached ARN; inline: ListRolePolicies +
+        GetRolePolicy)."""
+        docs: dict = {}
+        for arn in attached:
+            policy = self.get_policy(arn)
+            if policy and policy.get("default_version"):
+                docs[arn] = self.policy_document(arn, policy["default_version"])
+        iam = self._c("iam")
+        paginator = iam.get_paginator("list_role_policies")
+        pages = call(f"iam:ListRolePolicies {role}", lambda: list(paginator.paginate(
+            RoleName=role)), gone_ok=True) or []
+        for name in (n for p in pages for n in p.get("PolicyNames", [])):
+            r = call(f"iam:GetRolePolicy {role}/{name}", iam.get_role_policy, RoleName=role,
+                     PolicyName=name, gone_ok=True)
+            if r is not None:
+                docs[f"inline:{role}/{name}"] = _decoded(r.get("PolicyDocument"))
+        return docs
+
+    def queue_names(self, prefix: str) -> list[str]:
+        """Queue names starting with ``prefix`` in this account-region (all pages)."""
+        paginator = self._c("sqs").get_paginator("list_queues")
+        pages = call(f"sqs:ListQueues {prefix}", lambda: list(paginator.paginate(
+            QueueNamePrefix=prefix, PaginationConfig={"MaxItems": 5000})))
+        return [u.rsplit("/", 1)[-1] for p in pages for u in p.get("QueueUrls", [])]
+
+    def rules_targeting(self, arn: str) -> list[str]:
+        """Default-bus rules with a target ``arn`` (all pages of ListRuleNamesByTarget)."""
+        paginator = self._c("events").get_paginator("list_rule_names_by_target")
+        pages = call(f"events:ListRuleNamesByTarget {arn}",
+                     lambda: list(paginator.paginate(TargetArn=arn)))
+        return [n for p in pages for n in p.get("RuleNames", [])]
+
+    def attached_policies_quota(self) -> Optional[int]:
+        """IAM's managed-policies-per-role quota for the account (GetAccountSummary), or None
+        when it cannot be read."""
+        try:
+            r = call("iam:GetAccountSummary", self._c("iam").get_account_summary)
+        except errors.KipError:
+            return None
+        value = r.get("SummaryMap", {}).get("AttachedPoliciesPerRoleQuota")
+        return int(value) if value else None
+
+
+class Target(_Brownfield):
     """The adapter: the reads, and the writes that planner actions name."""
 
     def create_queue(self, name: str, attributes: dict, tags: dict) -> dict:
@@ -387,6 +467,13 @@ class Target(_Reads):
             if exc.extra.get("aws_code") != "ResourceNotFound":
                 raise
         return {}
+
+
+def _decoded(doc: Any) -> Optional[dict]:
+    """An IAM policy document as a dict (botocore decodes most; a URL-encoded string else)."""
+    if doc is None or isinstance(doc, dict):
+        return doc
+    return json.loads(unquote(doc))
 
 
 def settle_pauses(total: float) -> list[float]:

@@ -67,6 +67,7 @@ class ClusterState:
     tags: dict = field(default_factory=dict)
     auto_mode: bool = False         # computeConfig.enabled: EKS Auto Mode handles interruptions
     created_at: Optional[float] = None   # createdAt (epoch seconds): tells generations apart
+    oidc_issuer: Optional[str] = None    # identity.oidc.issuer: IRSA trusts name it
 
     def summary(self) -> dict:
         return {"arn": self.arn, "status": self.status, "version": self.version,

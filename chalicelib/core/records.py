@@ -149,6 +149,12 @@ class ClusterRecord(BaseModel):
     held_at: Optional[str] = None       # teardown_held: when the teardown budget held it
     unreachable_at: Optional[str] = None    # unreachable: when AssumeRole was last refused
     rule_migration_since: Optional[str] = None  # when the queue policy first allowed the one rule
+    # brownfield (docs/BROWNFIELD.md): how the controller role was found, who handles the
+    # cluster's interruptions, and another tool's wiring kip found for that role
+    role_source: Optional[Literal["request", "pod-identity", "irsa", "template"]] = None
+    handler: Optional[Literal["kip", "external", "auto-mode", "none"]] = None
+    existing_handler: Optional[dict] = None
+    cutover: Optional[dict] = None      # on_existing=takeover: {state, next} (core.brownfield)
     created_at: Optional[str] = None
     updated_at: Optional[str] = None
 

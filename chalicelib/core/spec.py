@@ -56,9 +56,11 @@ ALLOWED = {
             "and from KIP_DEFAULT_TAGS keys in more than case (IAM tag keys are case-insensitive); "
             "at most 50 tags per resource with KIP_DEFAULT_TAGS and kip's own 3",
     "dry_run": "true or false",
+    "on_existing": "report, coexist or takeover",
     "limit": "an integer from 1 to 100",
     "next_token": "the next_token of the previous page of the same query",
     "status": "one of " + ", ".join(STATUSES),
+    "handler": "one of kip, external, auto-mode, none",
     "accounts": "1-50 distinct 12-digit account ids",
     "regions": "1-20 distinct AWS region codes such as eu-west-1",
 }
@@ -108,6 +110,10 @@ class ClusterRequest(BaseModel):
     tags: Optional[dict[StrictStr, StrictStr]] = Field(default=None, max_length=20)
     # the team the cluster is provisioned for (KIP_AUTHZ), when several of the caller's cover it
     team: Optional[StrictStr] = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+    # another tool already handles the cluster: report (409, nothing created), coexist (kip's
+    # wiring beside it) or takeover (beside it, with a cutover the record walks through);
+    # default: the deployment's KIP_ON_EXISTING
+    on_existing: Optional[Literal["report", "coexist", "takeover"]] = None
     dry_run: StrictBool = False
 
     @field_validator("controller_role")
@@ -173,6 +179,8 @@ class ListQuery(BaseModel):
     next_token: Optional[StrictStr] = Field(default=None, max_length=4096)
     status: Optional[Literal[STATUSES]] = None  # type: ignore[valid-type]
     consumer: Optional[ConsumerState] = None
+    # who handles the cluster's interruptions (docs/BROWNFIELD.md): the fleet's coverage
+    handler: Optional[Literal["kip", "external", "auto-mode", "none"]] = None
 
     @field_validator("limit")
     @classmethod
@@ -221,6 +229,7 @@ RegionCode = Annotated[StrictStr, Field(pattern=naming.REGION_RE.pattern)]
 
 
 BackfillOutcome = Literal["provisioned", "would_provision", "already_managed", "opted_out",
+                          "external", "no_karpenter",
                           "auto_mode", "skipped", "failed"]
 
 

@@ -118,6 +118,9 @@ def _one(kit: Kit, account: str, region: str, name: str, dry_run: bool, source: 
     try:
         cid = skeleton.identity(kit, name, account, region)
         record = kit.registry.get(cid)
+        if record is not None and record.handler == "auto-mode":
+            return {**base, "outcome": "auto_mode", "reason": "EKS Auto Mode handles its "
+                    "interruptions (recorded with handler auto-mode)"}
         if record is not None:
             return {**base, "outcome": "already_managed", "status": record.status}
         out = clusters.adopt(kit, cid, source, dry_run=dry_run)
@@ -130,6 +133,10 @@ def _one(kit: Kit, account: str, region: str, name: str, dry_run: bool, source: 
     if out.opted_out:
         return {**base, "outcome": "opted_out",
                 "reason": f"the cluster's {kit.settings.opt_out_tag} tag opts it out"}
+    if out.parked:      # "external" (another tool's handler) or "no_karpenter"
+        return {**base, "outcome": out.parked,
+                **({"existing_handler": out.record.existing_handler}
+                   if out.record is not None and out.record.existing_handler else {})}
     if dry_run:
         return {**base, "outcome": "would_provision",
                 "plan": [f"{a['op']} {a['name']}" for a in out.actions]}
@@ -149,6 +156,9 @@ def adopt_configured(kit: Kit, summary: dict, known: set) -> None:
     for c in result["clusters"]:
         if c["outcome"] == "provisioned":
             summary["adopted"].append(c["cluster"])
+        elif c["outcome"] in ("external", "no_karpenter"):   # recorded, nothing created
+            summary.setdefault("recorded", []).append(
+                {"cluster": c["cluster"], "status": c["outcome"]})
         elif c["outcome"] == "failed":
             summary["errors"].append({"cluster": c["cluster"], "code": c["code"],
                                       "message": c["message"]})

@@ -18,8 +18,8 @@ from chalicelib.core import naming, preconditions, records
 from chalicelib.core.preconditions import IfMatch
 from chalicelib.core.observed import Observed
 from chalicelib.core.records import ClusterRecord, EksCluster, LastError
-from chalicelib.core.spec import ClusterRequest, DesiredSpec, build_spec, is_opted_out, resolve_role
-from chalicelib.usecases import audit, skeleton, teardown
+from chalicelib.core.spec import ClusterRequest, DesiredSpec, build_spec, is_opted_out
+from chalicelib.usecases import audit, brownfield, skeleton, teardown
 from chalicelib.usecases.kit import Kit
 from chalicelib.usecases.skeleton import Context, Outcome
 
@@ -48,6 +48,10 @@ def adopt(kit: Kit, cid: naming.ClusterId, source: str, dry_run: bool = False) -
                          region=cid.region, dry_run=dry_run)
     try:
         return _converge(kit, cid, req, source, _opted_out_or_unusable)
+    except errors.AutoModeCluster:      # EKS handles it: in the inventory as handler auto-mode
+        if not dry_run:
+            brownfield.park(kit, cid, req, source, "external", "auto-mode", None)
+        raise
     except BLOCKING as exc:
         if not dry_run:
             _block(kit, cid, req, source, exc)
@@ -81,8 +85,16 @@ def reconcile(kit: Kit, cid: naming.ClusterId, dry_run: bool = False,
         return teardown.teardown(kit, cid, "reconcile", dry_run, requested_by)
     params = {**rec.request, "cluster_name": cid.cluster_name,
               "account_id": cid.account_id, "region": cid.region, "dry_run": dry_run}
-    return _converge(kit, cid, ClusterRequest.model_validate(params), "reconcile",
-                     _refuse_unusable_cluster, requested_by, known=rec)
+    req = ClusterRequest.model_validate(params)
+    try:
+        return _converge(kit, cid, req, "reconcile", _refuse_unusable_cluster, requested_by,
+                         known=rec)
+    except errors.AutoModeCluster:      # a parked cluster (nothing of kip's) went Auto Mode
+        if dry_run or rec.status not in brownfield.PARKED:
+            raise
+        parked = brownfield.park(kit, cid, req, rec.source or "reconcile", "external",
+                                 "auto-mode", rec.role_source)
+        return Outcome(parked or rec, parked="external")
 
 
 def describe(kit: Kit, cid: naming.ClusterId) -> ClusterRecord:
@@ -100,9 +112,9 @@ def missing(cid: naming.ClusterId) -> errors.KipError:
 
 
 def page(kit: Kit, limit: int = 50, next_token: Optional[str] = None,
-         status: Optional[str] = None,
-         consumer: Optional[str] = None) -> tuple[list[ClusterRecord], Optional[str]]:
-    return kit.registry.page(limit, next_token, status, consumer)
+         status: Optional[str] = None, consumer: Optional[str] = None,
+         handler: Optional[str] = None) -> tuple[list[ClusterRecord], Optional[str]]:
+    return kit.registry.page(limit, next_token, status, consumer, handler)
 
 
 # ---------------------------------------------------------------------------- the skeleton
@@ -110,9 +122,12 @@ def page(kit: Kit, limit: int = 50, next_token: Optional[str] = None,
 def _converge(kit: Kit, cid: naming.ClusterId, req: ClusterRequest, source: str, guard: Guard,
               requested_by: Optional[str] = None,
               known: Optional[ClusterRecord] = None) -> Outcome:
-    role = resolve_role(req, cid, kit.settings)       # 400/403 before any AWS call
+    found = brownfield.controller_role(kit, cid, req, known)   # request, cluster or template
+    role = found.role
     ctx = skeleton.first_wave(kit, cid, role, [role.name], req.kms_key_id, known=known)
-    stop = guard(kit, ctx)
+    stop = guard(kit, ctx) or brownfield.gate(kit, ctx, req, found, source, look=not (
+        known and known.status in IN_SYNC and
+        _recent(known.verified_at, kit.clock(), kit.settings.full_check_hours)))
     if stop is not None:
         return stop
     spec = _desired(kit, ctx, req)
@@ -157,7 +172,8 @@ def _note_in_sync(kit: Kit, ctx: Context, rec: ClusterRecord, check: Observed,
     """An in-sync record, brought up to date without a lease or a version bump (one
     UpdateItem, only when something changed): when it was last fully verified, the EKS
     cluster's summary (upgraded, Auto Mode turned on) and the alarms found (a record from
-    before alarms were recorded, or alarms deleted by hand once KIP_ALARMS is off)."""
+    before alarms were recorded, or alarms deleted by hand once KIP_ALARMS is off), and what a
+    full look found of other tools' handlers."""
     update: dict = {} if cheap else {"verified_at": registry.iso(kit.clock())}
     cluster = {k: v for k, v in (ctx.cluster.summary() if ctx.cluster else {}).items()
                if v is not None}
@@ -166,6 +182,8 @@ def _note_in_sync(kit: Kit, ctx: Context, rec: ClusterRecord, check: Observed,
     alarms = records.owned_alarms(check, ctx.cid)
     if alarms is not None and alarms.keys() != rec.resources.alarms.keys():
         update["resources"] = rec.resources.model_copy(update={"alarms": alarms})
+    update.update({k: v for k, v in brownfield.recorded(ctx).items()   # another handler seen
+                   if getattr(rec, k) != v})                          # (or gone) since
     if not update:
         return rec
     kit.registry.note(rec, {k: v.model_dump() if hasattr(v, "model_dump") else v
@@ -191,6 +209,7 @@ def _apply(kit: Kit, ctx: Context, spec: DesiredSpec, obs: Observed,
                                                   now, stamp),
               **migration.recorded_fields(spec, resources, run.failure is None, stamp,
                                           leased.rule_migration_since, obs)}
+    update.update(brownfield.recorded(ctx))
     if run.failure:
         update.update(status="failed", last_error=kit.recorder.failure(run, "provisioning"))
     previous = ctx.record.status if ctx.record else None
@@ -223,7 +242,8 @@ def _refuse_unusable_cluster(kit: Kit, ctx: Context) -> Optional[Outcome]:
     """No new provisioning for an EKS Auto Mode cluster. One kip already manages keeps its
     resources (the record shows ``cluster.auto_mode``): self-managed Karpenter may still be
     running while the cluster moves to Auto Mode, and only its owner knows when it is gone."""
-    if ctx.cluster is not None and ctx.cluster.auto_mode and ctx.record is None:
+    nothing_of_kips = ctx.record is None or ctx.record.status in brownfield.PARKED
+    if ctx.cluster is not None and ctx.cluster.auto_mode and nothing_of_kips:
         raise errors.AutoModeCluster(
             f"EKS cluster {ctx.cid.cluster_name!r} runs EKS Auto Mode (computeConfig.enabled), "
             "which handles Spot interruptions itself: it needs no interruption queue; nothing "

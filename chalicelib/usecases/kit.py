@@ -16,6 +16,7 @@ from chalicelib.config import Settings, get_settings
 from chalicelib.converge.executor import Workers
 from chalicelib.core import naming
 from chalicelib.usecases.recorder import Recorder
+from chalicelib.usecases.role_list import RoleList
 from chalicelib.usecases.rule_room import RuleRoom
 
 
@@ -28,6 +29,7 @@ class Kit:
     rule_room: RuleRoom         # the rule quota, counted once a minute per account-region
     workers: Workers            # the bounded pool every AWS call runs on
     org: aws.Organization       # KIP_ORG_ID membership, cached
+    role_list: Optional[RoleList] = None    # ListRoles per account, for IRSA discovery
 
     def names(self, cid: naming.ClusterId, legacy: bool = False) -> naming.Names:
         """The names kip would give this cluster's resources (a record's names win)."""
@@ -39,4 +41,5 @@ def build(settings: Optional[Settings] = None, clock: Callable[[], float] = time
     registry = Registry(aws.Store(settings), settings, clock)
     return Kit(settings=settings, clock=clock, registry=registry,
                recorder=Recorder(registry, settings, clock), rule_room=RuleRoom(settings, clock),
-               workers=Workers(settings.max_workers), org=aws.Organization(settings))
+               workers=Workers(settings.max_workers), org=aws.Organization(settings),
+               role_list=RoleList(clock, settings.role_list_seconds))

@@ -42,6 +42,9 @@ def cluster_created(kit: Kit, cid: naming.ClusterId, ev: EksEvent) -> dict:
     out = clusters.adopt(kit, cid, source="eks-event")     # honours the opt-out tag
     if out.opted_out:
         return {"ignored": "cluster opted out", "cluster": cid.key}
+    if out.parked:      # another tool handles it, or no Karpenter: recorded, nothing created
+        return {"recorded": cid.key, "status": out.parked,
+                "existing_handler": out.record.existing_handler if out.record else None}
     return {"provisioned": cid.key, "status": out.record.status}
 
 

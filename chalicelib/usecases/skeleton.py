@@ -8,7 +8,7 @@ point leaves a record naming everything that may exist.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 from chalicelib import aws, errors
 from chalicelib.converge.executor import done, gather
@@ -31,6 +31,7 @@ class Outcome:
     # "queue"/"dlq" -> GetQueueAttributes (All) as this run read them: the sweep's health read
     # takes its counts from here instead of asking SQS again
     queue_attributes: dict = field(default_factory=dict)
+    parked: Optional[str] = None    # "external" / "no_karpenter": recorded, nothing created
 
 
 @dataclass
@@ -45,6 +46,10 @@ class Context:
     cluster: Optional[ClusterState] = None
     kms_key_arn: Optional[str] = None
     counting: Optional[list] = None     # the rule quota's reads, started early
+    role_source: Optional[str] = None   # request | pod-identity | irsa | template
+    existing: Optional[Any] = None      # another tool's handler (core.brownfield)
+    looked: bool = False                # this run looked for other handlers
+    on_existing: Optional[str] = None   # report | coexist | takeover, for this run
 
 
 def identity(kit: Kit, cluster_name: str, account_id: Optional[str] = None,

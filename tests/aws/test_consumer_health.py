@@ -261,6 +261,8 @@ with mock_aws():
     from chalicelib import aws
     from chalicelib.config import get_settings
     aws.Store(get_settings()).create_table()
+    from tests.support.pod_identity import PodIdentity
+    PodIdentity("123456789012", "eu-west-1")    # moto has no Pod Identity API
     from tests.support.world import make_cluster, make_role
     make_cluster("payments-prod")
     make_role("KarpenterController-payments-prod")

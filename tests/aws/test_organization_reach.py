@@ -16,6 +16,7 @@ from chalicelib.aws import worklist
 from chalicelib.http.openapi import BackfillResult
 from chalicelib.usecases import fanout
 from tests.support import drive
+from tests.support.world import auto_mode
 from tests.support.faults import Strict
 from tests.support.world import (ACCOUNT, OTHER_ACCOUNT, REGION, ROOT, make_cluster,
                                  make_cluster_in, make_role, other_account_session, sample)
@@ -29,18 +30,6 @@ def queues(sess: boto3.session.Session) -> list[str]:
     names = [u.rsplit("/", 1)[-1] for u in sess.client("sqs").list_queues(
         QueueNamePrefix="kip-").get("QueueUrls", [])]
     return sorted(n for n in names if not n.endswith("dlq"))
-
-
-def auto_mode(*names: str) -> None:
-    """moto drops computeConfig from DescribeCluster: put it back, as EKS answers for an Auto
-    Mode cluster (ComputeConfigResponse: enabled, nodePools, nodeRoleArn)."""
-
-    def hook(parsed, **_):
-        cluster = (parsed or {}).get("cluster") or {}
-        if cluster.get("name") in names:
-            cluster["computeConfig"] = {"enabled": True, "nodePools": ["general-purpose"],
-                                        "nodeRoleArn": f"arn:aws:iam::{ACCOUNT}:role/auto-node"}
-    aws.add_hook("after-call.eks.DescribeCluster", hook)
 
 
 def post(client, path, body):

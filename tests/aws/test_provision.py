@@ -16,6 +16,7 @@ from chalicelib import aws, errors
 from chalicelib.config import ALL_EVENT_KINDS, get_settings
 from chalicelib.core import naming, policies
 from tests.support import drive
+from tests.support.pod_identity import PodIdentity
 from tests.support.faults import Calls, Strict
 from tests.support.snapshots import (assert_nothing_managed, attached, list_kip_policies,
                                      list_queue_urls, list_rule_names, managed, queue_attributes,
@@ -443,6 +444,7 @@ def clean_run() -> tuple[list[tuple], dict, dict]:
         aws.reset()
         try:
             aws.Store(settings).create_table()
+            PodIdentity(ACCOUNT, REGION)    # moto has no Pod Identity API
             make_cluster(CLUSTER)
             make_role(ROLE)
             writes = WriteRecorder()

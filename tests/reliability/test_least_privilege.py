@@ -168,6 +168,8 @@ def _arn_of(label: str, params: dict, sc, table: str) -> str | None:
     if service == "sts":
         return None if op == "GetCallerIdentity" else params.get("RoleArn")
     if service == "sqs":
+        if op == "ListQueues":
+            return "*"                   # no resource type
         name = params.get("QueueName") or params["QueueUrl"].rsplit("/", 1)[-1]
         return f"arn:{p}:sqs:{REGION}:{ACCOUNT}:{name}"
     if service == "events":
@@ -177,6 +179,8 @@ def _arn_of(label: str, params: dict, sc, table: str) -> str | None:
             return params["ResourceARN"]
         return f"arn:{p}:events:{REGION}:{ACCOUNT}:rule/{params.get('Name') or params['Rule']}"
     if service == "iam":
+        if op in ("ListRoles", "GetAccountSummary"):
+            return "*"                   # no resource type
         if "PolicyArn" in params and "RoleName" in params:
             return f"arn:{p}:iam::{ACCOUNT}:role/{params['RoleName']}"
         if "PolicyArn" in params:
@@ -188,7 +192,10 @@ def _arn_of(label: str, params: dict, sc, table: str) -> str | None:
         suffix = f"/index/{params['IndexName']}" if params.get("IndexName") else ""
         return f"arn:{p}:dynamodb:{REGION}:{ACCOUNT}:table/{table}{suffix}"
     if service == "eks":
-        return f"arn:{p}:eks:{REGION}:{ACCOUNT}:cluster/{params['name']}"
+        if op == "DescribePodIdentityAssociation":
+            return f"arn:{p}:eks:{REGION}:{ACCOUNT}:podidentityassociation/" \
+                   f"{params['clusterName']}/{params['associationId']}"
+        return f"arn:{p}:eks:{REGION}:{ACCOUNT}:cluster/{params.get('name') or params['clusterName']}"
     if service == "kms":
         return sc.kms_arn
     if service == "service-quotas":
@@ -266,6 +273,11 @@ IMPLICIT = {
     **{f"cloudwatch:{op}": "per-cluster alarms, KIP_ALARMS=true (tests/aws/test_alarms.py)"
        for op in ("DescribeAlarms", "ListTagsForResource", "PutMetricAlarm", "TagResource",
                   "DeleteAlarms")},
+    **{action: "existing-handler detection and role discovery in brownfield accounts "
+               "(tests/aws/test_brownfield.py: the four tools' layouts)"
+       for action in ("eks:DescribePodIdentityAssociation", "iam:GetRolePolicy",
+                      "sqs:ListQueues", "events:ListRuleNamesByTarget",
+                      "iam:GetAccountSummary")},
     "sqs:ChangeMessageVisibility": "the schedule's replay of the EKS trigger's failed events "
                                    "releases what it did not reach, on kip_failed-events-<stage> "
                                    "only (tests/aws/test_failed_events.py)",
@@ -275,7 +287,10 @@ BROAD = {"iam:PassRole", "iam:CreateRole", "iam:PutRolePolicy", "iam:UpdateAssum
          "sqs:DeleteMessage", "sqs:PurgeQueue", "kms:Decrypt", "events:PutPermission"}
 STAR_RESOURCE_OK = {"xray:PutTraceSegments", "xray:PutTelemetryRecords", "eks:ListClusters",
                     "events:ListRules", "organizations:ListAccounts",
-                    "cloudwatch:GetMetricData"}     # no resource type: "*" only
+                    "cloudwatch:GetMetricData",     # no resource type: "*" only
+                    # issue 20, read-only, no resource type: IRSA discovery, the role's room,
+                    # queues a wildcard grant may cover
+                    "iam:ListRoles", "iam:GetAccountSummary", "sqs:ListQueues"}
 
 
 @pytest.mark.parametrize("stage", ["dev", "prod"])

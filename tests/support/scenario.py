@@ -48,10 +48,12 @@ def world(settings: Optional[Settings] = None) -> Iterator["Scenario"]:
     """A fresh in-process AWS (moto), fresh clients, the records table and an installed tap."""
     from moto import mock_aws
     settings = settings or reliability_settings()
-    with mock_aws(), moto_like_aws():
+    from tests.support.pod_identity import PodIdentity, distinct_issuers
+    with mock_aws(), moto_like_aws(), distinct_issuers():
         _WORLDS.append(settings)
         aws.reset()
         aws.Store(settings).create_table()
+        PodIdentity(ACCOUNT, REGION)    # moto has no Pod Identity API: the strict-AWS fake
         sc = Scenario(settings)
         try:
             yield sc

@@ -293,3 +293,16 @@ def cid(name: str = CLUSTER, account: str = ACCOUNT, region: str = REGION) -> na
 def req(name: str = CLUSTER, **kw: Any) -> ClusterRequest:
     """A provisioning request (payments-prod by default)."""
     return ClusterRequest(cluster_name=name, **kw)
+
+
+def auto_mode(*names: str) -> None:
+    """moto drops computeConfig from DescribeCluster: put it back, as EKS answers for an Auto
+    Mode cluster (ComputeConfigResponse: enabled, nodePools, nodeRoleArn)."""
+    from chalicelib import aws
+
+    def hook(parsed, **_):
+        cluster = (parsed or {}).get("cluster") or {}
+        if cluster.get("name") in names:
+            cluster["computeConfig"] = {"enabled": True, "nodePools": ["general-purpose"],
+                                        "nodeRoleArn": f"arn:aws:iam::{ACCOUNT}:role/auto-node"}
+    aws.add_hook("after-call.eks.DescribeCluster", hook)

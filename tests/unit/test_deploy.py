@@ -17,12 +17,19 @@ STAGES = ("dev", "prod")
 # X-Ray's telemetry calls support no resource-level permissions: "*" is the only possible scope.
 STAR_ALLOWED = {"xray:PutTraceSegments", "xray:PutTelemetryRecords"}
 READ_PREFIXES = ("Get", "List", "Describe")
-# A role's ARN carries its IAM path (arn:aws:iam::1:role/teams/platform/KarpenterController-x), so
-# the controller-role grants name both the path-less and the pathed form.
-ROLE_RESOURCES = ["arn:aws:iam::*:role/KarpenterController-*",
-                  "arn:aws:iam::*:role/*/KarpenterController-*"]
+# Issue 20: the controller role is found from the cluster (Pod Identity, IRSA trust), whatever its
+# name (eksctl's <cluster>-karpenter, terraform's KarpenterController-<suffix>) and path, so the
+# role grants cover every role: the reads are reads, and attach/detach stay limited to kip's own
+# policies by the iam:PolicyARN condition (kip's IAM path). KIP_ROLE_PATTERN still guards, in
+# code, the roles a request or the template names.
+ROLE_RESOURCES = ["arn:aws:iam::*:role/*"]
 ROLE_ACTIONS = {"iam:AttachRolePolicy", "iam:DetachRolePolicy", "iam:ListAttachedRolePolicies",
-                "iam:GetRole"}
+                "iam:GetRole", "iam:ListRolePolicies", "iam:GetRolePolicy"}
+# Reads of another tool's wiring (existing-handler detection), by Sid: any queue or rule of the
+# account, never a write.
+OTHER_HANDLERS = {"FindOtherHandlersQueues": ["*"],
+                  "ReadOtherHandlersQueues": ["arn:aws:sqs:*:*:*"],
+                  "ReadOtherHandlersRules": ["arn:aws:events:*:*:rule/*"]}
 
 
 def statements(stage):
@@ -58,14 +65,24 @@ def test_attach_only_our_policy_path_and_scoped_names(stage):
             elif service == "sqs" and st.get("Sid") == "FailedEventsQueue":
                 # the EKS trigger's failed-events queue (resources-<stage>.json), nothing else
                 assert resources == [f"arn:aws:sqs:*:*:kip_failed-events-{stage}"]
+            elif st.get("Sid") in OTHER_HANDLERS:
+                assert resources == OTHER_HANDLERS[st["Sid"]] and \
+                    action.split(":")[1].startswith(READ_PREFIXES), action
             elif service == "sqs":
                 assert resources == ["arn:aws:sqs:*:*:kip-*"]
             if action == "events:ListRules":      # counts the bus's rules: no resource type
                 assert resources == ["*"]
-            elif service == "events" and action != "events:PutEvents":
+            elif service == "events" and action != "events:PutEvents" and \
+                    st.get("Sid") not in OTHER_HANDLERS:
                 assert resources == ["arn:aws:events:*:*:rule/kip-*"]
             if service == "iam" and action in ROLE_ACTIONS:
                 assert resources == ROLE_RESOURCES, action
+            elif st.get("Sid") == "ReadRoleGrants":
+                # the role's managed policies, whoever made them (AWS-managed ones too): read
+                assert set(actions) == {"iam:GetPolicy", "iam:GetPolicyVersion"}
+                assert resources == ["arn:aws:iam::*:policy/*"]
+            elif action in ("iam:ListRoles", "iam:GetAccountSummary"):
+                assert resources == ["*"]       # no resource type; read-only
             elif action in ("iam:DetachUserPolicy", "iam:DetachGroupPolicy"):
                 # only ever our own policy, from whoever it was attached to (teardown)
                 assert st["Condition"] == {
@@ -146,13 +163,16 @@ def test_controller_roles_under_any_iam_path_are_granted(stage, role_arn, action
 
 
 @pytest.mark.parametrize("stage", STAGES)
-def test_role_grants_stay_scoped_to_the_role_pattern_and_our_policies(stage):
-    for action in ROLE_ACTIONS:
-        assert not allowed(stage, action, "arn:aws:iam::1:role/Admin", policy_arn=OUR_POLICY)
-        assert not allowed(stage, action, "arn:aws:iam::1:role/teams/Admin", policy_arn=OUR_POLICY)
+def test_role_grants_attach_and_detach_only_our_policies(stage):
+    """Any role may be the controller role (found by its trust, issue 20): what keeps kip from
+    changing a role's permissions beyond its own policy is the iam:PolicyARN condition."""
     for action in ("iam:AttachRolePolicy", "iam:DetachRolePolicy"):
-        assert not allowed(stage, action, ROLE_ARNS[1],
-                           policy_arn="arn:aws:iam::aws:policy/AdministratorAccess")
+        for role in (*ROLE_ARNS, "arn:aws:iam::1:role/Admin", "arn:aws:iam::1:role/shop-karpenter"):
+            assert allowed(stage, action, role, policy_arn=OUR_POLICY)
+            assert not allowed(stage, action, role,
+                               policy_arn="arn:aws:iam::aws:policy/AdministratorAccess")
+            assert not allowed(stage, action, role,
+                               policy_arn="arn:aws:iam::1:policy/KarpenterController-x")
 
 
 @pytest.mark.parametrize("stage", STAGES)

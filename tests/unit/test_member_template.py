@@ -65,9 +65,9 @@ def test_cfn_lint_command_line_exits_zero(path):
 def test_parameters_defaults_and_the_external_id_is_never_echoed():
     params = load(MEMBER)["Parameters"]
     assert {k: params[k].get("Default") for k in
-            ("Prefix", "IamPath", "ControllerRolePattern", "ProvisionerRoleName",
+            ("Prefix", "IamPath", "ProvisionerRoleName",
              "ForwardDriftEvents")} == {
-        "Prefix": "kip-", "IamPath": "/kip/", "ControllerRolePattern": "KarpenterController-*",
+        "Prefix": "kip-", "IamPath": "/kip/",
         "ProvisionerRoleName": "kip-provisioner", "ForwardDriftEvents": "false"}
     assert params["ExternalId"]["NoEcho"] is True
     for required in ("HubAccountId", "HubEventBusArn", "ExternalId", "PrimaryRegion"):
@@ -127,20 +127,19 @@ def test_trust_only_the_hub_account_with_the_external_id():
 
 # ---------------------------------------------------------------------------- least privilege
 
-@pytest.mark.parametrize("params", [{}, {"Prefix": "acme-kip-", "IamPath": "/platform/kip/",
-                                         "ControllerRolePattern": "karpenter-*"}],
+@pytest.mark.parametrize("params", [{}, {"Prefix": "acme-kip-", "IamPath": "/platform/kip/"}],
                          ids=["defaults", "custom"])
 def test_no_write_on_star_and_every_write_inside_kips_namespace(params):
     prefix = params.get("Prefix", "kip-")
     path = params.get("IamPath", "/kip/")
-    pattern = params.get("ControllerRolePattern", "KarpenterController-*")
     kip_policies = f"arn:aws:iam::{MEMBER_ACCOUNT}:policy{path}*"
     namespace = {  # service -> what every write resource of that service must look like
         "sqs": [f"arn:aws:sqs:*:{MEMBER_ACCOUNT}:{prefix}*"],
         "events": [f"arn:aws:events:*:{MEMBER_ACCOUNT}:rule/{prefix}*"],
         "cloudwatch": [f"arn:aws:cloudwatch:*:{MEMBER_ACCOUNT}:alarm:{prefix}*"],
-        "iam": [kip_policies, f"arn:aws:iam::{MEMBER_ACCOUNT}:role/{pattern}",
-                f"arn:aws:iam::{MEMBER_ACCOUNT}:role/*/{pattern}"],
+        # any role (the controller role is found by its trust, issue 20), only with the
+        # kip policy-ARN condition below
+        "iam": [kip_policies, f"arn:aws:iam::{MEMBER_ACCOUNT}:role/*"],
     }
     # writes on users/groups are allowed only with the kip policy-ARN condition
     conditioned = {"iam:DetachUserPolicy", "iam:DetachGroupPolicy",
@@ -168,7 +167,8 @@ def test_only_list_actions_without_resource_types_use_star():
     Reference, so "*" is the only possible scope; nothing else may use it."""
     star = {a for st in provisioner_policy()["Statement"] if st["Effect"] == "Allow"
             and "*" in as_list(st["Resource"]) for a in as_list(st["Action"])}
-    assert star == {"events:ListRules", "eks:ListClusters", "cloudwatch:GetMetricData"}
+    assert star == {"events:ListRules", "eks:ListClusters", "cloudwatch:GetMetricData",
+                    "iam:ListRoles", "iam:GetAccountSummary", "sqs:ListQueues"}
 
 
 CONTROLLER = f"arn:aws:iam::{MEMBER_ACCOUNT}:role/teams/platform/KarpenterController-x"
@@ -176,23 +176,30 @@ KIP_POLICY = f"arn:aws:iam::{MEMBER_ACCOUNT}:policy/kip/payments-prod"
 
 
 @pytest.mark.parametrize("action, resource, context, expected", [
-    # attach/detach: kip's policies only, to controller roles only, under any IAM path
+    # attach/detach: kip's policies only, to whichever role is the cluster's controller role
+    # (found by its trust: any name, any IAM path; issue 20)
     ("iam:AttachRolePolicy", CONTROLLER, {"iam:PolicyARN": KIP_POLICY}, "Allow"),
     ("iam:AttachRolePolicy", f"arn:aws:iam::{MEMBER_ACCOUNT}:role/KarpenterController-y",
      {"iam:PolicyARN": KIP_POLICY}, "Allow"),
-    ("iam:AttachRolePolicy", f"arn:aws:iam::{MEMBER_ACCOUNT}:role/Admin",
-     {"iam:PolicyARN": KIP_POLICY}, "ImplicitDeny"),
+    ("iam:AttachRolePolicy", f"arn:aws:iam::{MEMBER_ACCOUNT}:role/shop-karpenter",
+     {"iam:PolicyARN": KIP_POLICY}, "Allow"),
     ("iam:AttachRolePolicy", CONTROLLER,
      {"iam:PolicyARN": "arn:aws:iam::aws:policy/AdministratorAccess"}, "ImplicitDeny"),
     ("iam:AttachRolePolicy", CONTROLLER,
      {"iam:PolicyARN": f"arn:aws:iam::{MEMBER_ACCOUNT}:policy/kipper/x"}, "ImplicitDeny"),
-    # the pattern matched as a path segment: role "Admin" under /KarpenterController-x/
-    ("iam:AttachRolePolicy", f"arn:aws:iam::{MEMBER_ACCOUNT}:role/KarpenterController-x/Admin",
-     {"iam:PolicyARN": KIP_POLICY}, "ExplicitDeny"),
+    ("iam:AttachRolePolicy", f"arn:aws:iam::{MEMBER_ACCOUNT}:role/Admin",
+     {"iam:PolicyARN": "arn:aws:iam::aws:policy/AdministratorAccess"}, "ImplicitDeny"),
     ("iam:AttachRolePolicy", f"arn:aws:iam::222222222222:role/KarpenterController-x",
      {"iam:PolicyARN": KIP_POLICY}, "ImplicitDeny"),
     ("iam:ListAttachedRolePolicies", CONTROLLER, {}, "Allow"),
-    ("iam:GetRole", f"arn:aws:iam::{MEMBER_ACCOUNT}:role/Admin", {}, "ImplicitDeny"),
+    ("iam:GetRole", f"arn:aws:iam::{MEMBER_ACCOUNT}:role/Admin", {}, "Allow"),    # a read
+    ("iam:PutRolePolicy", f"arn:aws:iam::{MEMBER_ACCOUNT}:role/Admin", {}, "ImplicitDeny"),
+    ("eks:ListPodIdentityAssociations",
+     f"arn:aws:eks:eu-west-1:{MEMBER_ACCOUNT}:cluster/payments-prod", {}, "Allow"),
+    ("events:ListRuleNamesByTarget", f"arn:aws:events:eu-west-1:{MEMBER_ACCOUNT}:rule/x", {},
+     "Allow"),
+    ("sqs:ReceiveMessage", f"arn:aws:sqs:eu-west-1:{MEMBER_ACCOUNT}:Karpenter-c", {},
+     "ImplicitDeny"),
     # teardown of a kip policy someone attached to a user or group
     ("iam:DetachUserPolicy", f"arn:aws:iam::{MEMBER_ACCOUNT}:user/alice",
      {"iam:PolicyARN": KIP_POLICY}, "Allow"),
@@ -237,13 +244,11 @@ def test_provisioner_policy_decisions(action, resource, context, expected):
     assert decide(provisioner_policy(), action, resource, context) == expected
 
 
-def test_custom_pattern_and_path_move_the_scope_with_them():
-    policy = provisioner_policy(Prefix="acme-", IamPath="/platform/kip/",
-                                ControllerRolePattern="karpenter-*")
+def test_custom_prefix_and_path_move_the_scope_with_them():
+    policy = provisioner_policy(Prefix="acme-", IamPath="/platform/kip/")
     kip_policy = f"arn:aws:iam::{MEMBER_ACCOUNT}:policy/platform/kip/c1"
     role = f"arn:aws:iam::{MEMBER_ACCOUNT}:role/eks/karpenter-c1"
     assert allowed(policy, "iam:AttachRolePolicy", role, {"iam:PolicyARN": kip_policy})
-    assert not allowed(policy, "iam:AttachRolePolicy", CONTROLLER, {"iam:PolicyARN": kip_policy})
     assert not allowed(policy, "iam:AttachRolePolicy", role, {"iam:PolicyARN": KIP_POLICY})
     assert allowed(policy, "sqs:CreateQueue", f"arn:aws:sqs:eu-west-1:{MEMBER_ACCOUNT}:acme-c1")
     assert not allowed(policy, "sqs:CreateQueue", f"arn:aws:sqs:eu-west-1:{MEMBER_ACCOUNT}:kip-c1")

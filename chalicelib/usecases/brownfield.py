@@ -1,0 +1,254 @@
+"""Brownfield: the cluster's real controller role, and whoever already handles its interruptions.
+
+``controller_role`` finds the role, in this order: the request's ``controller_role``; EKS Pod
+Identity associations of Karpenter's service accounts (``KIP_KARPENTER_SERVICE_ACCOUNTS``); an
+IRSA trust on the cluster's OIDC provider for one of them; ``KIP_ROLE_TEMPLATE``. A role found
+from the cluster is accepted because its trust ties it to this cluster's Karpenter, not for its
+name: ``KIP_ROLE_PATTERN`` guards only names given by a request or the template.
+
+``gate`` runs once the role is read: no role at all on an automatic path -> ``no_karpenter``;
+another tool's queue and rules for that role -> reported (409 / ``external``) or kept beside kip's
+(``coexist``), per request (``on_existing``) or deployment (``KIP_ON_EXISTING``).
+"""
+from __future__ import annotations
+
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Optional
+
+from chalicelib import aws, errors
+from chalicelib.aws import registry
+from chalicelib.converge.executor import gather
+from chalicelib.core import brownfield, naming
+from chalicelib.core.observed import ClusterState, RoleState
+from chalicelib.core.records import ClusterRecord
+from chalicelib.core.spec import ROLE_ARN_RE, ClusterRequest, RoleRef, resolve_role
+from chalicelib.usecases.kit import Kit
+from chalicelib.usecases.skeleton import Context, Outcome
+
+MAX_QUEUES = 50     # queues a role's grants cover, looked at per run (broad grants: likeliest)
+# Records kip wrote without creating anything: the sweep looks at them again, and a later
+# provision may replace them.
+PARKED = ("blocked", "external", "no_karpenter")
+
+
+@dataclass(frozen=True)
+class FoundRole:
+    role: RoleRef
+    source: str         # request | pod-identity | irsa | template
+
+
+def controller_role(kit: Kit, cid: naming.ClusterId, req: ClusterRequest,
+                    known: Optional[ClusterRecord]) -> FoundRole:
+    """The controller role to attach kip's policy to, and how it was found. A record whose
+    discovered role still exists keeps it (a reconcile reads no association or role list)."""
+    if req.controller_role:
+        return FoundRole(resolve_role(req, cid, kit.settings), "request")
+    att = known.resources.attachment if known else None
+    if known and att and att.role_exists and att.role_name:
+        if known.role_source in ("pod-identity", "irsa"):
+            return FoundRole(RoleRef(att.role_name, att.role_arn), known.role_source)
+        return FoundRole(resolve_role(req, cid, kit.settings), "template")
+    target = aws.Target(cid.account_id, cid.region, kit.settings)
+    cluster = target.describe_cluster(cid.cluster_name)
+    if cluster is not None:
+        found = _by_pod_identity(kit, cid, target) or _by_irsa(kit, cid, target, cluster)
+        if found is not None:
+            return found
+    return FoundRole(resolve_role(req, cid, kit.settings), "template")
+
+
+def _ref(cid: naming.ClusterId, arn: str) -> Optional[RoleRef]:
+    m = ROLE_ARN_RE.fullmatch(arn or "")
+    if not m or m["account"] != cid.account_id:     # kip attaches only in the cluster's account
+        return None
+    return RoleRef(m["name"], arn)
+
+
+def _by_pod_identity(kit: Kit, cid: naming.ClusterId, target: aws.Target) -> Optional[FoundRole]:
+    for ns, sa in kit.settings.karpenter_service_accounts:
+        for arn in target.pod_identity_roles(cid.cluster_name, ns, sa):
+            ref = _ref(cid, arn)
+            if ref is not None:
+                return FoundRole(ref, "pod-identity")
+    return None
+
+
+def _by_irsa(kit: Kit, cid: naming.ClusterId, target: aws.Target,
+             cluster: ClusterState) -> Optional[FoundRole]:
+    if not cluster.oidc_issuer:
+        return None
+    provider = brownfield.provider_arn(cid.partition, cid.account_id, cluster.oidc_issuer)
+    subjects = [f"system:serviceaccount:{ns}:{sa}"
+                for ns, sa in kit.settings.karpenter_service_accounts]
+    if kit.role_list is None:
+        role = brownfield.irsa_role(target.list_roles(), provider, subjects)
+    else:
+        role = brownfield.irsa_role(kit.role_list.roles(cid.account_id, target.list_roles),
+                                    provider, subjects) or \
+            brownfield.irsa_role(kit.role_list.roles(cid.account_id, target.list_roles, True),
+                                 provider, subjects)
+    ref = _ref(cid, role["arn"]) if role else None
+    return FoundRole(ref, "irsa") if ref else None
+
+
+# ------------------------------------------------------------------- existing handlers
+
+def detect(kit: Kit, cid: naming.ClusterId, target: aws.Target, role: str, state: RoleState,
+           own_queue: str) -> Optional[brownfield.ExistingHandler]:
+    """Another tool's handler for ``role``: a queue (not kip's ``own_queue``) the role's identity
+    policies let it receive from, fed by default-bus rules with interruption patterns. A
+    wildcard grant counts only for queues such rules feed (conservative)."""
+    others = [a for a in state.attached if f":policy{kit.settings.iam_path}" not in a]
+    docs = target.role_policy_documents(role, others)     # kip's own policies left out
+    grants: dict[str, list] = {}
+    for where, doc in docs.items():
+        for pattern in brownfield.receive_grants(doc):
+            grants.setdefault(pattern, []).append(where)
+    queues = _granted_queues(target, cid, list(grants))
+    queues.pop(own_queue, None)
+    # a broad grant ("*", sqs:*) may cover many queues: the likeliest first, a bounded number,
+    # their rule look-ups in parallel
+    names = sorted(queues, key=lambda n: (cid.cluster_name not in n,
+                                          "karpenter" not in n.lower(), n))[:MAX_QUEUES]
+    targeting = dict(zip(names, gather([kit.workers.submit(target.rules_targeting, queues[n])
+                                        for n in names])))
+    for name in names:
+        arn = queues[name]
+        rules = _interruption_rules(kit, target, targeting[name])
+        url = target.queue_url(name) if rules else None
+        if url:                 # rules feeding a queue that exists
+            policies = {w for p, ws in grants.items() if brownfield.grants_cover([p], arn)
+                        for w in ws}
+            tool = brownfield.tool_of(cid.cluster_name, name, target.queue_tags(url), rules)
+            return brownfield.ExistingHandler(tool, name, arn, sorted(rules), sorted(policies))
+    return None
+
+
+def _granted_queues(target: aws.Target, cid: naming.ClusterId, grants: list) -> dict:
+    """queue name -> ARN for every queue in the cluster's account-region a grant covers."""
+    part, region, account = cid.partition, cid.region, cid.account_id
+    out: dict = {}
+    prefixes = set()
+    for g in grants:
+        name = brownfield.literal_queue(g, part, region, account)
+        if name is not None:
+            out[name] = brownfield.queue_arn(part, region, account, name)
+            continue
+        prefix = brownfield.list_prefix(g, part, region, account)
+        if prefix is not None:
+            prefixes.add(prefix)
+    if "" in prefixes:
+        prefixes = {""}
+    for prefix in sorted(prefixes):
+        for name in target.queue_names(prefix):
+            arn = brownfield.queue_arn(part, region, account, name)
+            if brownfield.grants_cover(grants, arn):
+                out[name] = arn
+    return out
+
+
+def _interruption_rules(kit: Kit, target: aws.Target, targeting: list) -> dict:
+    """rule name -> tags, of the default-bus rules targeting a queue (``targeting``: their
+    names) with an interruption pattern (kip's own rules left out: they carry its prefix)."""
+    names = [n for n in targeting if not n.startswith(kit.settings.prefix)]
+    futures: list[Future] = [kit.workers.submit(target.describe_rule, n) for n in names]
+    found = {}
+    for name, rule in zip(names, gather(futures)):
+        if rule and brownfield.is_interruption_pattern(rule.get("pattern")):
+            arn = f"arn:{naming.partition_for(target.region)}:events:{target.region}:" \
+                  f"{target.account}:rule/{name}"
+            found[name] = target.rule_tags(arn)
+    return found
+
+
+def already_handled(cid: naming.ClusterId, found: brownfield.ExistingHandler) -> errors.KipError:
+    return errors.AlreadyHandled(
+        f"cluster {cid.cluster_name!r} already has interruption handling made by {found.tool}: "
+        f"queue {found.queue!r} fed by rule(s) {', '.join(found.rules)}; kip created nothing. "
+        f"Keep it, or remove it ({brownfield.how_to_remove(found.tool)}) and ask again, or ask "
+        "with on_existing=coexist to add kip's beside it", field="cluster_name",
+        existing_handler=found.to_dict())
+
+
+def gate(kit: Kit, ctx: Context, req: ClusterRequest, found: FoundRole,
+         source: str, look: bool = True) -> Optional[Outcome]:
+    """Before anything is created. No role by any method on an automatic path: ``no_karpenter``
+    (an API request keeps ``waiting_for_role``: it was asked for). Another tool's handler for
+    the role: ``report`` (the default) creates nothing -- the API gets 409 AlreadyHandled, an
+    automatic path an ``external`` record; ``coexist`` goes on, the record naming the other.
+    A cluster kip already wires is never parked: the other handler is recorded beside it."""
+    ctx.role_source = found.source
+    state = ctx.found.roles.get(ctx.role.name) if ctx.role else None
+    current = ctx.record.status if ctx.record else None
+    managed = current is not None and current not in PARKED
+    automatic = source != "api"
+    if state is None or not state.exists:
+        if found.source == "template" and automatic and not managed:
+            return _parked(kit, ctx, req, source, "no_karpenter", "none")
+        return None
+    room_on_role(ctx, state)
+    if not look:            # an in-sync record verified lately: no detection this time
+        return None
+    ctx.looked = True
+    ctx.existing = detect(kit, ctx.cid, ctx.target, ctx.role.name, state, ctx.names.queue)
+    mode = ctx.on_existing = req.on_existing or kit.settings.on_existing
+    if ctx.existing is None or mode in ("coexist", "takeover") or managed:
+        return None
+    if not automatic:
+        raise already_handled(ctx.cid, ctx.existing)
+    return _parked(kit, ctx, req, source, "external", "external")
+
+
+IAM_DEFAULT_POLICIES_PER_ROLE = 10      # IAM's default; adjustable up to 20, never below
+
+
+def room_on_role(ctx: Context, state: RoleState) -> None:
+    """Refuse, before anything is created, a role that cannot take kip's policy: it already
+    holds as many managed policies as the account's quota allows (GetAccountSummary
+    AttachedPoliciesPerRoleQuota, read only once the role holds the default 10)."""
+    held = [a for a in state.attached if a != ctx.names.policy_arn]
+    if len(held) != len(state.attached) or len(held) < IAM_DEFAULT_POLICIES_PER_ROLE:
+        return
+    quota = ctx.target.attached_policies_quota() or IAM_DEFAULT_POLICIES_PER_ROLE
+    if len(held) >= quota:
+        raise errors.RolePolicyQuotaExceeded(
+            f"the controller role {state.name!r} already has {len(held)} managed policies "
+            f"attached, IAM's quota 'Managed policies attached to an IAM role' for account "
+            f"{ctx.cid.account_id} is {quota}: kip's policy cannot be attached; nothing was "
+            "created. Detach a policy, merge two, or raise the quota (Service Quotas, us-east-1, "
+            "up to 20)", field="controller_role", quota=quota, attached=len(held))
+
+
+def _parked(kit: Kit, ctx: Context, req: ClusterRequest, source: str, status: str,
+            handler: str) -> Outcome:
+    if req.dry_run:
+        return Outcome(ctx.record, dry_run=True, parked=status)
+    rec = park(kit, ctx.cid, req, source, status, handler, ctx.role_source, ctx.existing)
+    return Outcome(rec or ctx.record, changed=rec is not None and
+                   (ctx.record is None or ctx.record.status != status), parked=status)
+
+
+def recorded(ctx: Context) -> dict:
+    """The brownfield fields of a record kip wires: how the role was found, and the other
+    handler when this run looked (an unlooked run keeps what the record says)."""
+    fields = {"handler": "kip", "role_source": ctx.role_source}
+    if ctx.looked:
+        fields["existing_handler"] = ctx.existing.to_dict() if ctx.existing else None
+        rec = ctx.record
+        fields["cutover"] = brownfield.cutover(
+            ctx.on_existing or "", ctx.existing, rec.cutover if rec else None,
+            rec.health.consumer if rec and rec.health else None, ctx.names.queue)
+    return fields
+
+
+def park(kit: Kit, cid: naming.ClusterId, req: ClusterRequest, source: str, status: str,
+         handler: str, role_source: str,
+         found: Optional[brownfield.ExistingHandler] = None) -> Optional[ClusterRecord]:
+    """Record a cluster kip created nothing for (``external``, ``no_karpenter``): the sweep
+    looks again; a record kip already manages is left as it is."""
+    fields = {"source": source, "handler": handler, "role_source": role_source,
+              "existing_handler": found.to_dict() if found else None,
+              "request": req.model_dump(exclude_none=True, exclude={"dry_run"}),
+              "verified_at": registry.iso(kit.clock()), **kit.recorder.stamps(None)}
+    return kit.registry.park(cid, status, fields, PARKED)
