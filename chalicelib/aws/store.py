@@ -103,8 +103,8 @@ class Store:
         kw: dict[str, Any] = {"TableName": self.table, "Limit": limit}
         if start:
             kw["ExclusiveStartKey"] = _to_ddb(start)
-        # cluster records only: kip's own items (the token secret, quota and teardown counters) have no
-        # account_id (the status index holds none of them: they have no status)
+        # cluster records only: kip's own items (the token secret, counters, audit logs) have
+        # no account_id (the status index holds none of them: they have no status)
         kw["FilterExpression"] = "attribute_exists(account_id)"
         if consumer:
             kw.update(FilterExpression="attribute_exists(account_id) AND #h.#c = :c",
@@ -113,7 +113,7 @@ class Store:
         if handler:     # a record from before issue 20 has no handler: kip wired it
             missing = "attribute_not_exists(#hd) OR " if handler == "kip" else ""
             kw.update(FilterExpression=f"{kw['FilterExpression']} AND ({missing}#hd = :hd)",
-                      ExpressionAttributeNames={**kw["ExpressionAttributeNames"],
+                      ExpressionAttributeNames={**kw.get("ExpressionAttributeNames", {}),
                                                 "#hd": "handler"},
                       ExpressionAttributeValues={**kw.get("ExpressionAttributeValues", {}),
                                                  ":hd": {"S": handler}})
