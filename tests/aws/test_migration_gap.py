@@ -25,7 +25,7 @@ from chalicelib.converge.migration import POLICY_SETTLE_SECONDS
 from tests.support.clock import Clock
 from tests.support.faults import FAULT_URL, fake_error
 from tests.support.migration import SAMPLES, deliverable_kinds, make_legacy
-from tests.support.world import CLUSTER, make_cluster, make_role, moto_like_aws
+from tests.support.world import ACCOUNT, CLUSTER, REGION, make_cluster, make_role, moto_like_aws
 from tests.support import drive
 
 STICKY_RUNS = 2     # a write that "keeps failing": refused again in this many later runs
@@ -76,9 +76,11 @@ class RefuseNth:
 @contextlib.contextmanager
 def fresh_world(settings: Any) -> Iterator[RefuseNth]:
     from moto import mock_aws
-    with mock_aws(), moto_like_aws():
+    from tests.support.pod_identity import PodIdentity, distinct_issuers
+    with mock_aws(), moto_like_aws(), distinct_issuers():
         aws.reset()
         aws.Store(settings).create_table()
+        PodIdentity(ACCOUNT, REGION)    # moto has no Pod Identity API
         make_cluster(CLUSTER)
         make_role("KarpenterController-payments-prod")
         try:

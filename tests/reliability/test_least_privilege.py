@@ -227,6 +227,10 @@ def _allowed(policy: dict, action: str, resource: str | None, params: dict) -> b
                 if operator in ("ArnLike", "ArnEquals") and key == "iam:PolicyARN":
                     ok &= any(fnmatch.fnmatchcase(params.get("PolicyArn", ""), x)
                               for x in _as_list(patterns))
+                elif operator == "StringEquals" and key == "aws:ResourceTag/kip.io/managed-by":
+                    # every resource these runs remove is kip's own, tagged at creation (kip
+                    # never touches an untagged one: tests/aws/test_provision.py ownership)
+                    ok &= patterns == "karpenter-interruption-provisioner"
                 else:
                     ok = False           # a condition this check does not model: not granted
         if ok:
@@ -286,6 +290,7 @@ BROAD = {"iam:PassRole", "iam:CreateRole", "iam:PutRolePolicy", "iam:UpdateAssum
          "iam:AttachUserPolicy", "sqs:SendMessage", "sqs:ReceiveMessage",
          "sqs:DeleteMessage", "sqs:PurgeQueue", "kms:Decrypt", "events:PutPermission"}
 STAR_RESOURCE_OK = {"xray:PutTraceSegments", "xray:PutTelemetryRecords", "eks:ListClusters",
+                    "events:ListRuleNamesByTarget",
                     "events:ListRules", "organizations:ListAccounts",
                     "cloudwatch:GetMetricData",     # no resource type: "*" only
                     # issue 20, read-only, no resource type: IRSA discovery, the role's room,
