@@ -252,6 +252,13 @@ def _as_list(value: object) -> list:
     return value if isinstance(value, list) else [value]
 
 
+def _function_roles(res: dict) -> list:
+    """The logical ids of the roles kip's functions run with (their Role: Fn::GetAtt [id, Arn])."""
+    roles = {(v["Properties"].get("Role") or {}).get("Fn::GetAtt", [None])[0]
+             for v in res.values() if v["Type"] == FUNCTION}
+    return sorted(r for r in roles if r in res)
+
+
 def finish_template(template: dict) -> dict:
     """Add the deploy-time parameters, the external-id secret, log groups, alarms and outputs to
     the packaged template (in place; returned for convenience). Idempotent."""
@@ -309,6 +316,11 @@ def finish_template(template: dict) -> dict:
             "Description": "member.yaml HubPrincipalPattern: the names of this stack's function roles",
             "Value": {"Fn::Sub": "${AWS::StackName}-*"}},
         "ExternalIdSecretArn": {"Condition": "HasExternalId", "Value": {"Ref": "ExternalIdSecret"}},
+        "HubRoleArns": {
+            "Description": "member.yaml HubRoleArns: the exact ARNs of this stack's function roles, "
+                           "the only principals member accounts should trust",
+            "Value": {"Fn::Join": [",", [{"Fn::GetAtt": [lid, "Arn"]}
+                                         for lid in _function_roles(res)]]}},
     })
     for name in ("EndpointURL", "ClustersTableName"):
         outputs.get(name, {}).setdefault("Description", "for the portal (docs/portal.md)")

@@ -179,6 +179,9 @@ def test_the_outputs_name_what_hub_member_and_portal_need(deployed):
     assert out["EksTriggerFunctionArn"].endswith(f":function:{fns['OnEksEvent']['name']}")
     assert out["DriftFunctionArn"].endswith(f":function:{fns['OnDriftEvent']['name']}")
     assert out["HubAccountId"] == "123456789012" and out["HubPrincipalPattern"] == f"{STACK}-*"
+    # the exact role ARNs member accounts trust: one per function, each a role that exists
+    arns = out["HubRoleArns"].split(",")
+    assert len(arns) == 5 and all(":role/" in a for a in arns)
     assert out["EndpointURL"].startswith("https://") and out["ClustersTableName"]
 
 

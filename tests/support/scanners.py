@@ -224,6 +224,7 @@ SAMPLE_PARAMETERS = {
     "PrimaryRegion": SAMPLE_REGION,
     "TriggerFunctionArn": f"arn:aws:lambda:{SAMPLE_REGION}:444455556666:function:kip-prod-on_eks",
     "DriftFunctionArn": f"arn:aws:lambda:{SAMPLE_REGION}:444455556666:function:kip-prod-drift",
+    "HubRoleArns": [f"arn:aws:iam::444455556666:role/kip-prod-OnEksEventRole-AbC1"],
     "OrgId": "o-abcdefghij",
     "AllowedAccountIds": [SAMPLE_ACCOUNT],
 }

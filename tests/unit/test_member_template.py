@@ -168,7 +168,8 @@ def test_only_list_actions_without_resource_types_use_star():
     star = {a for st in provisioner_policy()["Statement"] if st["Effect"] == "Allow"
             and "*" in as_list(st["Resource"]) for a in as_list(st["Action"])}
     assert star == {"events:ListRules", "eks:ListClusters", "cloudwatch:GetMetricData",
-                    "iam:ListRoles", "iam:GetAccountSummary", "sqs:ListQueues"}
+                    "iam:ListRoles", "iam:GetAccountSummary", "sqs:ListQueues",
+                    "events:ListRuleNamesByTarget"}     # read-only; parliament: "*" only
 
 
 CONTROLLER = f"arn:aws:iam::{MEMBER_ACCOUNT}:role/teams/platform/KarpenterController-x"
@@ -375,3 +376,18 @@ def test_hub_rule_invokes_the_trigger_with_a_scoped_permission():
     assert perm["Principal"] == "events.amazonaws.com"
     assert perm["SourceArn"] == "GETATT:EksEventsRule.Arn"
     assert perm["SourceAccount"] == HUB_ACCOUNT
+
+
+def test_with_the_hub_stacks_role_arns_only_those_exact_roles_are_trusted():
+    # the kip stack's output HubRoleArns: not any hub role that happens to match kip-*
+    exact = [f"arn:aws:iam::{HUB_ACCOUNT}:role/kip-prod-OnEksEventRole-AbC1",
+             f"arn:aws:iam::{HUB_ACCOUNT}:role/kip-prod-ApiHandlerRole-DeF2"]
+    doc = member(HubRoleArns=",".join(exact)).resources()["ProvisionerRole"]["Properties"][
+        "AssumeRolePolicyDocument"]
+    role = f"arn:aws:iam::{MEMBER_ACCOUNT}:role/kip-provisioner"
+    for arn in exact:
+        assert allowed(doc, "sts:AssumeRole", role,
+                       {"sts:ExternalId": EXTERNAL_ID, "aws:PrincipalArn": arn})
+    assert not allowed(doc, "sts:AssumeRole", role, {
+        "sts:ExternalId": EXTERNAL_ID,
+        "aws:PrincipalArn": f"arn:aws:iam::{HUB_ACCOUNT}:role/kip-prod-SomethingElse"})
