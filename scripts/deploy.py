@@ -212,7 +212,9 @@ def parameters(args: argparse.Namespace, template: dict, previous: Optional[dict
     given = {"OrgId": args.org_id, "AllowedAccountIds": args.allowed_accounts,
              "ExternalId": os.environ.get("KIP_DEPLOY_EXTERNAL_ID") or None,
              "LogRetentionDays": args.log_retention_days, "AlarmTopicArn": args.alarm_topic_arn,
-             "Alarms": "false" if args.no_alarms else None}
+             "Alarms": "false" if args.no_alarms else None,
+             "GrantMode": getattr(args, "grant_mode", None),
+             "IamWrites": "false" if getattr(args, "no_iam_writes", False) else None}
     declared = template.get("Parameters", {})
     had = {p["ParameterKey"] for p in (previous or {}).get("Parameters", [])}
     out = []
@@ -395,6 +397,10 @@ def parse(argv: Optional[list[str]] = None) -> argparse.Namespace:
     ap.add_argument("--log-retention-days", type=int, help="stack parameter LogRetentionDays")
     ap.add_argument("--alarm-topic-arn", help="stack parameter AlarmTopicArn (SNS)")
     ap.add_argument("--no-alarms", action="store_true", help="stack parameter Alarms=false")
+    ap.add_argument("--grant-mode", choices=("role-policy", "queue-policy"),
+                    help="stack parameter GrantMode (KIP_GRANT_MODE)")
+    ap.add_argument("--no-iam-writes", action="store_true",
+                    help="stack parameter IamWrites=false (only with queue-policy, once moved)")
     return ap.parse_args(argv)
 
 
