@@ -33,6 +33,18 @@ def test_checkov_templates_match_the_baseline():
     assert result.clean, result.report("checkov")
 
 
+@pytest.mark.xdist_group("package")
+def test_checkov_on_the_packaged_template_matches_the_baseline(built_package):
+    """The template users deploy (the session's `make package` build): the API stage, the
+    functions, the queues and the table, held to the same baseline as build/package/sam.json."""
+    sam = built_package / "sam.json"
+    found, scanned = runner.run_checkov([sam], names={sam: "build/package/sam.json"})
+    assert scanned == {"build/package/sam.json"}
+    baseline = [e for e in runner.load_baseline("checkov") if e["where"] == "build/package/sam.json"]
+    result = compare(found, baseline, scanned)
+    assert result.clean, result.report("checkov")
+
+
 def test_bandit_code_matches_the_baseline():
     result = compare(runner.run_bandit(), runner.load_baseline("bandit"))
     assert result.clean, result.report("bandit")

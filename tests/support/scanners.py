@@ -158,9 +158,16 @@ def checkov_python() -> Path:
         return python
 
 
-def run_checkov(templates: list) -> "tuple[list[Finding], set[str]]":
-    """Findings of checkov's CloudFormation checks on ``templates``, and the files it scanned."""
+def run_checkov(templates: list, names: "dict | None" = None) -> "tuple[list[Finding], set[str]]":
+    """Findings of checkov's CloudFormation checks on ``templates``, and the files it scanned.
+    ``names``: the name a template outside the tree is reported under (the session's packaged
+    template, built in a temporary folder, is ``build/package/sam.json``)."""
     templates = [Path(t) for t in templates]
+    names = {_relative(k): v for k, v in (names or {}).items()}
+
+    def rel(path: "str | Path") -> str:
+        r = _relative(path)
+        return names.get(r, r)
     args = [str(checkov_python()), "-m", "checkov.main", "--framework", "cloudformation",
             "--output", "json", "--compact", "--skip-download"]
     for template in templates:
@@ -178,11 +185,11 @@ def run_checkov(templates: list) -> "tuple[list[Finding], set[str]]":
             raise RuntimeError(f"checkov could not parse: {report['results']['parsing_errors']}")
         results = report.get("results", {})
         for check in results.get("passed_checks", []) + results.get("failed_checks", []):
-            scanned.add(_relative(check["file_abs_path"]))
+            scanned.add(rel(check["file_abs_path"]))
         for check in results.get("failed_checks", []):
-            findings.append(Finding(check["check_id"], _relative(check["file_abs_path"]),
+            findings.append(Finding(check["check_id"], rel(check["file_abs_path"]),
                                     check["resource"], check["check_name"]))
-    missing = {_relative(t) for t in templates} - scanned
+    missing = {rel(t) for t in templates} - scanned
     if missing:
         raise RuntimeError(f"checkov checked nothing in {sorted(missing)}: not a template?")
     return findings, scanned
