@@ -686,7 +686,7 @@ def render(rows: list[dict], meta: dict) -> str:
       "or raises `ReadTimeoutError` / `Crash`). Nothing in `chalicelib/` or `app.py` is patched; "
       "retries are botocore's (`Settings.retry_mode`); time is moved with "
       "`make_kit(settings, clock=...)`.")
-    w("* Test-only patches of libraries (tests/reliability/harness.py, conftest.py): botocore's "
+    w("* Test-only patches of libraries (tests/support/scenario.py, faults.py, world.py and tests/reliability/conftest.py): botocore's "
       "backoff sleeps 1/1000 of its computed delay; one botocore data loader per process; moto's "
       "KMS key generation and response-serializer alias lookup are memoized (speed only); two "
       "moto SQS deviations from AWS are corrected (SetQueueAttributes without `Policy` clears the "
