@@ -50,9 +50,13 @@ def controller_role(kit: Kit, cid: naming.ClusterId, req: ClusterRequest,
             return FoundRole(RoleRef(att.role_name, att.role_arn), known.role_source)
         return FoundRole(resolve_role(req, cid, kit.settings), "template")
     target = aws.Target(cid.account_id, cid.region, kit.settings)
-    cluster = target.describe_cluster(cid.cluster_name)
+    # one round-trip: the cluster and every service account's associations at once
+    cluster_f = kit.workers.submit(target.describe_cluster, cid.cluster_name)
+    pods_f = [kit.workers.submit(target.pod_identity_roles, cid.cluster_name, ns, sa)
+              for ns, sa in kit.settings.karpenter_service_accounts]
+    cluster, *pods = gather([cluster_f, *pods_f])
     if cluster is not None:
-        found = _by_pod_identity(kit, cid, target) or _by_irsa(kit, cid, target, cluster)
+        found = _by_pod_identity(cid, pods) or _by_irsa(kit, cid, target, cluster)
         if found is not None:
             return found
     return FoundRole(resolve_role(req, cid, kit.settings), "template")
@@ -65,9 +69,10 @@ def _ref(cid: naming.ClusterId, arn: str) -> Optional[RoleRef]:
     return RoleRef(m["name"], arn)
 
 
-def _by_pod_identity(kit: Kit, cid: naming.ClusterId, target: aws.Target) -> Optional[FoundRole]:
-    for ns, sa in kit.settings.karpenter_service_accounts:
-        for arn in target.pod_identity_roles(cid.cluster_name, ns, sa):
+def _by_pod_identity(cid: naming.ClusterId, per_account: list) -> Optional[FoundRole]:
+    """The first role of the associations, service accounts in their configured order."""
+    for arns in per_account:
+        for arn in arns:
             ref = _ref(cid, arn)
             if ref is not None:
                 return FoundRole(ref, "pod-identity")
