@@ -421,6 +421,8 @@ def handle_eks_event(raw: dict, source: str = "trigger") -> dict:
         with acting(ev.actor, source):
             if ev.name == "DeleteCluster":    # acted on only if EKS confirms (core.generations)
                 out = lifecycle.cluster_deleted(kit(), cid, ev)
+            elif ev.name == "UpdateClusterConfig":     # Auto Mode on: kip's wiring retired
+                out = lifecycle.cluster_config_updated(kit(), cid, ev)
             else:
                 out = lifecycle.cluster_created(kit(), cid, ev)
     except errors.KipError as exc:  # the record already says what exists; the sweep finishes

@@ -191,10 +191,12 @@ MOTO_GAPS = [
      "with_list_accounts"),
     ("An EKS cluster can turn Auto Mode on after kip took it on (moto drops computeConfig)",
      "EKS User Guide, Migrate from Karpenter to EKS Auto Mode",
-     "new provisioning is refused (409); a managed cluster keeps its queue and its record shows "
-     "`cluster.auto_mode`",
-     "tests/aws/test_organization_reach.py::test_a_managed_cluster_that_turns_on_auto_mode_keeps_"
-     "its_queue_and_says_so"),
+     "new provisioning is refused (409); UpdateClusterConfig turning Auto Mode on (and the sweep, "
+     "for a missed event) retires kip's wiring through the verified, budgeted teardown once "
+     "DescribeCluster confirms it; the record says handler auto-mode",
+     "tests/aws/test_organization_reach.py::test_an_update_cluster_config_turning_auto_mode_on_"
+     "retires_kips_wiring, ::test_a_managed_cluster_that_turns_on_auto_mode_has_kips_wiring_"
+     "retired"),
     ("API Gateway answers a Lambda authorizer that raises (not 'Unauthorized') with 500 "
      "AUTHORIZER_CONFIGURATION_ERROR; chalice local and moto have no gateway",
      "API Gateway Developer Guide, Gateway response types",

@@ -20,13 +20,19 @@ from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
 from pydantic import BaseModel, ConfigDict
 from pydantic import ValidationError as PydanticValidationError
 
-HANDLED = ("CreateCluster", "DeleteCluster")
+HANDLED = ("CreateCluster", "DeleteCluster", "UpdateClusterConfig")
+
+
+class EksComputeConfig(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    enabled: Optional[bool] = None
 
 
 class EksRequestParameters(BaseModel):
     model_config = ConfigDict(extra="ignore")
     name: str
     tags: Optional[dict[str, str]] = None
+    computeConfig: Optional[EksComputeConfig] = None    # UpdateClusterConfig: Auto Mode
 
 
 class EksResponseCluster(BaseModel):
@@ -69,6 +75,7 @@ class EksEvent:
     event_time: Optional[float] = None      # when the call was made (epoch seconds)
     created_at: Optional[float] = None      # the cluster generation the call was about
     cluster_arn: Optional[str] = None
+    auto_mode: Optional[bool] = None        # UpdateClusterConfig: computeConfig.enabled as asked
     actor: Optional[str] = None     # the caller, CloudTrail's detail.userIdentity.arn
 
 
@@ -128,7 +135,9 @@ def parse_eks_event(raw: Any) -> EksEvent:
                     event_time=epoch(d.eventTime) or epoch(ev.time),
                     created_at=epoch(cluster.createdAt) if cluster else None,
                     cluster_arn=cluster.arn if cluster else None,
-                    actor=_caller_arn(d.userIdentity))
+                    actor=_caller_arn(d.userIdentity),
+                    auto_mode=(d.requestParameters.computeConfig.enabled
+                               if d.requestParameters.computeConfig else None))
 
 
 def _caller_arn(identity: Optional[dict]) -> Optional[str]:

@@ -22,7 +22,7 @@ EKS_EVENT_PATTERN = {
     "source": ["aws.eks"],
     "detail-type": ["AWS API Call via CloudTrail"],
     "detail": {"eventSource": ["eks.amazonaws.com"],
-               "eventName": ["CreateCluster", "DeleteCluster"]},
+               "eventName": ["CreateCluster", "DeleteCluster", "UpdateClusterConfig"]},
 }
 
 

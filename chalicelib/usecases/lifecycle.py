@@ -24,7 +24,8 @@ from chalicelib.core import generations, naming, preconditions
 from chalicelib.core.events import EksEvent
 from chalicelib.core.observed import ClusterState
 from chalicelib.core.records import ClusterRecord, LastError
-from chalicelib.usecases import audit, clusters, skeleton, teardown
+from chalicelib.core.spec import ClusterRequest
+from chalicelib.usecases import audit, brownfield, clusters, skeleton, teardown
 from chalicelib.usecases.kit import Kit
 
 log = Logger(service="kip", child=True)
@@ -46,6 +47,34 @@ def cluster_created(kit: Kit, cid: naming.ClusterId, ev: EksEvent) -> dict:
         return {"recorded": cid.key, "status": out.parked,
                 "existing_handler": out.record.existing_handler if out.record else None}
     return {"provisioned": cid.key, "status": out.record.status}
+
+
+def cluster_config_updated(kit: Kit, cid: naming.ClusterId, ev: EksEvent) -> dict:
+    """UpdateClusterConfig turning EKS Auto Mode on: Auto Mode handles interruptions itself, so
+    kip's wiring is retired, once EKS confirms it (DescribeCluster), by the verified, budgeted
+    teardown; the record then says ``handler: auto-mode``."""
+    if ev.auto_mode is not True:
+        return {"ignored": "not a change that turns EKS Auto Mode on", "cluster": cid.key}
+    record, now = _look(kit, cid)
+    return retire_for_auto_mode(kit, cid, record, now, "eks-event")
+
+
+def retire_for_auto_mode(kit: Kit, cid: naming.ClusterId, record: Optional[ClusterRecord],
+                         now: Optional[ClusterState], source: str) -> dict:
+    """kip's wiring of a cluster EKS reports in Auto Mode is retired (the sweep calls this too,
+    for a missed event); nothing happens while EKS does not confirm it."""
+    if now is None or not now.auto_mode:
+        return {"ignored": "EKS does not report Auto Mode for the cluster (yet)",
+                "cluster": cid.key}
+    if record is None or record.get("handler") not in (None, "kip"):
+        return {"ignored": "kip has no wiring for the cluster", "cluster": cid.key}
+    out = automatic_teardown(kit, cid, record, source, "EKS Auto Mode was turned on")
+    if "deleted" in out:
+        req = ClusterRequest(cluster_name=cid.cluster_name, account_id=cid.account_id,
+                             region=cid.region)
+        brownfield.park(kit, cid, req, source, "external", "auto-mode", None)
+        out["handler"] = "auto-mode"
+    return out
 
 
 def cluster_deleted(kit: Kit, cid: naming.ClusterId, ev: EksEvent,

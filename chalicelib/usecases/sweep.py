@@ -83,10 +83,20 @@ def sweep_one(kit: Kit, cid: naming.ClusterId, summary: dict, record: Any = None
             _mark_unreachable(kit, rec, exc, summary)
             return None
         raise
+    if _turned_auto_mode(out.record):      # a missed UpdateClusterConfig: retired the same way
+        now = skeleton.target_for(kit, cid).describe_cluster(cid.cluster_name)
+        retired = lifecycle.retire_for_auto_mode(kit, cid, out.record, now, "reconcile")
+        summary.setdefault("auto_mode", []).append({"cluster": cid.key, **retired})
+        return None
     if out.record is not None and out.record.get("cluster_missing_since"):
         kit.registry.note(out.record, {"cluster_missing_since": None})
     summary["repaired" if out.actions else "up_to_date"].append(cid.key)
     return out
+
+
+def _turned_auto_mode(record: Any) -> bool:
+    return record is not None and record.cluster is not None and \
+        bool(record.cluster.auto_mode) and record.get("handler") in (None, "kip")
 
 
 def _second_look(kit: Kit, cid: naming.ClusterId, rec: Any, summary: dict) -> Any:

@@ -16,6 +16,7 @@ from chalicelib.aws import worklist
 from chalicelib.http.openapi import BackfillResult
 from chalicelib.usecases import fanout
 from tests.support import drive
+from tests.support.events import eks_event
 from tests.support.world import auto_mode
 from tests.support.faults import Strict
 from tests.support.world import (ACCOUNT, OTHER_ACCOUNT, REGION, ROOT, make_cluster,
@@ -152,9 +153,10 @@ def test_auto_mode_cluster_is_409_and_skipped_by_trigger_and_backfill(api_with):
     assert boto3.client("sqs").list_queues().get("QueueUrls", []) == []
 
 
-def test_a_managed_cluster_that_turns_on_auto_mode_keeps_its_queue_and_says_so(api_with):
-    """Auto Mode switched on after kip took the cluster: the sweep neither fails on it every run
-    nor tears down a queue self-managed Karpenter may still read; the record says so."""
+def test_a_managed_cluster_that_turns_on_auto_mode_has_kips_wiring_retired(api_with):
+    """Auto Mode switched on after kip took the cluster (its UpdateClusterConfig event missed):
+    Auto Mode handles interruptions itself, so the sweep retires kip's wiring through the same
+    verified, budgeted teardown, and the record says handler auto-mode."""
     client = api_with()
     make_cluster("moving")
     make_role("KarpenterController-moving")
@@ -164,14 +166,31 @@ def test_a_managed_cluster_that_turns_on_auto_mode_keeps_its_queue_and_says_so(a
         "version": "0", "id": "x", "detail-type": "Scheduled Event", "source": "aws.events",
         "account": ACCOUNT, "time": "2026-11-20T10:00:00Z", "region": REGION, "resources": [],
         "detail": {}}).payload
-    assert swept["errors"] == [] and f"{ACCOUNT}/{REGION}/moving" in swept["up_to_date"]
+    assert swept["errors"] == []
+    assert swept["auto_mode"][0]["cluster"] == f"{ACCOUNT}/{REGION}/moving"
     record = client.http.get("/clusters/moving").json_body
-    assert record["status"] == "ready" and record["cluster"]["auto_mode"] is True
-    assert queues(boto3.session.Session()) == ["kip-moving"]
-    # a repeat POST converges rather than refusing a cluster kip already manages, and answers
-    # with the record as it now stands
-    again = post(client, "/clusters", {"cluster_name": "moving"})
-    assert again.status_code in (200, 201) and again.json_body["cluster"]["auto_mode"] is True
+    assert record["handler"] == "auto-mode" and record["status"] == "external"
+    assert queues(boto3.session.Session()) == []
+
+
+def test_an_update_cluster_config_turning_auto_mode_on_retires_kips_wiring(api_with):
+    client = api_with()
+    for name in ("moving", "staying"):
+        make_cluster(name)
+        make_role(f"KarpenterController-{name}")
+        assert post(client, "/clusters", {"cluster_name": name}).status_code == 201
+    auto_mode("moving")
+    event = eks_event("CreateCluster", "moving", ACCOUNT, REGION)
+    event["detail"].update(eventName="UpdateClusterConfig", requestParameters={
+        "name": "moving", "computeConfig": {"enabled": True}})
+    out = client.lambda_.invoke("on_eks_event", event).payload
+    assert out["deleted"] == f"{ACCOUNT}/{REGION}/moving" and out["handler"] == "auto-mode"
+    # a config change that is not Auto Mode, or one EKS does not confirm, changes nothing
+    for name, body in (("staying", {"name": "staying", "logging": {}}),
+                       ("staying", {"name": "staying", "computeConfig": {"enabled": True}})):
+        event["detail"]["requestParameters"] = body
+        assert "ignored" in client.lambda_.invoke("on_eks_event", event).payload
+    assert queues(boto3.session.Session()) == ["kip-staying"]
 
 
 def test_describe_cluster_reads_compute_config(moto_env):

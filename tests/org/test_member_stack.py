@@ -90,8 +90,8 @@ def test_primary_region_stack_creates_the_provisioner_role_and_the_forwarding_ru
     events = member.client("events", region_name=PRIMARY)
     rule = events.describe_rule(Name=FORWARDER_RULE)
     assert outputs["ForwardingRuleArn"] == rule["Arn"]
-    assert json.loads(rule["EventPattern"])["detail"]["eventName"] == ["CreateCluster",
-                                                                        "DeleteCluster"]
+    assert json.loads(rule["EventPattern"])["detail"]["eventName"] == [
+        "CreateCluster", "DeleteCluster", "UpdateClusterConfig"]
     (target,) = events.list_targets_by_rule(Rule=FORWARDER_RULE)["Targets"]
     assert target["Arn"] == HUB_BUS
     assert target["RoleArn"] == \
@@ -166,14 +166,20 @@ def test_create_cluster_event_reaches_the_hub_bus(member, hub_inbox, region):
     assert got["detail"]["requestParameters"]["name"] == "payments-prod"
 
 
-def test_delete_cluster_is_forwarded_and_other_events_are_not(member, hub_inbox):
+def test_delete_and_config_changes_are_forwarded_and_other_events_are_not(member, hub_inbox):
     deploy_member(member, PRIMARY)
     put_on_default_bus(member, PRIMARY, sample("cloudtrail-eks-delete-cluster.json"))
     put_on_default_bus(member, PRIMARY, sample("ec2-spot-interruption-warning.json"))
+    # UpdateClusterConfig is forwarded (Auto Mode turned on retires kip's wiring); another EKS
+    # call is not
+    config = sample("cloudtrail-eks-create-cluster.json")
+    config["detail"]["eventName"] = "UpdateClusterConfig"
+    put_on_default_bus(member, PRIMARY, config)
     other = sample("cloudtrail-eks-create-cluster.json")
-    other["detail"]["eventName"] = "UpdateClusterConfig"
+    other["detail"]["eventName"] = "UpdateClusterVersion"
     put_on_default_bus(member, PRIMARY, other)
-    assert [e["detail"]["eventName"] for e in received(hub_inbox)] == ["DeleteCluster"]
+    assert [e["detail"]["eventName"] for e in received(hub_inbox)] == [
+        "DeleteCluster", "UpdateClusterConfig"]
 
 
 def cloudtrail(source: str, event_name: str, request: dict) -> dict:

@@ -24,7 +24,8 @@ REQUIRED = {"HubAccountId": HUB_ACCOUNT, "HubEventBusArn": HUB_BUS, "ExternalId"
 READ_VERBS = ("Get", "List", "Describe")
 EKS_PATTERN = {"source": ["aws.eks"], "detail-type": ["AWS API Call via CloudTrail"],
                "detail": {"eventSource": ["eks.amazonaws.com"],
-                          "eventName": ["CreateCluster", "DeleteCluster"]}}
+                          "eventName": ["CreateCluster", "DeleteCluster",
+                                        "UpdateClusterConfig"]}}
 
 
 def member(region: str = "eu-west-1", **params) -> Rendered:
