@@ -183,7 +183,14 @@ def test_crashed_chalice_local_is_restarted_and_moto_keeps_its_state(tmp_path):
         os.kill(api_pid, signal.SIGKILL)
         # then: it comes back, on the same port, against the same moto
         wait_until(lambda: not alive(api_pid), 10, "chalice local gone")
-        wait_until(lambda: answers(local.api_url + "/openapi.json"), 60, "API back")
+        # (on a loaded 2-core machine the new chalice local has taken over 60 s to answer: the
+        # log tail goes into the failure, so the next run that misses says why)
+        try:
+            wait_until(lambda: answers(local.api_url + "/openapi.json"), 150, "API back")
+        except AssertionError as exc:
+            local.log.flush()
+            tail = (tmp_path / "local.log").read_text(errors="replace")[-3000:]
+            raise AssertionError(f"{exc}; scripts/local.py said:\n{tail}") from None
         assert local.proc.poll() is None
         assert local.child("chalice") != api_pid
         assert local.child("moto_server") == moto_pid and alive(moto_pid)
