@@ -195,36 +195,20 @@ class Registry:
         """Write a ``blocked`` record (no lease: nothing exists to guard) where the cluster has
         none, or has only a blocked one; a record of any other status is left as it is (its own
         last_error says what failed). None when another run wrote first."""
-        current = self.get(cid)
-        if current is not None and current.status != "blocked":
-            return None
-        item = {**(current.item() if current else {}), **fields, "id": cid.key,
-                "account_id": cid.account_id, "region": cid.region,
-                "cluster_name": cid.cluster_name, "status": "blocked",
-                "version": (current.version if current else 0) + 1, "write_id": new_token(),
-                "lease_owner": None, "lease_expires": None}
-        if current is not None:
-            item["created_at"] = current.created_at or item.get("created_at")
-        record = ClusterRecord.model_validate(item)
-        cond, values = (("attribute_not_exists(id)", {}) if current is None else
-                        ("version = :v", {":v": current.version}))
-        try:
-            self.store.put(record.item(), cond, values)
-        except ConditionFailed:
-            return None
-        return record
+        return self.park(cid, "blocked", fields, ("blocked",))
 
     def park(self, cid: ClusterId, status: str, fields: dict,
              replaceable: tuple) -> Optional[ClusterRecord]:
-        """Like ``block`` for another status kip records without creating anything
-        (``external``, ``no_karpenter``): written where the cluster has no record or one whose
-        status is in ``replaceable``; None otherwise, or when another run wrote first."""
+        """Record a cluster kip created nothing for (``blocked``, ``external``,
+        ``no_karpenter``), with no lease (nothing exists to guard): written where the cluster has
+        no record or one whose status is in ``replaceable``; None otherwise, or when another run
+        wrote first."""
         current = self.get(cid)
         if current is not None and current.status not in replaceable:
             return None
-        item = {**(current.item() if current else {}), **fields, "id": cid.key,
-                "account_id": cid.account_id, "region": cid.region,
-                "cluster_name": cid.cluster_name, "status": status, "last_error": None,
+        item = {**(current.item() if current else {}), "last_error": None, **fields,
+                "id": cid.key, "account_id": cid.account_id, "region": cid.region,
+                "cluster_name": cid.cluster_name, "status": status,
                 "version": (current.version if current else 0) + 1, "write_id": new_token(),
                 "lease_owner": None, "lease_expires": None}
         if current is not None:
