@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 from pydantic import ValidationError as PydanticValidationError
-from pydantic import ValidationInfo, field_validator, model_validator
+from pydantic import AfterValidator, ValidationInfo, field_validator, model_validator
 
 from chalicelib.core import naming, policies
 from chalicelib.core.health import ConsumerState
@@ -172,22 +172,25 @@ class ClusterRequest(BaseModel):
         return self
 
 
+def _page_limit(v: str) -> str:
+    if not 1 <= int(v) <= 100:
+        raise ValueError("must be an integer from 1 to 100")
+    return v
+
+
+# a page's size in a query string (GET /clusters, history): 1 to 100
+PageLimit = Annotated[StrictStr, Field(pattern=r"^[0-9]{1,3}$"), AfterValidator(_page_limit)]
+
+
 class ListQuery(BaseModel):
     """The query of ``GET /clusters``."""
     model_config = ConfigDict(extra="forbid", frozen=True)
-    limit: StrictStr = Field(default="50", pattern=r"^[0-9]{1,3}$")
+    limit: PageLimit = "50"
     next_token: Optional[StrictStr] = Field(default=None, max_length=4096)
     status: Optional[Literal[STATUSES]] = None  # type: ignore[valid-type]
     consumer: Optional[ConsumerState] = None
     # who handles the cluster's interruptions (docs/BROWNFIELD.md): the fleet's coverage
     handler: Optional[Literal["kip", "external", "auto-mode", "none"]] = None
-
-    @field_validator("limit")
-    @classmethod
-    def _limit(cls, v: str) -> str:
-        if not 1 <= int(v) <= 100:
-            raise ValueError("must be an integer from 1 to 100")
-        return v
 
 
 class IdentityQuery(BaseModel):
@@ -204,15 +207,8 @@ class NoQuery(BaseModel):
 
 class HistoryQuery(IdentityQuery):
     """The query of ``GET /clusters/{cluster_name}/history``."""
-    limit: StrictStr = Field(default="50", pattern=r"^[0-9]{1,3}$")
+    limit: PageLimit = "50"
     next_token: Optional[StrictStr] = Field(default=None, pattern=r"^[0-9]{1,12}$")
-
-    @field_validator("limit")
-    @classmethod
-    def _limit(cls, v: str) -> str:
-        if not 1 <= int(v) <= 100:
-            raise ValueError("must be an integer from 1 to 100")
-        return v
 
 
 class ReconcileQuery(IdentityQuery):

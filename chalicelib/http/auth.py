@@ -460,7 +460,7 @@ def deny_policy(method_arn: str, principal_id: str = "anonymous") -> dict:
 
 
 def authorizer_response(settings: JwtSettings, authorization: Optional[str], method_arn: str,
-                        *, local: bool = False) -> dict:
+                        *, local: bool = False, scopes: Optional[tuple] = None) -> dict:
     """The whole body of a Chalice built-in authorizer: ``auth_request.token`` and
     ``auth_request.method_arn`` in, the policy out.
 
@@ -476,7 +476,10 @@ def authorizer_response(settings: JwtSettings, authorization: Optional[str], met
         if local:
             return deny_policy(method_arn)
         raise Exception("Unauthorized") from exc   # the one message API Gateway turns into 401
-    return policy_for(principal, method_arn)
+    answer = policy_for(principal, method_arn)
+    if scopes is not None:      # (the KIP_AUTHZ document, or None): the token's teams go along
+        answer["context"].update(team_context(scopes[0], principal.claims))
+    return answer
 
 
 # ------------------------------------------------------------------------------- team scopes
@@ -496,12 +499,5 @@ def scoped_authorizer_response(settings: JwtSettings, authz: Any, authorization:
     """:func:`authorizer_response` with the token's teams in the context (:func:`team_context`),
     read from the claim ``KIP_AUTHZ`` names (e.g. Backstage's ``ent``, prefix
     ``group:default/``)."""
-    try:
-        principal = verify_bearer(settings, authorization)
-    except Unauthorized as exc:
-        if local:
-            return deny_policy(method_arn)
-        raise Exception("Unauthorized") from exc   # the one message API Gateway turns into 401
-    answer = policy_for(principal, method_arn)
-    answer["context"].update(team_context(authz, principal.claims))
-    return answer
+    return authorizer_response(settings, authorization, method_arn, local=local,
+                               scopes=(authz,))
