@@ -13,8 +13,8 @@ another tool's queue and rules for that role -> reported (409 / ``external``) or
 from __future__ import annotations
 
 from concurrent.futures import Future
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, replace
+from typing import Any, Optional
 
 from chalicelib import aws, errors
 from chalicelib.aws import registry
@@ -24,6 +24,7 @@ from chalicelib.core.observed import ClusterState, RoleState
 from chalicelib.core.records import ClusterRecord
 from chalicelib.core.spec import ROLE_ARN_RE, ClusterRequest, RoleRef, resolve_role
 from chalicelib.usecases.kit import Kit
+from chalicelib.usecases import skeleton
 from chalicelib.usecases.skeleton import Context, Outcome
 
 MAX_QUEUES = 50     # queues a role's grants cover, looked at per run (broad grants: likeliest)
@@ -36,6 +37,7 @@ PARKED = ("blocked", "external", "no_karpenter")
 class FoundRole:
     role: RoleRef
     source: str         # request | pod-identity | irsa | template
+    cluster: Any = skeleton.UNREAD      # DescribeCluster as discovery read it (reused)
 
 
 def controller_role(kit: Kit, cid: naming.ClusterId, req: ClusterRequest,
@@ -58,8 +60,8 @@ def controller_role(kit: Kit, cid: naming.ClusterId, req: ClusterRequest,
     if cluster is not None:
         found = _by_pod_identity(cid, pods) or _by_irsa(kit, cid, target, cluster)
         if found is not None:
-            return found
-    return FoundRole(resolve_role(req, cid, kit.settings), "template")
+            return replace(found, cluster=cluster)
+    return FoundRole(resolve_role(req, cid, kit.settings), "template", cluster)
 
 
 def _ref(cid: naming.ClusterId, arn: str) -> Optional[RoleRef]:

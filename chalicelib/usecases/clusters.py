@@ -124,7 +124,8 @@ def _converge(kit: Kit, cid: naming.ClusterId, req: ClusterRequest, source: str,
               known: Optional[ClusterRecord] = None) -> Outcome:
     found = brownfield.controller_role(kit, cid, req, known)   # request, cluster or template
     role = found.role
-    ctx = skeleton.first_wave(kit, cid, role, [role.name], req.kms_key_id, known=known)
+    ctx = skeleton.first_wave(kit, cid, role, [role.name], req.kms_key_id, known=known,
+                              cluster=found.cluster)
     stop = guard(kit, ctx) or brownfield.gate(kit, ctx, req, found, source, look=not (
         known and known.status in IN_SYNC and
         _recent(known.verified_at, kit.clock(), kit.settings.full_check_hours)))

@@ -73,17 +73,22 @@ def target_for(kit: Kit, cid: naming.ClusterId) -> aws.Target:
     return target
 
 
+UNREAD = object()      # a value this run has not read yet
+
+
 def first_wave(kit: Kit, cid: naming.ClusterId, role: Optional[RoleRef], roles: list,
                kms_key_id: Optional[str] = None, legacy: bool = False,
-               known: Optional[ClusterRecord] = None) -> Context:
+               known: Optional[ClusterRecord] = None, cluster: Any = UNREAD) -> Context:
     """The first parallel wave. ``known``: the record as just read (a reconcile): not read
-    again, and its queue URLs and resolved role save their look-ups."""
+    again, and its queue URLs and resolved role save their look-ups. ``cluster``: the EKS
+    cluster as role discovery just read it (None: not found), not asked for again."""
     target, names = target_for(kit, cid), kit.names(cid)
     submit = kit.workers.submit
     record_f = done(known) if known else submit(kit.registry.get, cid)
     cluster_f = role_f = key_f = policy_f = None
     if role is not None:
-        cluster_f = submit(target.describe_cluster, cid.cluster_name)
+        cluster_f = submit(target.describe_cluster, cid.cluster_name) if cluster is UNREAD \
+            else done(cluster)
         seen = records.known_role(known, role.name)
         role_f = done(seen) if seen else submit(target.get_role, role.name)
     if kms_key_id:
