@@ -132,6 +132,8 @@ class Settings:
     # What kip does where another tool already handles a cluster: report | coexist | takeover.
     on_existing: str = "report"
     role_list_seconds: int = 300    # how long one account's ListRoles answer serves IRSA lookups
+    # takeover: kip's queue read and the old one not for this long -> the cutover is switched
+    cutover_window_seconds: int = 3600
 
     @property
     def allowed_role_pattern(self) -> str:
@@ -294,7 +296,8 @@ ON_EXISTING = ("report", "coexist", "takeover")
 
 
 def _brownfield_settings(env: dict) -> dict:
-    """KIP_KARPENTER_SERVICE_ACCOUNTS (``ns/sa,...``), KIP_ON_EXISTING, KIP_ROLE_LIST_SECONDS."""
+    """KIP_KARPENTER_SERVICE_ACCOUNTS (``ns/sa,...``), KIP_ON_EXISTING, KIP_ROLE_LIST_SECONDS,
+    KIP_CUTOVER_WINDOW_MINUTES (5 minutes to 7 days)."""
     raw = env.get("KIP_KARPENTER_SERVICE_ACCOUNTS") or "kube-system/karpenter,karpenter/karpenter"
     pairs = []
     for item in filter(None, (x.strip() for x in raw.split(","))):
@@ -308,8 +311,12 @@ def _brownfield_settings(env: dict) -> dict:
     if mode not in ON_EXISTING:
         raise ValueError(f"KIP_ON_EXISTING must be one of {', '.join(ON_EXISTING)} "
                          f"(got {mode[:40]!r})")
+    window = _int(env, "KIP_CUTOVER_WINDOW_MINUTES", 60)
+    if not 5 <= window <= 7 * 24 * 60:
+        raise ValueError(f"KIP_CUTOVER_WINDOW_MINUTES must be from 5 to 10080 (got {window})")
     return {"karpenter_service_accounts": tuple(dict.fromkeys(pairs)), "on_existing": mode,
-            "role_list_seconds": _int(env, "KIP_ROLE_LIST_SECONDS", 300)}
+            "role_list_seconds": _int(env, "KIP_ROLE_LIST_SECONDS", 300),
+            "cutover_window_seconds": window * 60}
 
 
 def with_external_id(settings: Settings, read_secret) -> Settings:

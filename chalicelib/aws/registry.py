@@ -195,14 +195,15 @@ class Registry:
         """Write a ``blocked`` record (no lease: nothing exists to guard) where the cluster has
         none, or has only a blocked one; a record of any other status is left as it is (its own
         last_error says what failed). None when another run wrote first."""
-        return self.park(cid, "blocked", fields, ("blocked",))
+        parked = self.park(cid, "blocked", fields, ("blocked",))
+        return parked[0] if parked else None
 
     def park(self, cid: ClusterId, status: str, fields: dict,
-             replaceable: tuple) -> Optional[ClusterRecord]:
+             replaceable: tuple) -> Optional[tuple[ClusterRecord, Optional[ClusterRecord]]]:
         """Record a cluster kip created nothing for (``blocked``, ``external``,
         ``no_karpenter``), with no lease (nothing exists to guard): written where the cluster has
-        no record or one whose status is in ``replaceable``; None otherwise, or when another run
-        wrote first."""
+        no record or one whose status is in ``replaceable``; the record written and the one it
+        replaced. None otherwise, or when another run wrote first."""
         current = self.get(cid)
         if current is not None and current.status not in replaceable:
             return None
@@ -220,7 +221,7 @@ class Registry:
             self.store.put(record.item(), cond, values)
         except ConditionFailed:
             return None
-        return record
+        return record, current
 
     def note(self, record: ClusterRecord, fields: dict) -> bool:
         """Set (or, with None, remove) top-level ``fields`` of ``record`` as read, without a

@@ -204,16 +204,20 @@ class ExistingHandler:
     queue_arn: str
     rules: list = field(default_factory=list)       # rule names feeding it
     policies: list = field(default_factory=list)    # policy ARNs / "inline:<role>/<name>"
+    queue_url: Optional[str] = None     # its health is read the same way as kip's queue's
 
     def to_dict(self) -> dict:
         return {"tool": self.tool, "queue": self.queue, "queue_arn": self.queue_arn,
-                "rules": sorted(self.rules), "policies": sorted(self.policies)}
+                "queue_url": self.queue_url, "rules": sorted(self.rules),
+                "policies": sorted(self.policies)}
 
 
 REMOVAL = {
-    "karpenter-cloudformation": "delete the CloudFormation stack Karpenter-<cluster> (its queue "
-                                "and rules) and drop settings.interruptionQueue from the Helm "
-                                "release",
+    "karpenter-cloudformation": "remove KarpenterInterruptionQueue, its queue policy and the "
+                                "interruption rules from the Karpenter-<cluster> stack's template "
+                                "and update the stack (do not delete it: it also holds the node "
+                                "role and the controller policies), and drop the "
+                                "AllowInterruptionQueueActions statement",
     "terraform-aws-eks": "set enable_spot_termination = false on the terraform-aws-eks karpenter "
                          "module and apply",
     "eksctl": "set karpenter.withSpotInterruptionQueue: false and update the eksctl-<cluster>-"
@@ -224,22 +228,3 @@ REMOVAL = {
 
 def how_to_remove(tool: str) -> str:
     return REMOVAL.get(tool, REMOVAL["unknown"])
-
-
-def cutover(mode: str, existing: Optional[ExistingHandler], previous: Optional[dict],
-            consumer: Optional[str], queue: str) -> Optional[dict]:
-    """The takeover's state, from what was observed (kip never changes another tool's wiring):
-    ``wired`` (kip's queue exists; Karpenter must be pointed at it) -> ``retire_other`` (the
-    sweep saw Karpenter read kip's queue: the other wiring can go, by its own tool) -> ``done``
-    (the other wiring is gone). None outside a takeover."""
-    if existing is None:
-        return {"state": "done", "next": None} if previous else None
-    if mode != "takeover" and not previous:
-        return None
-    if consumer == "active":
-        return {"state": "retire_other",
-                "next": f"Karpenter reads kip's queue {queue}: remove the {existing.tool} "
-                        f"wiring (queue {existing.queue}): {how_to_remove(existing.tool)}"}
-    return {"state": "wired",
-            "next": f"set the Helm value settings.interruptionQueue={queue} (kip's queue) and "
-                    "roll Karpenter out; the sweep moves on once Karpenter reads it"}

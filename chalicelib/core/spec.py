@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 from pydantic import ValidationError as PydanticValidationError
 from pydantic import AfterValidator, ValidationInfo, field_validator, model_validator
 
-from chalicelib.core import naming, policies
+from chalicelib.core import cutover, naming, policies
 from chalicelib.core.health import ConsumerState
 from chalicelib.config import ALL_EVENT_KINDS, STATUSES, Settings
 from chalicelib.errors import Forbidden, ValidationError
@@ -409,9 +409,11 @@ def build_spec(req: ClusterRequest, cid: naming.ClusterId, names: naming.Names,
                settings: Settings, kms_key_arn: Optional[str] = None,
                role: Optional[RoleRef] = None, keep_legacy: bool = False,
                applied_tags: Optional[list] = None,
-               settling: Optional[dict] = None) -> DesiredSpec:
+               settling: Optional[dict] = None, hold: bool = False) -> DesiredSpec:
     """``applied_tags``: the tag keys kip applied last time (the record's ``tag_keys``): those no
-    longer wanted are removed; tags others added are never touched."""
+    longer wanted are removed; tags others added are never touched. ``hold``: a takeover waits
+    for Karpenter to switch, and nobody reads kip's queue yet: it keeps messages only
+    ``cutover.HOLD_RETENTION`` seconds (core.cutover says why)."""
     kinds = tuple(req.event_kinds or ALL_EVENT_KINDS)
     role = role or resolve_role(req, cid, settings)
     # Only the cluster's rule may send; while a cluster moves from the five-rule layout, its old
@@ -429,7 +431,8 @@ def build_spec(req: ClusterRequest, cid: naming.ClusterId, names: naming.Names,
     redrive = {"deadLetterTargetArn": names.dlq_arn,
                "maxReceiveCount": req.max_receive_count or DEFAULT_MAX_RECEIVE}
     queue_attrs = {
-        "MessageRetentionPeriod": str(req.message_retention_seconds or DEFAULT_RETENTION),
+        "MessageRetentionPeriod": str(min(req.message_retention_seconds or DEFAULT_RETENTION,
+                                          cutover.HOLD_RETENTION if hold else DEFAULT_RETENTION)),
         "VisibilityTimeout": str(DEFAULT_VISIBILITY if req.visibility_timeout_seconds is None
                                  else req.visibility_timeout_seconds),
         "DelaySeconds": "0",

@@ -19,7 +19,7 @@ from typing import Any, Optional
 from chalicelib import aws, errors
 from chalicelib.aws import registry
 from chalicelib.converge.executor import gather
-from chalicelib.core import brownfield, naming
+from chalicelib.core import brownfield, cutover, naming
 from chalicelib.core.observed import ClusterState, RoleState
 from chalicelib.core.records import ClusterRecord
 from chalicelib.core.spec import ROLE_ARN_RE, ClusterRequest, RoleRef, resolve_role
@@ -128,7 +128,8 @@ def detect(kit: Kit, cid: naming.ClusterId, target: aws.Target, role: str, state
             policies = {w for p, ws in grants.items() if brownfield.grants_cover([p], arn)
                         for w in ws}
             tool = brownfield.tool_of(cid.cluster_name, name, target.queue_tags(url), rules)
-            return brownfield.ExistingHandler(tool, name, arn, sorted(rules), sorted(policies))
+            return brownfield.ExistingHandler(tool, name, arn, sorted(rules), sorted(policies),
+                                              url)
     return None
 
 
@@ -186,6 +187,7 @@ def gate(kit: Kit, ctx: Context, req: ClusterRequest, found: FoundRole,
     automatic path an ``external`` record; ``coexist`` goes on, the record naming the other.
     A cluster kip already wires is never parked: the other handler is recorded beside it."""
     ctx.role_source = found.source
+    ctx.cutover = ctx.record.cutover if ctx.record else None
     state = ctx.found.roles.get(ctx.role.name) if ctx.role else None
     current = ctx.record.status if ctx.record else None
     managed = current is not None and current not in PARKED
@@ -201,6 +203,7 @@ def gate(kit: Kit, ctx: Context, req: ClusterRequest, found: FoundRole,
     ctx.existing = detect(kit, ctx.cid, ctx.target, ctx.role.name, state, ctx.names.queue)
     mode = ctx.on_existing = req.on_existing or kit.settings.on_existing
     if ctx.existing is None or mode in ("coexist", "takeover") or managed:
+        ctx.cutover = _carried(kit, ctx)
         return None
     if not automatic:
         raise already_handled(ctx.cid, ctx.existing)
@@ -236,16 +239,27 @@ def _parked(kit: Kit, ctx: Context, req: ClusterRequest, source: str, status: st
                    (ctx.record is None or ctx.record.status != status), parked=status)
 
 
+def _carried(kit: Kit, ctx: Context) -> Optional[dict]:
+    """The cutover after a full look: one under way is the sweep's to move (``takeover``); a
+    takeover that finds another handler and has none starts one, ``waiting``."""
+    previous = ctx.record.cutover if ctx.record else None
+    if previous and previous.get("state") in cutover.STATES:
+        return previous
+    if ctx.on_existing != "takeover" or ctx.existing is None:
+        return None
+    return cutover.begin(ctx.existing.to_dict(), ctx.names.queue,
+                         kit.settings.karpenter_service_accounts[0][0],
+                         registry.iso(kit.clock()), kit.settings.cutover_window_seconds)
+
+
 def recorded(ctx: Context) -> dict:
     """The brownfield fields of a record kip wires: how the role was found, and the other
-    handler when this run looked (an unlooked run keeps what the record says)."""
+    handler and the cutover when this run looked (an unlooked run keeps what the record
+    says)."""
     fields = {"handler": "kip", "role_source": ctx.role_source}
     if ctx.looked:
         fields["existing_handler"] = ctx.existing.to_dict() if ctx.existing else None
-        rec = ctx.record
-        fields["cutover"] = brownfield.cutover(
-            ctx.on_existing or "", ctx.existing, rec.cutover if rec else None,
-            rec.health.consumer if rec and rec.health else None, ctx.names.queue)
+        fields["cutover"] = ctx.cutover
     return fields
 
 
@@ -258,4 +272,9 @@ def park(kit: Kit, cid: naming.ClusterId, req: ClusterRequest, source: str, stat
               "existing_handler": found.to_dict() if found else None,
               "request": req.model_dump(exclude_none=True, exclude={"dry_run"}),
               "verified_at": registry.iso(kit.clock()), **kit.recorder.stamps(None)}
-    return kit.registry.park(cid, status, fields, PARKED)
+    parked = kit.registry.park(cid, status, fields, PARKED)
+    if parked is None:
+        return None
+    rec, before = parked
+    kit.recorder.parked(rec, before)
+    return rec

@@ -14,7 +14,7 @@ from chalicelib import errors
 from chalicelib.aws import registry
 from chalicelib.converge import migration, planner
 from chalicelib.converge.executor import execute, preview
-from chalicelib.core import naming, preconditions, records
+from chalicelib.core import cutover, naming, preconditions, records
 from chalicelib.core.preconditions import IfMatch
 from chalicelib.core.observed import Observed
 from chalicelib.core.records import ClusterRecord, EksCluster, LastError
@@ -159,13 +159,15 @@ def _converge(kit: Kit, cid: naming.ClusterId, req: ClusterRequest, source: str,
 
 def _desired(kit: Kit, ctx: Context, req: ClusterRequest) -> DesiredSpec:
     """The desired spec; the one place a run decides whether the five-rule migration keeps the
-    legacy rules, and which attribute changes SQS may not show yet."""
+    legacy rules, which attribute changes SQS may not show yet, and whether a takeover holds
+    kip's queue's retention short while Karpenter still reads the other tool's queue."""
     rec, now = ctx.record, kit.clock()
     since = rec.rule_migration_since if rec else None
     return build_spec(req, ctx.cid, ctx.names, kit.settings, ctx.kms_key_arn, ctx.role,
                       migration.keep_legacy(ctx.names, since, now),
                       rec.tag_keys if rec else None,
-                      migration.still_settling(rec.settling if rec else None, now))
+                      migration.still_settling(rec.settling if rec else None, now),
+                      hold=cutover.holding(ctx.cutover))
 
 
 def _note_in_sync(kit: Kit, ctx: Context, rec: ClusterRecord, check: Observed,
@@ -214,7 +216,8 @@ def _apply(kit: Kit, ctx: Context, spec: DesiredSpec, obs: Observed,
     if run.failure:
         update.update(status="failed", last_error=kit.recorder.failure(run, "provisioning"))
     previous = ctx.record.status if ctx.record else None
-    saved = kit.recorder.save(leased.model_copy(update=update), held.owner, previous)
+    saved = kit.recorder.save(leased.model_copy(update=update), held.owner, previous,
+                              ctx.record.handler if ctx.record else None)
     audit.record(kit, ctx.cid, "reconcile" if leased.source == "reconcile" else "provision",
                  f"failed: {run.failure[1].code}" if run.failure else saved.status,
                  audit.changed(run.finished(actions)), source=leased.source)

@@ -18,6 +18,7 @@ from chalicelib.core import health
 from chalicelib.aws.registry import iso
 from chalicelib.converge.executor import done
 from chalicelib.core.records import ClusterRecord
+from chalicelib.usecases import takeover
 from chalicelib.usecases.kit import Kit
 
 log = Logger(service="kip", child=True)
@@ -38,6 +39,9 @@ def _start(kit: Kit, record: ClusterRecord,
     queue_url = res.queue.url if res.queue and res.queue.exists else None
     dlq_url = res.dlq.url if res.dlq and res.dlq.exists else None
     queue_name = res.queue.name if res.queue else (record.names or {}).get("queue")
+    other = _external(record)
+    if other is not None:           # the other tool's queue (its DLQ, if any, is not known)
+        queue_url, dlq_url, queue_name = other["queue_url"], None, other["queue"]
 
     def attributes(key: str, url: Optional[str]) -> Optional[Future]:
         if key in known:
@@ -111,14 +115,27 @@ def check(kit: Kit, record: Optional[ClusterRecord], changed: list,
 
 
 def _noted(kit: Kit, record: ClusterRecord, current: Any, changed: list) -> None:
-    try:
-        note(kit, record, current(), changed)
-    except errors.KipError as exc:      # a read or the record write; the next sweep retries
-        changed.append({"cluster": record.id, "error": exc.code})
+    """The health, then a takeover's cutover (``usecases.takeover``), each on its own: a
+    failure of one never hides the other."""
+    for step in (lambda: note(kit, record, current(), changed),
+                 lambda: takeover.observe(kit, record, changed)):
+        try:
+            step()
+        except errors.KipError as exc:  # a read or the record write; the next sweep retries
+            changed.append({"cluster": record.id, "error": exc.code})
 
 
 def _readable(record: ClusterRecord) -> bool:
-    return record.status != "deleting" and bool(record.names)
+    return record.status != "deleting" and (bool(record.names) or _external(record) is not None)
+
+
+def _external(record: ClusterRecord) -> Optional[dict]:
+    """The other tool's queue of a cluster kip leaves to it (``handler: external``): its health
+    is read the same way, so the inventory says whether anyone reads it."""
+    found = record.existing_handler
+    if record.handler == "external" and found and found.get("queue_url"):
+        return found
+    return None
 
 
 def note(kit: Kit, record: ClusterRecord, current: dict, changed: list) -> None:

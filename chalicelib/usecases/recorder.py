@@ -51,13 +51,25 @@ class Recorder:
                 "cluster": cluster.summary() if cluster else None,
                 **self.stamps(record), **by(requested_by)}
 
-    def save(self, record: ClusterRecord, owner: str,
-              previous_status: Optional[str]) -> ClusterRecord:
+    def save(self, record: ClusterRecord, owner: str, previous_status: Optional[str],
+             previous_handler: Optional[str] = None) -> ClusterRecord:
+        """Write a run's record; a status event when its status or its handler changed."""
         saved = self.registry.save(record, owner)
-        if saved.status != previous_status:
+        moved = previous_handler is not None and saved.handler != previous_handler
+        if saved.status != previous_status or moved:
             self.publish(saved.cid, saved.status, previous_status,
-                          (saved.names or {}).get("queue"), saved.last_error, saved.requested_by)
+                         (saved.names or {}).get("queue"), saved.last_error, saved.requested_by,
+                         **handled(saved.handler, previous_handler))
         return saved
+
+    def parked(self, record: ClusterRecord, before: Optional[ClusterRecord]) -> None:
+        """The status event of a record kip wrote without creating anything (``external``,
+        ``no_karpenter``, ``auto-mode``), when its status or handler changed."""
+        status, handler = (before.status, before.handler) if before else (None, None)
+        if (status, handler) != (record.status, record.handler):
+            self.publish(record.cid, record.status, status, None, None, record.requested_by,
+                         existing_handler=record.existing_handler,
+                         **handled(record.handler, handler))
 
     def deleted(self, record: ClusterRecord, previous: str) -> None:
         self.publish(record.cid, "deleted", previous, None, None, record.requested_by)
@@ -74,6 +86,15 @@ class Recorder:
                 "requested_by": requested_by, **more})
         except errors.KipError as exc:  # a portal notification never fails provisioning
             log.warning("status event not published", extra={"detail": exc.message})
+
+
+def handled(handler: Optional[str], previous: Optional[str]) -> dict:
+    """Who handles the cluster's interruptions, in every status event; ``change:
+    handler_changed`` when that moved (kip <-> external, auto-mode, none)."""
+    out: dict = {"handler": handler, "previous_handler": previous}
+    if previous is not None and handler != previous:
+        out["change"] = "handler_changed"
+    return out
 
 
 def by(requested_by: Optional[str]) -> dict:

@@ -50,6 +50,7 @@ class Context:
     existing: Optional[Any] = None      # another tool's handler (core.brownfield)
     looked: bool = False                # this run looked for other handlers
     on_existing: Optional[str] = None   # report | coexist | takeover, for this run
+    cutover: Optional[dict] = None      # the takeover's cutover this run records (core.cutover)
 
 
 def identity(kit: Kit, cluster_name: str, account_id: Optional[str] = None,

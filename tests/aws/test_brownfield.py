@@ -12,8 +12,11 @@ import pytest
 from chalicelib import errors
 from chalicelib.core.events import parse_eks_event
 from chalicelib.core.spec import ClusterRequest
-from chalicelib.usecases import backfill, lifecycle
-from tests.support.world import ACCOUNT, REGION, make_cluster, make_role
+from chalicelib.core import brownfield
+from chalicelib.usecases import backfill, lifecycle, queue_health
+from tests.support.world import ACCOUNT, REGION, make_cluster, make_role, portal_inbox, put_metric
+from tests.support.clock import Clock
+from tests.support.faults import Strict
 from tests.support import drive, layouts
 from tests.support.events import eks_event
 
@@ -233,7 +236,8 @@ def test_coexist_wires_kip_beside_the_other_handler_and_records_it(moto_env, api
 
 def test_a_parked_cluster_is_wired_once_the_other_handler_is_removed(moto_env, pod_identity):
     made = layouts.terraform("brown")
-    kit = drive.make_kit(moto_env)
+    inbox = portal_inbox()
+    kit = drive.make_kit(dataclasses.replace(moto_env, status_bus="kip-portal"))
     assert enter("trigger", kit, "brown").status == "external"
     # the team removes terraform's queue and rules (enable_spot_termination = false)
     events = boto3.client("events")
@@ -246,6 +250,12 @@ def test_a_parked_cluster_is_wired_once_the_other_handler_is_removed(moto_env, p
     assert drive.sweep(kit)["repaired"] == [f"{KEY}/brown"]
     rec = drive.describe(kit, drive.identity(kit, "brown"))
     assert (rec.status, rec.handler, rec.existing_handler) == ("ready", "kip", None)
+    # and the portal heard who handles the cluster, each time that changed
+    seen = [json.loads(m["Body"])["detail"] for m in boto3.client("sqs").receive_message(
+        QueueUrl=inbox, MaxNumberOfMessages=10)["Messages"]]
+    assert [(d["status"], d["handler"], d["previous_handler"], d.get("change"))
+            for d in seen] == [("external", "external", None, None),
+                               ("ready", "kip", "external", "handler_changed")]
 
 
 def test_the_fleet_inventory_filters_by_handler(moto_env, api, pod_identity):
@@ -333,7 +343,8 @@ def test_a_handler_that_appears_beside_kips_wiring_is_recorded_not_parked(moto_e
     assert (rec.status, rec.handler) == ("ready", "kip")
     assert rec.existing_handler == {
         "tool": "unknown", "queue": "karpenter-mine", "queue_arn": arn, "rules": rule,
-        "policies": ["inline:KarpenterController-mine/by-hand"]}
+        "policies": ["inline:KarpenterController-mine/by-hand"],
+        "queue_url": boto3.client("sqs").get_queue_url(QueueName="karpenter-mine")["QueueUrl"]}
     assert boto3.client("sqs").get_queue_url(QueueName="kip-mine")
 
 
@@ -391,31 +402,125 @@ def test_a_parked_record_is_deleted_without_touching_the_other_tools_wiring(moto
     assert attached(made.role) == [f"KarpenterController-{layouts.TF_SUFFIX}"]
 
 
-def test_takeover_wires_kip_and_walks_the_cutover_as_it_observes_it(moto_env, api, clock):
-    # given terraform's wiring, and a takeover asked for by API
-    made = layouts.terraform("brown")
-    kit = drive.make_kit(moto_env, clock=clock)
-    got = enter("api", kit, "brown", api, mode="takeover")
-    assert got.status_code == 201, got.json_body
+def theirs(made) -> dict:
+    """Everything of the other tool's kip could touch: its queue (attributes, tags), its rules
+    (pattern, state, targets, tags) and the controller role's policies (managed, inline)."""
+    sqs, events, iam = boto3.client("sqs"), boto3.client("events"), boto3.client("iam")
+    url = sqs.get_queue_url(QueueName=made.queue)["QueueUrl"]
+    attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+    rules = {}
+    for name in made.rules:
+        rule = events.describe_rule(Name=name)
+        rules[name] = (rule["EventPattern"], rule["State"],
+                       events.list_targets_by_rule(Rule=name)["Targets"],
+                       events.list_tags_for_resource(ResourceARN=rule["Arn"])["Tags"])
+    inline = {n: iam.get_role_policy(RoleName=made.role, PolicyName=n)["PolicyDocument"]
+              for n in iam.list_role_policies(RoleName=made.role)["PolicyNames"]}
+    return {"queue": ({k: v for k, v in attrs.items() if not k.startswith("Approximate")},
+                      sqs.list_queue_tags(QueueUrl=url).get("Tags")),
+            "rules": rules, "managed": sorted(p for p in attached(made.role)
+                                              if not p.startswith("kip-")), "inline": inline}
+
+
+def retention(queue: str) -> int:
+    sqs = boto3.client("sqs")
+    return int(sqs.get_queue_attributes(QueueUrl=sqs.get_queue_url(QueueName=queue)["QueueUrl"],
+                                        AttributeNames=["MessageRetentionPeriod"])[
+        "Attributes"]["MessageRetentionPeriod"])
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("layout", sorted(layouts.LAYOUTS))
+def test_takeover_reaches_switched_from_metrics_and_never_touches_the_other_tool(
+        moto_env, api, pod_identity, layout, path):
+    # given a cluster another tool wires, and a deployment (or request) that takes over
+    made = layouts.LAYOUTS[layout]("brown", pod_identity)
+    before = theirs(made)
+    kit = drive.make_kit(dataclasses.replace(moto_env, on_existing="takeover"))
+    # when kip meets it
+    got = enter(path, kit, "brown", api, mode="takeover")
+    if path == "api":
+        assert got.status_code == 201, got.json_body
     rec = drive.describe(kit, drive.identity(kit, "brown"))
-    # then kip's wiring exists beside terraform's, and the record says what to do next
-    assert (rec.status, rec.handler, rec.existing_handler["tool"]) == \
-        ("ready", "kip", "terraform-aws-eks")
-    assert rec.cutover["state"] == "wired" and "interruptionQueue=kip-brown" in \
-        rec.cutover["next"]
-    # when the sweep's health pass has seen Karpenter read kip's queue
-    assert kit.registry.note_health(rec, {"consumer": "active", "checked_at": "now"})
-    clock.now += kit.settings.full_check_hours * 3600 + 1
-    rec = drive.reconcile(kit, drive.identity(kit, "brown")).record
-    # then the other wiring may go, removed by its own tool (kip never touches it)
-    assert rec.cutover["state"] == "retire_other" and "enable_spot_termination" in \
-        rec.cutover["next"]
-    assert boto3.client("sqs").get_queue_url(QueueName=made.queue)
-    # when the team removed it, the next full look closes the cutover
+    # then kip's wiring waits beside the other, holding only five minutes of events
+    cut = rec.cutover
+    assert (rec.status, rec.handler, cut["state"], cut["tool"], cut["old_queue"]) == \
+        ("ready", "kip", "waiting", made.tool, made.queue)
+    assert cut["helm"].endswith("--set settings.interruptionQueue=kip-brown")
+    assert retention("kip-brown") == 300
+    # when Karpenter has read kip's queue, and nobody the other one for the window
+    put_metric("kip-brown", "NumberOfEmptyReceives", 180)
+    put_metric(made.queue, "NumberOfEmptyReceives", 180, minutes_ago=90)   # before the switch
+    health = queue_health.sweep(kit)
+    # then the cutover is switched, kip's queue keeps its 14 days again, the old rules are
+    # reported, and nothing of the other tool's changed
+    rec = drive.describe(kit, drive.identity(kit, "brown"))
+    cut = rec.cutover
+    assert (cut["state"], cut["reason"], cut["old_queue_still_fed"]) == \
+        ("switched", "kip_queue_read_old_not", True), health
+    assert cut["kip_queue_reads"] == 180 and cut["old_queue_reads"] == 0
+    assert brownfield.how_to_remove(made.tool) in cut["next"]
+    assert retention("kip-brown") == 1209600
+    assert theirs(made) == before
+
+
+def test_the_cutover_waits_while_karpenter_reads_the_old_queue_and_ends_with_the_old_rules(
+        moto_env, pod_identity):
+    # given a takeover of terraform's wiring, watched on a clock that can pass the window
+    made = layouts.terraform("brown")
+    inbox = portal_inbox()
+    clock = Clock(None)
+    kit = drive.make_kit(dataclasses.replace(moto_env, on_existing="takeover",
+                                             status_bus="kip-portal"), clock=clock)
+    drive.provision(kit, ClusterRequest(cluster_name="brown"))
+
+    def look() -> dict:
+        queue_health.sweep(kit)
+        return drive.describe(kit, drive.identity(kit, "brown")).cutover
+    # Karpenter still reads terraform's queue: waiting, and kip's queue keeps five minutes
+    put_metric(made.queue, "NumberOfEmptyReceives", 170, minutes_ago=3)
+    assert (look()["state"], look()["reason"]) == ("waiting", "old_queue_read")
+    # the Helm change rolls out: kip's queue is read, but the old one was read in the window
+    put_metric("kip-brown", "NumberOfMessagesReceived", 4, minutes_ago=2)
+    assert (look()["state"], look()["reason"]) == ("waiting", "old_queue_read")
+    assert retention("kip-brown") == 300
+    # a window later, only kip's queue is read: switched, retention back
+    put_metric("kip-brown", "NumberOfEmptyReceives", 180, minutes_ago=-50)
+    clock.advance(kit.settings.cutover_window_seconds)
+    cut = look()
+    assert (cut["state"], cut["old_queue_still_fed"], cut["switched_at"]) == \
+        ("switched", True, cut["checked_at"])
+    assert retention("kip-brown") == 1209600
+    # metrics that cannot be read leave the state as it was
+    Strict("cloudwatch", "GetMetricData", None, "AccessDenied", "not allowed", times=99)
+    assert look()["state"] == "switched"
+    # once terraform removed its rules, the cutover is over and no longer watched
     events = boto3.client("events")
     for rule in made.rules:
         events.remove_targets(Rule=rule, Ids=[layouts.TARGET_ID])
         events.delete_rule(Name=rule)
-    clock.now += kit.settings.full_check_hours * 3600 + 1
-    rec = drive.reconcile(kit, drive.identity(kit, "brown")).record
-    assert (rec.cutover, rec.existing_handler) == ({"state": "done", "next": None}, None)
+    cut = look()
+    assert (cut["state"], cut["old_queue_still_fed"], cut["next"]) == ("switched", False, None)
+    changes = [json.loads(m["Body"])["detail"].get("change") for m in boto3.client(
+        "sqs").receive_message(QueueUrl=inbox, MaxNumberOfMessages=10)["Messages"]]
+    assert [c for c in changes if c] == ["cutover_switched", "old_wiring_removed"]
+
+
+def test_the_health_of_an_external_queue_is_read_the_same_way_as_kips(moto_env, api,
+                                                                      pod_identity):
+    # given a cluster left to eksctl's wiring, whose queue nobody reads
+    made = layouts.eksctl("theirs")
+    kit = drive.make_kit(moto_env)
+    assert enter("trigger", kit, "theirs").status == "external"
+    boto3.client("sqs").send_message(
+        QueueUrl=boto3.client("sqs").get_queue_url(QueueName=made.queue)["QueueUrl"],
+        MessageBody="{}")
+    put_metric(made.queue, "ApproximateAgeOfOldestMessage", 3600)
+    # then the portal sees that nobody reads it, live and from the sweep's record
+    health = api.http.get("/clusters/theirs").json_body["health"]
+    assert (health["consumer"], health["backlog"], health["dlq_depth"]) == ("stale", 1, None)
+    assert queue_health.sweep(kit) == [{"cluster": f"{KEY}/theirs", "consumer": "stale",
+                                        "events": ["consumer_stale"]}]
+    got = api.http.get("/clusters?consumer=stale&handler=external").json_body["items"]
+    assert [i["cluster_name"] for i in got] == ["theirs"]
+    assert kip_made_nothing()

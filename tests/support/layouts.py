@@ -1,5 +1,5 @@
 """The four brownfield layouts kip meets, built in moto with the tools' real names, tags and
-policies (/work/notes/brownfield-facts.md; docs/BROWNFIELD.md):
+policies (docs/BROWNFIELD.md says where each name comes from):
 
 * ``karpenter_cfn``: Karpenter's getting-started CloudFormation (stack ``Karpenter-<cluster>``):
   queue ``<cluster>``, five rules ``Karpenter-<cluster>-<Kind>Rule-<random>``, the split

@@ -132,7 +132,10 @@ def test_brownfield_settings_are_read_and_checked():
     assert s.on_existing == "coexist"
     assert s.karpenter_service_accounts == (("ops", "kctl"), ("kube-system", "karpenter"))
     assert Settings.from_env({"KIP_ON_EXISTING": "takeover"}).on_existing == "takeover"
+    assert (s.cutover_window_seconds, Settings.from_env(
+        {"KIP_CUTOVER_WINDOW_MINUTES": "15"}).cutover_window_seconds) == (3600, 900)
     for env in ({"KIP_ON_EXISTING": "replace"}, {"KIP_ON_EXISTING": "Report"},
+                {"KIP_CUTOVER_WINDOW_MINUTES": "1"},
                 {"KIP_KARPENTER_SERVICE_ACCOUNTS": "karpenter"},
                 {"KIP_KARPENTER_SERVICE_ACCOUNTS": "Kube_System/karpenter"}):
         with pytest.raises(ValueError):
