@@ -281,8 +281,17 @@ def create_cluster() -> Response:
     logger.info("provisioned", extra={"changed": out.changed, "status": out.record.status,
                                       "actions": len(out.actions)})
     body = {**_view(out.record), "changed": out.changed, "actions": out.actions}
+    if out.parked == "no_karpenter":    # recorded; wired by the sweep once a role appears
+        body["message"] = NO_KARPENTER
+        return Response(body=body, status_code=202, headers=_etag(out.record))
     return Response(body=body, status_code=201 if out.changed else 200,
                     headers=_etag(out.record))
+
+
+NO_KARPENTER = ("no Karpenter controller role was found for the cluster (Pod Identity, IRSA "
+                "trust or the role template): kip created no queue and no rule and recorded it "
+                "as no_karpenter; the sweep looks again and wires it once the role exists. Name "
+                "the role (controller_role) to have kip wire it now and wait for the role")
 
 
 @app.route("/clusters", methods=["GET"], authorizer=AUTH, cors=CORS)

@@ -15,6 +15,7 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from scripts import demo_brownfield  # noqa: E402
 from scripts.localstack import Stack, port_free, free_port  # noqa: E402
 
 CLUSTER = "demo-payments"
@@ -169,8 +170,16 @@ def main() -> int:
             return 1
         if backfill_member_account(stack.api_url, trust) != 0:
             return 1
+
+        def invoke(function: str, event: dict) -> dict:
+            with Client(service_app.app, stage_name="local") as client:
+                return client.lambda_.invoke(function, event).payload
+        if demo_brownfield.run(stack.api_url, trust, cluster_role, say, row, invoke,
+                               sample_event) != 0:
+            return 1
         say("Stopping the local stack")
-    print("\nDemo finished: provisioned, delivered events, tore down. Exit 0.")
+    print("\nDemo finished: provisioned, delivered events, tore down, met three brownfield "
+          "clusters. Exit 0.")
     return 0
 
 
@@ -222,17 +231,25 @@ def backfill_member_account(api_url: str, trust: dict) -> int:
 
 
 def sample_delete_event(cluster: str) -> dict:
-    path = EVENTS_DIR / "cloudtrail-eks-delete-cluster.json"
+    return sample_event("DeleteCluster", cluster)
+
+
+def sample_event(name: str, cluster: str) -> dict:
+    """A CloudTrail EKS ``name`` event (CreateCluster, DeleteCluster) for ``cluster``, made just
+    now in the demo account, from the shared samples when they are there."""
+    path = EVENTS_DIR / f"cloudtrail-eks-{name.replace('Cluster', '').lower()}-cluster.json"
     event = json.loads(path.read_text()) if path.exists() else {
         "version": "0", "id": "demo", "detail-type": "AWS API Call via CloudTrail",
         "source": "aws.eks", "time": "2026-11-20T10:15:00Z", "resources": [],
-        "detail": {"eventSource": "eks.amazonaws.com", "eventName": "DeleteCluster"}}
+        "detail": {"eventSource": "eks.amazonaws.com", "eventName": name}}
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())     # a call made just now
     event["account"] = "123456789012"
     event["region"] = "eu-west-1"
     event["time"] = now
+    if name == "CreateCluster":     # the sample's cluster and creation time are not the demo's
+        event["detail"].pop("responseElements", None)
     event["detail"].update(recipientAccountId="123456789012", awsRegion="eu-west-1",
-                           requestParameters={"name": cluster}, eventTime=now)
+                           requestParameters={"name": cluster}, eventTime=now, eventName=name)
     return event
 
 

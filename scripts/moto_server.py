@@ -58,15 +58,35 @@ def fidelity_set_attributes(original: Any) -> Any:
 
 
 def install_aws_fidelity() -> None:
-    """Make moto's SQS behave as AWS where kip would otherwise see false drift (moto 5.2.5), and
-    answer EKS Pod Identity as AWS does for clusters without associations."""
+    """Make moto's SQS behave as AWS where kip would otherwise see false drift (moto 5.2.5),
+    answer EKS Pod Identity as AWS does for clusters without associations, and give each EKS
+    cluster its own OIDC issuer."""
+    from moto.eks.models import Cluster
     from moto.sqs.models import Queue
     original = Queue._set_attributes
     if getattr(original, "_kip_fidelity", False):
         return
     _set_attributes = fidelity_set_attributes(original)
     Queue._set_attributes = _set_attributes  # type: ignore[method-assign]
+    Cluster.__init__ = with_own_issuer(Cluster.__init__)  # type: ignore[method-assign]
     _install_pod_identity()
+
+
+def with_own_issuer(init: Any) -> Any:
+    """moto gives every EKS cluster the same OIDC issuer (one random id per process); AWS gives
+    each cluster its own, which is what ties an IRSA trust to one cluster: ``init`` (moto's
+    ``Cluster.__init__``) followed by a new issuer for the cluster (a cluster made again gets a
+    new one, as in AWS)."""
+    import hashlib
+    import uuid
+
+    def own(self: Any, *args: Any, **kw: Any) -> None:
+        init(self, *args, **kw)
+        region = self.arn.split(":")[3]
+        seed = f"{self.arn}/{uuid.uuid4()}".encode()
+        self.identity = {"oidc": {"issuer": f"https://oidc.eks.{region}.amazonaws.com/id/"
+                                            f"{hashlib.sha256(seed).hexdigest()[:32].upper()}"}}
+    return own
 
 
 def _install_pod_identity() -> None:

@@ -226,5 +226,6 @@ REMOVAL = {
 }
 
 
-def how_to_remove(tool: str) -> str:
-    return REMOVAL.get(tool, REMOVAL["unknown"])
+def how_to_remove(tool: str, cluster: Optional[str] = None) -> str:
+    text = REMOVAL.get(tool, REMOVAL["unknown"])
+    return text.replace("<cluster>", cluster) if cluster else text

@@ -61,17 +61,18 @@ def helm_change(queue: str, namespace: str) -> str:
             f"--reuse-values --set settings.interruptionQueue={queue}")
 
 
-def begin(existing: dict, queue: str, namespace: str, stamp: str, window: int) -> dict:
+def begin(existing: dict, cluster: str, queue: str, namespace: str, stamp: str,
+          window: int) -> dict:
     """The cutover a takeover starts with: waiting, nothing observed yet."""
     return {"state": "waiting", "reason": "not_yet_observed", "tool": existing["tool"],
+            "removal": brownfield.how_to_remove(existing["tool"], cluster),
             "old_queue": existing["queue"], "old_queue_arn": existing["queue_arn"],
             "old_rules": list(existing["rules"]), "queue": queue,
             "helm": helm_change(queue, namespace), "window_seconds": window,
             "retention_while_waiting": HOLD_RETENTION, "kip_queue_reads": None,
             "old_queue_reads": None, "old_queue_still_fed": True, "started_at": stamp,
             "switched_at": None, "checked_at": None,
-            "next": _next("waiting", "not_yet_observed", existing["tool"], queue,
-                          existing["queue"], True)}
+            "next": _next("waiting", "not_yet_observed", "", queue, existing["queue"], True)}
 
 
 def step(previous: dict, kip_reads: Optional[float], old_reads: Optional[float],
@@ -93,14 +94,14 @@ def step(previous: dict, kip_reads: Optional[float], old_reads: Optional[float],
     out = {**previous, "state": state, "reason": reason, "checked_at": stamp,
            "kip_queue_reads": kip_reads, "old_queue_reads": old_reads,
            "old_queue_still_fed": fed,
-           "next": _next(state, reason, previous["tool"], previous["queue"],
+           "next": _next(state, reason, previous["removal"], previous["queue"],
                          previous["old_queue"], fed)}
     if state == "switched" and previous["state"] != "switched":
         out["switched_at"] = stamp
     return out
 
 
-def _next(state: str, reason: str, tool: str, queue: str, old_queue: str,
+def _next(state: str, reason: str, removal: str, queue: str, old_queue: str,
           fed: bool) -> Optional[str]:
     if state == "waiting":
         why = {"old_queue_read": f"Karpenter still reads {old_queue}",
@@ -110,8 +111,8 @@ def _next(state: str, reason: str, tool: str, queue: str, old_queue: str,
                 f"(settings.interruptionQueue={queue}) and roll it out; kip moves to switched "
                 f"once {queue} is read and {old_queue} is not for the whole window")
     if fed:
-        return (f"Karpenter reads kip's queue {queue}; {old_queue} is still fed by the "
-                f"{tool} rules: {brownfield.how_to_remove(tool)}")
+        return (f"Karpenter reads kip's queue {queue}; rules still feed {old_queue}: "
+                f"{removal}")
     return None
 
 

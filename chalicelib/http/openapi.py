@@ -45,6 +45,7 @@ class Error(BaseModel):
 class ProvisionResult(ClusterRecord):
     changed: bool
     actions: list[Action]
+    message: Optional[str] = None   # 202: why nothing was created yet
 
 
 class DryRunResult(BaseModel):
@@ -174,6 +175,15 @@ def _if_match(required: bool) -> dict:
             "schema": {"type": "string"}}
 
 
+PROVISIONED = {
+    "200": _json({"anyOf": [_ref("ProvisionResult"), _ref("DryRunResult")]},
+                 "Already up to date (or a dry-run plan)"),
+    "201": {**_json(_ref("ProvisionResult"), "Created or changed"), "headers": ETAG},
+    "202": {**_json(_ref("ProvisionResult"), "Recorded as no_karpenter: no controller role "
+                    "found, nothing created; the sweep wires it once one exists"),
+            "headers": ETAG}}
+
+
 def _paths() -> dict:
     ident = [PATH_NAME, *_parameters(IdentityQuery, "query")]
     body = lambda name, required: {"required": required, "content": {   # noqa: E731
@@ -184,12 +194,8 @@ def _paths() -> dict:
                      "summary": "Provision (or update) interruption handling for a cluster",
                      "parameters": [_if_match(False)],
                      "requestBody": body("ClusterRequest", True),
-                     "responses": _responses({
-                         "200": _json({"anyOf": [_ref("ProvisionResult"), _ref("DryRunResult")]},
-                                      "Already up to date (or a dry-run plan)"),
-                         "201": {**_json(_ref("ProvisionResult"), "Created or changed"),
-                                 "headers": ETAG}},
-                         400, 403, 404, 409, 412, 413, 502, 503)},
+                     "responses": _responses(PROVISIONED, 400, 403, 404, 409, 412, 413, 502,
+                                             503)},
             "get": {"operationId": "listClusters", "summary": "List records, paginated",
                     "parameters": _parameters(ListQuery, "query"),
                     "responses": _responses({"200": _json(_ref("ClusterList"),
@@ -260,7 +266,7 @@ def _document() -> dict:
         responses[code]["headers"] = {"Retry-After": {"schema": {"type": "integer"}}}
     return {
         "openapi": "3.1.0",
-        "info": {"title": "Karpenter interruption-handling provisioner", "version": "2.0.0",
+        "info": {"title": "Karpenter interruption-handling provisioner", "version": "2.1.0",
                  "description": "Provisions, repairs and removes the SQS interruption queue, "
                                 "EventBridge rules and IAM policy that Karpenter needs per EKS "
                                 "cluster. Deployed stages require SigV4-signed requests or "

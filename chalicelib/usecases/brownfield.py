@@ -6,7 +6,7 @@ IRSA trust on the cluster's OIDC provider for one of them; ``KIP_ROLE_TEMPLATE``
 from the cluster is accepted because its trust ties it to this cluster's Karpenter, not for its
 name: ``KIP_ROLE_PATTERN`` guards only names given by a request or the template.
 
-``gate`` runs once the role is read: no role at all on an automatic path -> ``no_karpenter``;
+``gate`` runs once the role is read: no role at all (none named, none found) -> ``no_karpenter``;
 another tool's queue and rules for that role -> reported (409 / ``external``) or kept beside kip's
 (``coexist``), per request (``on_existing``) or deployment (``KIP_ON_EXISTING``).
 """
@@ -41,9 +41,11 @@ class FoundRole:
 
 
 def controller_role(kit: Kit, cid: naming.ClusterId, req: ClusterRequest,
-                    known: Optional[ClusterRecord]) -> FoundRole:
+                    known: Optional[ClusterRecord], asked: bool = False) -> FoundRole:
     """The controller role to attach kip's policy to, and how it was found. A record whose
-    discovered role still exists keeps it (a reconcile reads no association or role list)."""
+    discovered role still exists keeps it (a reconcile reads no association or role list).
+    ``asked``: an API request; an IRSA miss re-reads the account's roles whatever the age of
+    the list kept (a role made a minute ago is found before the answer says no_karpenter)."""
     if req.controller_role:
         return FoundRole(resolve_role(req, cid, kit.settings), "request")
     att = known.resources.attachment if known else None
@@ -58,7 +60,7 @@ def controller_role(kit: Kit, cid: naming.ClusterId, req: ClusterRequest,
               for ns, sa in kit.settings.karpenter_service_accounts]
     cluster, *pods = gather([cluster_f, *pods_f])
     if cluster is not None:
-        found = _by_pod_identity(cid, pods) or _by_irsa(kit, cid, target, cluster)
+        found = _by_pod_identity(cid, pods) or _by_irsa(kit, cid, target, cluster, asked)
         if found is not None:
             return replace(found, cluster=cluster)
     return FoundRole(resolve_role(req, cid, kit.settings), "template", cluster)
@@ -82,7 +84,7 @@ def _by_pod_identity(cid: naming.ClusterId, per_account: list) -> Optional[Found
 
 
 def _by_irsa(kit: Kit, cid: naming.ClusterId, target: aws.Target,
-             cluster: ClusterState) -> Optional[FoundRole]:
+             cluster: ClusterState, asked: bool = False) -> Optional[FoundRole]:
     if not cluster.oidc_issuer:
         return None
     provider = brownfield.provider_arn(cid.partition, cid.account_id, cluster.oidc_issuer)
@@ -93,8 +95,8 @@ def _by_irsa(kit: Kit, cid: naming.ClusterId, target: aws.Target,
     else:
         role = brownfield.irsa_role(kit.role_list.roles(cid.account_id, target.list_roles),
                                     provider, subjects) or \
-            brownfield.irsa_role(kit.role_list.roles(cid.account_id, target.list_roles, True),
-                                 provider, subjects)
+            brownfield.irsa_role(kit.role_list.roles(cid.account_id, target.list_roles, True,
+                                                     asked), provider, subjects)
     ref = _ref(cid, role["arn"]) if role else None
     return FoundRole(ref, "irsa") if ref else None
 
@@ -174,15 +176,17 @@ def already_handled(cid: naming.ClusterId, found: brownfield.ExistingHandler) ->
     return errors.AlreadyHandled(
         f"cluster {cid.cluster_name!r} already has interruption handling made by {found.tool}: "
         f"queue {found.queue!r} fed by rule(s) {', '.join(found.rules)}; kip created nothing. "
-        f"Keep it, or remove it ({brownfield.how_to_remove(found.tool)}) and ask again, or ask "
-        "with on_existing=coexist to add kip's beside it", field="cluster_name",
+        f"Keep it, or remove it ({brownfield.how_to_remove(found.tool, cid.cluster_name)}) and "
+        "ask again, or ask with on_existing=coexist to add kip's beside it (takeover: beside "
+        "it, with a cutover kip watches)", field="cluster_name",
         existing_handler=found.to_dict())
 
 
 def gate(kit: Kit, ctx: Context, req: ClusterRequest, found: FoundRole,
          source: str, look: bool = True) -> Optional[Outcome]:
-    """Before anything is created. No role by any method on an automatic path: ``no_karpenter``
-    (an API request keeps ``waiting_for_role``: it was asked for). Another tool's handler for
+    """Before anything is created. No role by any method (the request named none, and neither
+    the cluster nor the template finds one): ``no_karpenter``, no queue, no rule; the sweep looks
+    again (a request that names its role keeps ``waiting_for_role``). Another tool's handler for
     the role: ``report`` (the default) creates nothing -- the API gets 409 AlreadyHandled, an
     automatic path an ``external`` record; ``coexist`` goes on, the record naming the other.
     A cluster kip already wires is never parked: the other handler is recorded beside it."""
@@ -193,7 +197,7 @@ def gate(kit: Kit, ctx: Context, req: ClusterRequest, found: FoundRole,
     managed = current is not None and current not in PARKED
     automatic = source != "api"
     if state is None or not state.exists:
-        if found.source == "template" and automatic and not managed:
+        if found.source == "template" and not managed:
             return _parked(kit, ctx, req, source, "no_karpenter", "none")
         return None
     room_on_role(ctx, state)
@@ -247,7 +251,7 @@ def _carried(kit: Kit, ctx: Context) -> Optional[dict]:
         return previous
     if ctx.on_existing != "takeover" or ctx.existing is None:
         return None
-    return cutover.begin(ctx.existing.to_dict(), ctx.names.queue,
+    return cutover.begin(ctx.existing.to_dict(), ctx.cid.cluster_name, ctx.names.queue,
                          kit.settings.karpenter_service_accounts[0][0],
                          registry.iso(kit.clock()), kit.settings.cutover_window_seconds)
 

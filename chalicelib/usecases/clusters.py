@@ -122,7 +122,8 @@ def page(kit: Kit, limit: int = 50, next_token: Optional[str] = None,
 def _converge(kit: Kit, cid: naming.ClusterId, req: ClusterRequest, source: str, guard: Guard,
               requested_by: Optional[str] = None,
               known: Optional[ClusterRecord] = None) -> Outcome:
-    found = brownfield.controller_role(kit, cid, req, known)   # request, cluster or template
+    found = brownfield.controller_role(kit, cid, req, known,   # request, cluster or template
+                                       asked=source == "api")
     role = found.role
     ctx = skeleton.first_wave(kit, cid, role, [role.name], req.kms_key_id, known=known,
                               cluster=found.cluster)

@@ -14,12 +14,14 @@ class RoleList:
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[float, list]] = {}
 
-    def roles(self, account: str, read: Callable[[], list], missed: bool = False) -> list[Any]:
-        """``missed``: the caller found nothing in the list it got: re-read when it is old."""
+    def roles(self, account: str, read: Callable[[], list], missed: bool = False,
+              now_only: bool = False) -> list[Any]:
+        """``missed``: the caller found nothing in the list it got: re-read when it is old;
+        ``now_only`` with it: re-read whatever its age (a request a caller waits on)."""
         now = self.clock()
         with self._lock:
             hit = self._cache.get(account)
-            fresh = self.seconds / 10 if missed else self.seconds
+            fresh = (0 if now_only else self.seconds / 10) if missed else self.seconds
             if hit and now - hit[0] < fresh:
                 return hit[1]
         roles = read()

@@ -164,9 +164,11 @@ def test_list_paginates_and_filters_by_status(api, moto_env):
     for name in ("c1", "c2", "c3"):
         make_cluster(name)
         make_role(f"KarpenterController-{name}")
-    make_cluster("c4")                      # no role: waiting_for_role
-    for name in ("c1", "c2", "c3", "c4"):
+    make_cluster("c4")              # a role named but not there yet: waiting_for_role
+    for name in ("c1", "c2", "c3"):
         assert post(api, "/clusters", {"cluster_name": name}).status_code == 201
+    assert post(api, "/clusters", {"cluster_name": "c4",
+                                   "controller_role": "KarpenterController-c4"}).status_code == 201
     # when
     page1 = api.http.get("/clusters?limit=2").json_body
     page2 = api.http.get(f"/clusters?limit=2&next_token={page1['next_token']}").json_body

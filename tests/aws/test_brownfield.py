@@ -296,8 +296,22 @@ def test_an_irsa_role_made_after_the_account_was_listed_is_found_once_the_list_i
     make_cluster("late")
     name = f"KarpenterController-{layouts.TF_SUFFIX}"
     layouts.role(name, layouts.irsa_trust("late", "system:serviceaccount:karpenter:karpenter"))
+    # an automatic path keeps a list younger than a tenth of KIP_ROLE_LIST_SECONDS
+    assert drive.adopt(kit, drive.identity(kit, "late"), "backfill").parked == "no_karpenter"
     clock.now += kit.settings.role_list_seconds / 10 + 1      # a miss re-reads an older list
-    out = drive.provision(kit, ClusterRequest(cluster_name="late"))
+    out = drive.adopt(kit, drive.identity(kit, "late"), "backfill")
+    assert (out.record.role_source, out.record.resources.attachment.role_name) == ("irsa", name)
+
+
+def test_an_api_request_reads_the_roles_again_before_it_answers_no_karpenter(moto_env, clock):
+    kit = drive.make_kit(moto_env, clock=clock)
+    make_cluster("first")
+    make_role("KarpenterController-first")
+    drive.provision(kit, ClusterRequest(cluster_name="first"))     # lists the account's roles
+    make_cluster("late")
+    name = f"KarpenterController-{layouts.TF_SUFFIX}"
+    layouts.role(name, layouts.irsa_trust("late", "system:serviceaccount:karpenter:karpenter"))
+    out = drive.provision(kit, ClusterRequest(cluster_name="late"))    # a second later
     assert (out.record.role_source, out.record.resources.attachment.role_name) == ("irsa", name)
 
 
@@ -459,7 +473,7 @@ def test_takeover_reaches_switched_from_metrics_and_never_touches_the_other_tool
     assert (cut["state"], cut["reason"], cut["old_queue_still_fed"]) == \
         ("switched", "kip_queue_read_old_not", True), health
     assert cut["kip_queue_reads"] == 180 and cut["old_queue_reads"] == 0
-    assert brownfield.how_to_remove(made.tool) in cut["next"]
+    assert brownfield.how_to_remove(made.tool, "brown") in cut["next"]
     assert retention("kip-brown") == 1209600
     assert theirs(made) == before
 

@@ -7,6 +7,8 @@ checked with plain boto3 clients, never through the code under test.
 from __future__ import annotations
 
 import json
+
+import boto3
 import threading
 
 import pytest
@@ -249,11 +251,11 @@ def test_policy_versions_are_pruned_to_at_most_five(engine, cluster):
 
 
 def test_missing_role_waits_then_reconcile_attaches(engine):
-    # given
+    # given a request naming a role that does not exist yet
     make_cluster(CLUSTER)
 
     # when
-    out = drive.provision(engine, req())
+    out = drive.provision(engine, req(controller_role=ROLE))
 
     # then
     assert out.record["status"] == "waiting_for_role"
@@ -276,15 +278,35 @@ def test_missing_role_waits_then_reconcile_attaches(engine):
 def test_waiting_for_role_is_stable_without_writes(engine):
     # given
     make_cluster(CLUSTER)
-    drive.provision(engine, req())
+    drive.provision(engine, req(controller_role=ROLE))
     calls = Calls()
 
     # when
-    out = drive.provision(engine, req())
+    out = drive.provision(engine, req(controller_role=ROLE))
 
     # then
     assert calls.writes == []
     assert out.record["status"] == "waiting_for_role"
+
+
+def test_a_request_without_a_role_for_a_cluster_without_karpenter_creates_nothing(api,
+                                                                                 engine):
+    # given a cluster with no Karpenter: no association, no IRSA trust, no template role
+    make_cluster(CLUSTER)
+    # when a portal asks kip to wire it without naming a role
+    got = api.http.post("/clusters", body=json.dumps({"cluster_name": CLUSTER}),
+                        headers={"Content-Type": "application/json"})
+    # then it is recorded, nothing is created, and the answer says why and what comes next
+    assert got.status_code == 202, got.json_body
+    body = got.json_body
+    assert (body["status"], body["handler"], body["actions"]) == ("no_karpenter", "none", [])
+    assert "no Karpenter controller role" in body["message"] and got.headers["ETag"]
+    assert list_queue_urls() == [] and list_kip_policies() == []
+    assert not boto3.client("events").list_rules(NamePrefix="kip-")["Rules"]
+    # and the sweep wires it once the role exists
+    make_role(ROLE)
+    drive.sweep(engine)
+    assert api.http.get(f"/clusters/{CLUSTER}").json_body["status"] == "ready"
 
 
 def test_missing_cluster_creates_nothing(engine):

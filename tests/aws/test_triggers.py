@@ -68,10 +68,10 @@ def test_sweep_attaches_once_the_role_exists_and_repairs_drift(client, moto_env)
     make_cluster("waiting")
     make_cluster("drifted")
     make_role("KarpenterController-drifted")
-    for name in ("waiting", "drifted"):
+    for name, code in (("waiting", 202), ("drifted", 201)):
         assert client.http.post("/clusters", body=json.dumps({"cluster_name": name}),
-                                headers={"Content-Type": "application/json"}).status_code == 201
-    assert client.http.get("/clusters/waiting").json_body["status"] == "waiting_for_role"
+                                headers={"Content-Type": "application/json"}).status_code == code
+    assert client.http.get("/clusters/waiting").json_body["status"] == "no_karpenter"
     make_role("KarpenterController-waiting")
     boto3.client("events").remove_targets(Rule="kip-drifted-events",
                                           Ids=["KarpenterInterruptionQueueTarget"])

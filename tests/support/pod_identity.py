@@ -10,7 +10,6 @@ Registered through ``chalicelib.aws.add_hook`` like the strict-AWS layer's other
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import threading
 import uuid
@@ -117,13 +116,6 @@ def distinct_issuers() -> Iterator[None]:
     from unittest import mock
 
     from moto.eks.models import Cluster
-    original = Cluster.__init__
-
-    def init(self, *args, **kw):
-        original(self, *args, **kw)
-        region = self.arn.split(":")[3]         # a cluster made again gets a new one, as in AWS
-        seed = f"{self.arn}/{uuid.uuid4()}".encode()
-        self.identity = {"oidc": {"issuer": f"https://oidc.eks.{region}.amazonaws.com/id/"
-                                            f"{hashlib.sha256(seed).hexdigest()[:32].upper()}"}}
-    with mock.patch.object(Cluster, "__init__", init):
+    from scripts.moto_server import with_own_issuer
+    with mock.patch.object(Cluster, "__init__", with_own_issuer(Cluster.__init__)):
         yield

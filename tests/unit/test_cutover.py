@@ -12,7 +12,7 @@ EXISTING = {"tool": "terraform-aws-eks", "queue": "Karpenter-brown",
 
 
 def started(**changes) -> dict:
-    return {**cutover.begin(EXISTING, "kip-brown", "kube-system", "t0", 3600), **changes}
+    return {**cutover.begin(EXISTING, "brown", "kip-brown", "kube-system", "t0", 3600), **changes}
 
 
 @pytest.mark.parametrize("before, kip, old, fed, state, reason", [
