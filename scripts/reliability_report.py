@@ -335,12 +335,16 @@ MOTO_GAPS = [
      'tests/aws/test_brownfield.py::test_an_eksctl_pod_identity_role_is_found_and_wired'),
     ('Each EKS cluster has its own OIDC issuer (identity.oidc.issuer), which is what an IRSA trust names; moto gives every cluster the same one',
      'EKS User Guide, create an IAM OIDC provider for your cluster; IAM roles for service accounts (trust policy :sub / :aud)',
-     "an IRSA role is one whose trust allows AssumeRoleWithWebIdentity from this cluster's provider for Karpenter's service account (StringEquals over StringLike; :aud optional); the test world gives each cluster its own issuer",
+     "an IRSA role is one whose trust allows AssumeRoleWithWebIdentity from this cluster's provider for Karpenter's service account (StringEquals over StringLike; :aud optional); the test world and the local stack's moto server give each cluster its own issuer",
      'tests/aws/test_brownfield.py::test_a_terraform_irsa_role_is_found_by_its_trust_not_its_name'),
     ('IAM attaches at most 10 managed policies per role by default (20 at most; GetAccountSummary AttachedPoliciesPerRoleQuota); moto attaches any number',
      'IAM User Guide, IAM and AWS STS quotas; IAM GetAccountSummary API reference',
      'before anything is created, a role already holding its quota is refused: 409 RolePolicyQuotaExceeded naming the quota; automatic paths record the cluster blocked',
      'tests/aws/test_brownfield.py::test_a_role_holding_the_quota_of_managed_policies_is_refused_before_anything_exists'),
+    ("SQS counts every ReceiveMessage call in CloudWatch (AWS/SQS NumberOfMessagesReceived, NumberOfEmptyReceives by QueueName; a long-polling consumer makes them every minute) and publishes nothing for a queue nobody touches that holds nothing; moto publishes no AWS/SQS metric at all",
+     'SQS Developer Guide, available CloudWatch metrics for Amazon SQS (metrics only for active queues); ReceiveMessage API reference (WaitTimeSeconds)',
+     "a takeover's cutover is switched once kip's queue had receive calls and the other tool's had none over KIP_CUTOVER_WINDOW_MINUTES (no datapoint: no reads); until then kip's queue keeps 300 s of messages; GetMetricData refused: the state stays, logged; the tests publish the metrics with PutMetricData as SQS would",
+     'tests/aws/test_brownfield.py::test_the_cutover_waits_while_karpenter_reads_the_old_queue_and_ends_with_the_old_rules, ::test_takeover_reaches_switched_from_metrics_and_never_touches_the_other_tool'),
 ]
 
 
