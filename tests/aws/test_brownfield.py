@@ -13,7 +13,7 @@ from chalicelib import errors
 from chalicelib.core.events import parse_eks_event
 from chalicelib.core.spec import ClusterRequest
 from chalicelib.core import brownfield
-from chalicelib.usecases import backfill, lifecycle, queue_health
+from chalicelib.usecases import backfill, fanout, lifecycle, queue_health
 from tests.support.world import ACCOUNT, REGION, make_cluster, make_role, portal_inbox, put_metric
 from tests.support.clock import Clock
 from tests.support.faults import Strict
@@ -465,7 +465,11 @@ def test_takeover_reaches_switched_from_metrics_and_never_touches_the_other_tool
     # when Karpenter has read kip's queue, and nobody the other one for the window
     put_metric("kip-brown", "NumberOfEmptyReceives", 180)
     put_metric(made.queue, "NumberOfEmptyReceives", 180, minutes_ago=90)   # before the switch
-    health = queue_health.sweep(kit)
+    if path in ("trigger", "sweep"):    # the deployed sweep's worker, one work item
+        item = json.dumps({"kind": "reconcile", "id": f"{KEY}/brown"})
+        health = fanout.work(kit, [("m1", item)], lambda: 900.0)["health"]
+    else:                               # the local stage's inline health pass
+        health = queue_health.sweep(kit)
     # then the cutover is switched, kip's queue keeps its 14 days again, the old rules are
     # reported, and nothing of the other tool's changed
     rec = drive.describe(kit, drive.identity(kit, "brown"))

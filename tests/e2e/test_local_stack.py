@@ -92,7 +92,7 @@ class Local:
         self.moto_port, self.api_port = moto_port, api_port
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "KIP_"))}
         env.update(FAKE_ENV, PYTHONUNBUFFERED="1")
-        self.log = log.open("ab")
+        self.log, self.log_path = log.open("ab"), log
         self.proc = subprocess.Popen(
             [sys.executable, str(ROOT / "scripts" / "local.py"), "--moto-port", str(moto_port),
              "--api-port", str(api_port)],
@@ -108,9 +108,16 @@ class Local:
         return f"http://127.0.0.1:{self.moto_port}"
 
     def wait_up(self, timeout: float = 90) -> None:
+        """Up and supervised: scripts/local.py has said so (its servers answer a moment before
+        it watches them; a server killed in that moment ends the script, not restarted)."""
         wait_until(lambda: self.proc.poll() is None and answers(self.api_url + "/openapi.json")
-                   and answers(self.moto_url + "/moto-api/"), timeout, "local stack answering")
+                   and answers(self.moto_url + "/moto-api/") and self.supervising(), timeout,
+                   "local stack answering")
         self.seen |= descendants(self.proc.pid)
+
+    def supervising(self) -> bool:
+        self.log.flush()
+        return b"Ctrl-C stops both." in self.log_path.read_bytes()
 
     def child(self, word: str) -> int:
         pids = [p for p in descendants(self.proc.pid) if word in cmdline(p)]
