@@ -271,9 +271,10 @@ def create_cluster() -> Response:
     req = req.model_copy(update={"team": access.write_team(kit(), _access(), cid, req.team)})
     out = clusters.provision(kit(), cid, req, source="api", requested_by=_caller(),
                              if_match=_if_match())
-    if out.dry_run:
+    if out.dry_run:     # a cluster kip would only record says so (external: a 409 already)
+        more = {"message": NO_KARPENTER} if out.parked == "no_karpenter" else {}
         return Response(body={"dry_run": True, "cluster": cid.key, "plan": out.actions,
-                              "record": _view(out.record) or None}, status_code=200)
+                              "record": _view(out.record) or None, **more}, status_code=200)
     metrics.add_metric(name="ProvisionDuration", unit=MetricUnit.Milliseconds,
                        value=(time.perf_counter() - started) * 1000)
     if out.changed:

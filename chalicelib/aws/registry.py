@@ -198,15 +198,20 @@ class Registry:
         parked = self.park(cid, "blocked", fields, ("blocked",))
         return parked[0] if parked else None
 
-    def park(self, cid: ClusterId, status: str, fields: dict,
-             replaceable: tuple) -> Optional[tuple[ClusterRecord, Optional[ClusterRecord]]]:
+    def park(self, cid: ClusterId, status: str, fields: dict, replaceable: tuple,
+             same: tuple = ()) -> Optional[tuple[ClusterRecord, Optional[ClusterRecord]]]:
         """Record a cluster kip created nothing for (``blocked``, ``external``,
         ``no_karpenter``), with no lease (nothing exists to guard): written where the cluster has
         no record or one whose status is in ``replaceable``; the record written and the one it
-        replaced. None otherwise, or when another run wrote first."""
+        replaced. None otherwise, or when another run wrote first. A record that already has
+        ``status`` and the ``same`` fields as given is not written: (it, it)."""
         current = self.get(cid)
         if current is not None and current.status not in replaceable:
             return None
+        wanted = {"status": status, "last_error": None, **fields}
+        if current is not None and same and all(
+                current.get(k) == wanted.get(k) for k in same):
+            return current, current
         item = {**(current.item() if current else {}), "last_error": None, **fields,
                 "id": cid.key, "account_id": cid.account_id, "region": cid.region,
                 "cluster_name": cid.cluster_name, "status": status,

@@ -23,7 +23,8 @@ The record's ``cutover`` (``on_existing=takeover``) has two states:
   names the tool's own way to remove them.
 
 Metrics that cannot be read leave the state as it was (``reason: metrics_unreadable``). A switched
-cluster whose old queue is read again goes back to waiting while the old rules still feed it.
+cluster whose old queue is read again goes back to waiting while the old rules still feed it; one
+whose Karpenter pauses (nothing reads either queue) stays switched.
 """
 from __future__ import annotations
 
@@ -57,8 +58,11 @@ def reads(series: dict) -> tuple[float, float]:
 
 
 def helm_change(queue: str, namespace: str) -> str:
+    """The one value to change, on the chart version the cluster runs (``--version``: without
+    it Helm takes the newest chart, which with ``--reuse-values`` may be another major)."""
     return (f"helm upgrade karpenter oci://public.ecr.aws/karpenter/karpenter -n {namespace} "
-            f"--reuse-values --set settings.interruptionQueue={queue}")
+            f"--version <the chart version it runs: helm list -n {namespace}> --reuse-values "
+            f"--set settings.interruptionQueue={queue}")
 
 
 def begin(existing: dict, cluster: str, queue: str, namespace: str, stamp: str,
@@ -86,8 +90,7 @@ def step(previous: dict, kip_reads: Optional[float], old_reads: Optional[float],
         reason = "metrics_unreadable"
     elif old_reads > 0 and fed:
         state, reason = "waiting", "old_queue_read"
-    elif kip_reads <= 0:
-        state = "waiting" if state == "waiting" or fed else state
+    elif kip_reads <= 0:    # a switched Karpenter that pauses (scaled to zero) stays switched
         reason = "kip_queue_unread"
     else:
         state, reason = "switched", "kip_queue_read_old_not"
@@ -113,6 +116,26 @@ def _next(state: str, reason: str, removal: str, queue: str, old_queue: str,
     if fed:
         return (f"Karpenter reads kip's queue {queue}; rules still feed {old_queue}: "
                 f"{removal}")
+    return None
+
+
+LEGACY = {"wired": "waiting", "retire_other": "switched"}    # the states before the metrics
+
+
+def resumed(previous: Optional[dict], existing: Optional[dict], cluster: str, queue: str,
+            namespace: str, stamp: str, window: int) -> Optional[dict]:
+    """A record's cutover after a full look found ``existing`` (the other handler, or None):
+    one under way goes on (the old wiring back after it was gone: fed again); one in the states
+    kip recorded before it read metrics is started again in the state it had reached; None
+    when there is none (the caller starts a takeover's)."""
+    state = (previous or {}).get("state")
+    if state in STATES:
+        assert previous is not None
+        back = existing is not None and existing["queue"] == previous["old_queue"]
+        return {**previous, "old_queue_still_fed": True} if back else previous
+    if state in LEGACY and existing is not None:
+        return {**begin(existing, cluster, queue, namespace, stamp, window),
+                "state": LEGACY[state]}
     return None
 
 

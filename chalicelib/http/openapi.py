@@ -53,6 +53,7 @@ class DryRunResult(BaseModel):
     cluster: str
     plan: list[Action]
     record: Optional[ClusterRecord] = None
+    message: Optional[str] = None   # nothing would be created: why
 
 
 class ClusterList(BaseModel):

@@ -38,6 +38,7 @@ class FoundRole:
     role: RoleRef
     source: str         # request | pod-identity | irsa | template
     cluster: Any = skeleton.UNREAD      # DescribeCluster as discovery read it (reused)
+    namespace: Optional[str] = None     # Karpenter's, when discovery found its service account
 
 
 def controller_role(kit: Kit, cid: naming.ClusterId, req: ClusterRequest,
@@ -60,7 +61,8 @@ def controller_role(kit: Kit, cid: naming.ClusterId, req: ClusterRequest,
               for ns, sa in kit.settings.karpenter_service_accounts]
     cluster, *pods = gather([cluster_f, *pods_f])
     if cluster is not None:
-        found = _by_pod_identity(cid, pods) or _by_irsa(kit, cid, target, cluster, asked)
+        found = _by_pod_identity(cid, pods, kit.settings.karpenter_service_accounts) or \
+            _by_irsa(kit, cid, target, cluster, asked)
         if found is not None:
             return replace(found, cluster=cluster)
     return FoundRole(resolve_role(req, cid, kit.settings), "template", cluster)
@@ -73,13 +75,14 @@ def _ref(cid: naming.ClusterId, arn: str) -> Optional[RoleRef]:
     return RoleRef(m["name"], arn)
 
 
-def _by_pod_identity(cid: naming.ClusterId, per_account: list) -> Optional[FoundRole]:
+def _by_pod_identity(cid: naming.ClusterId, per_account: list,
+                     accounts: tuple) -> Optional[FoundRole]:
     """The first role of the associations, service accounts in their configured order."""
-    for arns in per_account:
+    for (namespace, _), arns in zip(accounts, per_account):
         for arn in arns:
             ref = _ref(cid, arn)
             if ref is not None:
-                return FoundRole(ref, "pod-identity")
+                return FoundRole(ref, "pod-identity", namespace=namespace)
     return None
 
 
@@ -98,7 +101,12 @@ def _by_irsa(kit: Kit, cid: naming.ClusterId, target: aws.Target,
             brownfield.irsa_role(kit.role_list.roles(cid.account_id, target.list_roles, True,
                                                      asked), provider, subjects)
     ref = _ref(cid, role["arn"]) if role else None
-    return FoundRole(ref, "irsa") if ref else None
+    if role is None or ref is None:
+        return None
+    namespace = next((ns for ns, sa in kit.settings.karpenter_service_accounts
+                      if brownfield.irsa_match(role.get("trust"), provider,
+                                               f"system:serviceaccount:{ns}:{sa}")), None)
+    return FoundRole(ref, "irsa", namespace=namespace)
 
 
 # ------------------------------------------------------------------- existing handlers
@@ -190,7 +198,7 @@ def gate(kit: Kit, ctx: Context, req: ClusterRequest, found: FoundRole,
     the role: ``report`` (the default) creates nothing -- the API gets 409 AlreadyHandled, an
     automatic path an ``external`` record; ``coexist`` goes on, the record naming the other.
     A cluster kip already wires is never parked: the other handler is recorded beside it."""
-    ctx.role_source = found.source
+    ctx.role_source, ctx.namespace = found.source, found.namespace
     ctx.cutover = ctx.record.cutover if ctx.record else None
     state = ctx.found.roles.get(ctx.role.name) if ctx.role else None
     current = ctx.record.status if ctx.record else None
@@ -239,7 +247,11 @@ def _parked(kit: Kit, ctx: Context, req: ClusterRequest, source: str, status: st
     if req.dry_run:
         return Outcome(ctx.record, dry_run=True, parked=status)
     rec = park(kit, ctx.cid, req, source, status, handler, ctx.role_source, ctx.existing)
-    return Outcome(rec or ctx.record, changed=rec is not None and
+    shown = rec or kit.registry.get(ctx.cid)    # another run wrote first: what it wrote
+    if shown is None:
+        raise errors.InProgress(f"another run is recording cluster {ctx.cid.key}; ask again",
+                                field="cluster_name")
+    return Outcome(shown, changed=rec is not None and
                    (ctx.record is None or ctx.record.status != status), parked=status)
 
 
@@ -247,13 +259,16 @@ def _carried(kit: Kit, ctx: Context) -> Optional[dict]:
     """The cutover after a full look: one under way is the sweep's to move (``takeover``); a
     takeover that finds another handler and has none starts one, ``waiting``."""
     previous = ctx.record.cutover if ctx.record else None
-    if previous and previous.get("state") in cutover.STATES:
-        return previous
-    if ctx.on_existing != "takeover" or ctx.existing is None:
+    existing = ctx.existing.to_dict() if ctx.existing else None
+    args = (ctx.cid.cluster_name, ctx.names.queue,
+            ctx.namespace or kit.settings.karpenter_service_accounts[0][0],
+            registry.iso(kit.clock()), kit.settings.cutover_window_seconds)
+    carried = cutover.resumed(previous, existing, *args) if previous else None
+    if carried is not None:
+        return carried
+    if ctx.on_existing != "takeover" or existing is None:
         return None
-    return cutover.begin(ctx.existing.to_dict(), ctx.cid.cluster_name, ctx.names.queue,
-                         kit.settings.karpenter_service_accounts[0][0],
-                         registry.iso(kit.clock()), kit.settings.cutover_window_seconds)
+    return cutover.begin(existing, *args)
 
 
 def recorded(ctx: Context) -> dict:
@@ -269,16 +284,25 @@ def recorded(ctx: Context) -> dict:
 
 def park(kit: Kit, cid: naming.ClusterId, req: ClusterRequest, source: str, status: str,
          handler: str, role_source: str,
-         found: Optional[brownfield.ExistingHandler] = None) -> Optional[ClusterRecord]:
+         found: Optional[brownfield.ExistingHandler] = None,
+         replaced: Optional[str] = None) -> Optional[ClusterRecord]:
     """Record a cluster kip created nothing for (``external``, ``no_karpenter``): the sweep
-    looks again; a record kip already manages is left as it is."""
+    looks again; a record kip already manages is left as it is, and one that says the same is
+    not written again. ``replaced``: the handler of a record just deleted (kip's wiring retired
+    for Auto Mode), for the status event."""
     fields = {"source": source, "handler": handler, "role_source": role_source,
               "existing_handler": found.to_dict() if found else None,
               "request": req.model_dump(exclude_none=True, exclude={"dry_run"}),
-              "verified_at": registry.iso(kit.clock()), **kit.recorder.stamps(None)}
-    parked = kit.registry.park(cid, status, fields, PARKED)
+              "verified_at": registry.iso(kit.clock()), **kit.recorder.stamps(None),
+              **({"owner_team": req.team} if req.team else {})}
+    parked = kit.registry.park(cid, status, fields, PARKED, SAME)
     if parked is None:
         return None
     rec, before = parked
-    kit.recorder.parked(rec, before)
+    if rec is not before:
+        kit.recorder.parked(rec, before, replaced)
     return rec
+
+
+# what makes a parked record say something new (stamps and the request's echo aside)
+SAME = ("status", "handler", "role_source", "existing_handler", "last_error")

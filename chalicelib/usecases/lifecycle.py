@@ -72,7 +72,7 @@ def retire_for_auto_mode(kit: Kit, cid: naming.ClusterId, record: Optional[Clust
     if "deleted" in out:
         req = ClusterRequest(cluster_name=cid.cluster_name, account_id=cid.account_id,
                              region=cid.region)
-        brownfield.park(kit, cid, req, source, "external", "auto-mode", None)
+        brownfield.park(kit, cid, req, source, "external", "auto-mode", None, replaced="kip")
         out["handler"] = "auto-mode"
     return out
 
@@ -164,7 +164,8 @@ def _hold(kit: Kit, record: ClusterRecord, reason: str) -> None:
     log.error("teardown held", extra={"cluster": record.id, "budget":
                                       kit.settings.teardown_budget})
     kit.recorder.publish(record.cid, "teardown_held", record.status,
-                         (record.names or {}).get("queue"), error, record.requested_by)
+                         (record.names or {}).get("queue"), error, record.requested_by,
+                         handler=record.handler, previous_handler=record.handler)
 
 
 def _epoch(stamp: str) -> float:

@@ -154,4 +154,5 @@ def note(kit: Kit, record: ClusterRecord, current: dict, changed: list) -> None:
     for change in events:
         kit.recorder.publish(record.cid, record.status, record.status,
                                 (record.names or {}).get("queue"), None, record.requested_by,
-                                change=change, health=stored)
+                                change=change, health=stored, handler=record.handler,
+                                previous_handler=record.handler)

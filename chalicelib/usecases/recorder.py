@@ -62,17 +62,20 @@ class Recorder:
                          **handled(saved.handler, previous_handler))
         return saved
 
-    def parked(self, record: ClusterRecord, before: Optional[ClusterRecord]) -> None:
+    def parked(self, record: ClusterRecord, before: Optional[ClusterRecord],
+               replaced: Optional[str] = None) -> None:
         """The status event of a record kip wrote without creating anything (``external``,
-        ``no_karpenter``, ``auto-mode``), when its status or handler changed."""
-        status, handler = (before.status, before.handler) if before else (None, None)
+        ``no_karpenter``, ``auto-mode``), when its status or handler changed (``replaced``:
+        the handler of a record just deleted, when ``before`` is gone)."""
+        status, handler = (before.status, before.handler) if before else (None, replaced)
         if (status, handler) != (record.status, record.handler):
             self.publish(record.cid, record.status, status, None, None, record.requested_by,
                          existing_handler=record.existing_handler,
                          **handled(record.handler, handler))
 
     def deleted(self, record: ClusterRecord, previous: str) -> None:
-        self.publish(record.cid, "deleted", previous, None, None, record.requested_by)
+        self.publish(record.cid, "deleted", previous, None, None, record.requested_by,
+                     handler=None, previous_handler=record.handler)
 
     def publish(self, cid: naming.ClusterId, status: str, previous: Optional[str],
                 queue: Optional[str], last_error: Optional[LastError],

@@ -8,6 +8,9 @@ import threading
 from typing import Any, Callable
 
 
+ASKED_SECONDS = 10
+
+
 class RoleList:
     def __init__(self, clock: Callable[[], float], seconds: float) -> None:
         self.clock, self.seconds = clock, seconds
@@ -16,12 +19,15 @@ class RoleList:
 
     def roles(self, account: str, read: Callable[[], list], missed: bool = False,
               now_only: bool = False) -> list[Any]:
-        """``missed``: the caller found nothing in the list it got: re-read when it is old;
-        ``now_only`` with it: re-read whatever its age (a request a caller waits on)."""
+        """``missed``: the caller found nothing in the list it got: re-read when it is older
+        than a tenth of its life; ``now_only`` with it (a request a caller waits on): when it is
+        older than ``ASKED_SECONDS`` (a list read by this request, or a burst of them, is
+        not read again)."""
         now = self.clock()
         with self._lock:
             hit = self._cache.get(account)
-            fresh = (0 if now_only else self.seconds / 10) if missed else self.seconds
+            fresh = (min(ASKED_SECONDS, self.seconds / 10) if now_only else self.seconds / 10) \
+                if missed else self.seconds
             if hit and now - hit[0] < fresh:
                 return hit[1]
         roles = read()

@@ -51,6 +51,7 @@ class Context:
     looked: bool = False                # this run looked for other handlers
     on_existing: Optional[str] = None   # report | coexist | takeover, for this run
     cutover: Optional[dict] = None      # the takeover's cutover this run records (core.cutover)
+    namespace: Optional[str] = None     # Karpenter's namespace, when discovery found it
 
 
 def identity(kit: Kit, cluster_name: str, account_id: Optional[str] = None,

@@ -140,7 +140,8 @@ def _mark_unreachable(kit: Kit, rec: Any, exc: errors.KipError, summary: dict) -
                             "last_error": error.model_dump()})
     if rec.status != "unreachable":
         kit.recorder.publish(rec.cid, "unreachable", rec.status,
-                             (rec.names or {}).get("queue"), error, rec.requested_by)
+                             (rec.names or {}).get("queue"), error, rec.requested_by,
+                             handler=rec.handler, previous_handler=rec.handler)
     summary["errors"].append({"cluster": rec.id, "code": "Unreachable", "message": exc.message})
 
 

@@ -25,12 +25,14 @@ from chalicelib.usecases.kit import Kit
 
 log = Logger(service="kip", child=True)
 COMPARED = ("state", "reason", "old_queue_still_fed")
+# a held teardown, an unreachable account or a teardown under way is the sweep's second look's
+WATCHED = ("ready", "waiting_for_role", "failed")
 
 
 def observe(kit: Kit, record: Optional[ClusterRecord], changed: list) -> Optional[dict]:
     """One look at ``record``'s cutover; the cutover as now recorded (None: nothing to watch,
     or the record moved on meanwhile: the next sweep looks again)."""
-    if record is None or not cutover.watching(record.cutover):
+    if record is None or record.status not in WATCHED or not cutover.watching(record.cutover):
         return None
     cut: dict = record.cutover or {}
     target = aws.Target(record.account_id, record.region, kit.settings)
@@ -68,18 +70,19 @@ def _answer(future: Future, record: ClusterRecord, what: str) -> Any:
 
 
 def _announce(kit: Kit, record: ClusterRecord, before: dict, now: dict) -> None:
-    if now["state"] != before["state"]:
-        change = f"cutover_{now['state']}"
-    elif before.get("old_queue_still_fed") and not now["old_queue_still_fed"]:
-        change = "old_wiring_removed"
-    else:
-        return
+    """A status event per change: the state (``cutover_switched`` / ``cutover_waiting``), and
+    the old rules gone (``old_wiring_removed``)."""
+    changes = [f"cutover_{now['state']}"] if now["state"] != before["state"] else []
+    if before.get("old_queue_still_fed") and not now["old_queue_still_fed"]:
+        changes.append("old_wiring_removed")
     if now["state"] == "switched" and now["old_queue_still_fed"]:
         log.warning("old queue still fed", extra={"cluster": record.id,
                                                   "old_queue": now["old_queue"]})
-    kit.recorder.publish(record.cid, record.status, record.status,
-                         (record.names or {}).get("queue"), None, record.requested_by,
-                         change=change, cutover=now)
+    for change in changes:
+        kit.recorder.publish(record.cid, record.status, record.status,
+                             (record.names or {}).get("queue"), None, record.requested_by,
+                             change=change, cutover=now, handler=record.handler,
+                             previous_handler=record.handler)
 
 
 def _retention(kit: Kit, record: ClusterRecord, changed: list) -> None:

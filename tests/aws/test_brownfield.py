@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 
 import boto3
 import pytest
@@ -16,7 +17,7 @@ from chalicelib.core import brownfield
 from chalicelib.usecases import backfill, fanout, lifecycle, queue_health
 from tests.support.world import ACCOUNT, REGION, make_cluster, make_role, portal_inbox, put_metric
 from tests.support.clock import Clock
-from tests.support.faults import Strict
+from tests.support.faults import Calls, Strict
 from tests.support import drive, layouts
 from tests.support.events import eks_event
 
@@ -311,7 +312,8 @@ def test_an_api_request_reads_the_roles_again_before_it_answers_no_karpenter(mot
     make_cluster("late")
     name = f"KarpenterController-{layouts.TF_SUFFIX}"
     layouts.role(name, layouts.irsa_trust("late", "system:serviceaccount:karpenter:karpenter"))
-    out = drive.provision(kit, ClusterRequest(cluster_name="late"))    # a second later
+    clock.advance(11)       # a burst of requests shares one list for 10 s
+    out = drive.provision(kit, ClusterRequest(cluster_name="late"))
     assert (out.record.role_source, out.record.resources.attachment.role_name) == ("irsa", name)
 
 
@@ -480,6 +482,9 @@ def test_takeover_reaches_switched_from_metrics_and_never_touches_the_other_tool
     assert brownfield.how_to_remove(made.tool, "brown") in cut["next"]
     assert retention("kip-brown") == 1209600
     assert theirs(made) == before
+    # and taking kip's wiring away again leaves the other tool's as it is
+    drive.teardown(kit, drive.identity(kit, "brown"))
+    assert theirs(made) == before and kip_made_nothing()
 
 
 def test_the_cutover_waits_while_karpenter_reads_the_old_queue_and_ends_with_the_old_rules(
@@ -491,17 +496,26 @@ def test_the_cutover_waits_while_karpenter_reads_the_old_queue_and_ends_with_the
     kit = drive.make_kit(dataclasses.replace(moto_env, on_existing="takeover",
                                              status_bus="kip-portal"), clock=clock)
     drive.provision(kit, ClusterRequest(cluster_name="brown"))
+    cid = drive.identity(kit, "brown")
 
     def look() -> dict:
         queue_health.sweep(kit)
-        return drive.describe(kit, drive.identity(kit, "brown")).cutover
+        return drive.describe(kit, cid).cutover
     # Karpenter still reads terraform's queue: waiting, and kip's queue keeps five minutes
     put_metric(made.queue, "NumberOfEmptyReceives", 170, minutes_ago=3)
-    assert (look()["state"], look()["reason"]) == ("waiting", "old_queue_read")
+    cut = look()
+    assert (cut["state"], cut["reason"], cut["helm"].split(" -n ")[1][:10]) == \
+        ("waiting", "old_queue_read", "karpenter ")       # the IRSA trust's namespace
+    calls = Calls()
+    assert look() == cut and not [w for w in calls.writes if w != "PutMetricData"]
+    # a full reconcile meanwhile keeps the hold
+    clock.advance(kit.settings.full_check_hours * 3600 + 1)
+    assert drive.reconcile(kit, cid).record.cutover["state"] == "waiting"
+    assert retention("kip-brown") == 300
+    clock.now = time.time()             # back to the metrics' time
     # the Helm change rolls out: kip's queue is read, but the old one was read in the window
     put_metric("kip-brown", "NumberOfMessagesReceived", 4, minutes_ago=2)
     assert (look()["state"], look()["reason"]) == ("waiting", "old_queue_read")
-    assert retention("kip-brown") == 300
     # a window later, only kip's queue is read: switched, retention back
     put_metric("kip-brown", "NumberOfEmptyReceives", 180, minutes_ago=-50)
     clock.advance(kit.settings.cutover_window_seconds)
@@ -510,8 +524,13 @@ def test_the_cutover_waits_while_karpenter_reads_the_old_queue_and_ends_with_the
         ("switched", True, cut["checked_at"])
     assert retention("kip-brown") == 1209600
     # metrics that cannot be read leave the state as it was
-    Strict("cloudwatch", "GetMetricData", None, "AccessDenied", "not allowed", times=99)
+    refused = Strict("cloudwatch", "GetMetricData", None, "AccessDenied", "not allowed",
+                     times=99)
     assert look()["state"] == "switched"
+    refused.times = 0
+    # the Helm release rolled back: the old queue read again, so kip holds its queue short again
+    put_metric(made.queue, "NumberOfEmptyReceives", 30, minutes_ago=-45)
+    assert (look()["state"], retention("kip-brown")) == ("waiting", 300)
     # once terraform removed its rules, the cutover is over and no longer watched
     events = boto3.client("events")
     for rule in made.rules:
@@ -519,9 +538,16 @@ def test_the_cutover_waits_while_karpenter_reads_the_old_queue_and_ends_with_the
         events.delete_rule(Name=rule)
     cut = look()
     assert (cut["state"], cut["old_queue_still_fed"], cut["next"]) == ("switched", False, None)
+    assert retention("kip-brown") == 1209600
+    calls.clear()
+    look()
+    assert (calls.names.count("GetMetricData"), calls.names.count("ListRuleNamesByTarget")) == \
+        (1, 0)                                              # the health's read alone
     changes = [json.loads(m["Body"])["detail"].get("change") for m in boto3.client(
         "sqs").receive_message(QueueUrl=inbox, MaxNumberOfMessages=10)["Messages"]]
-    assert [c for c in changes if c] == ["cutover_switched", "old_wiring_removed"]
+    assert [c for c in changes if c] == ["cutover_switched", "cutover_waiting",
+                                         "cutover_switched", "old_wiring_removed"]
+    assert (cut["state"], cut["reason"]) == ("switched", "kip_queue_read_old_not")
 
 
 def test_the_health_of_an_external_queue_is_read_the_same_way_as_kips(moto_env, api,
@@ -542,3 +568,17 @@ def test_the_health_of_an_external_queue_is_read_the_same_way_as_kips(moto_env, 
     got = api.http.get("/clusters?consumer=stale&handler=external").json_body["items"]
     assert [i["cluster_name"] for i in got] == ["theirs"]
     assert kip_made_nothing()
+
+
+def test_a_parked_record_that_says_the_same_is_not_written_again(moto_env, pod_identity):
+    # given a cluster left to terraform's wiring, and one without Karpenter
+    layouts.terraform("brown")
+    make_cluster("bare")
+    kit = drive.make_kit(moto_env)
+    for name in ("brown", "bare"):
+        enter("trigger", kit, name)
+    versions = {n: drive.describe(kit, drive.identity(kit, n)).version for n in ("brown", "bare")}
+    # when the sweep looks again and finds the same: no write (an ETag a portal holds stays good)
+    drive.sweep(kit)
+    assert {n: drive.describe(kit, drive.identity(kit, n)).version
+            for n in ("brown", "bare")} == versions

@@ -17,7 +17,7 @@ from chalicelib.http.openapi import BackfillResult
 from chalicelib.usecases import fanout
 from tests.support import drive
 from tests.support.events import eks_event
-from tests.support.world import auto_mode
+from tests.support.world import auto_mode, portal_inbox
 from tests.support.faults import Strict
 from tests.support.world import (ACCOUNT, OTHER_ACCOUNT, REGION, ROOT, make_cluster,
                                  make_cluster_in, make_role, other_account_session, sample)
@@ -174,17 +174,22 @@ def test_a_managed_cluster_that_turns_on_auto_mode_has_kips_wiring_retired(api_w
 
 
 def test_an_update_cluster_config_turning_auto_mode_on_retires_kips_wiring(api_with):
-    client = api_with()
+    client = api_with(status_bus="kip-portal")
     for name in ("moving", "staying"):
         make_cluster(name)
         make_role(f"KarpenterController-{name}")
         assert post(client, "/clusters", {"cluster_name": name}).status_code == 201
+    inbox = portal_inbox()
     auto_mode("moving")
     event = eks_event("CreateCluster", "moving", ACCOUNT, REGION)
     event["detail"].update(eventName="UpdateClusterConfig", requestParameters={
         "name": "moving", "computeConfig": {"enabled": True}})
     out = client.lambda_.invoke("on_eks_event", event).payload
     assert out["deleted"] == f"{ACCOUNT}/{REGION}/moving" and out["handler"] == "auto-mode"
+    seen = [json.loads(m["Body"])["detail"] for m in boto3.client("sqs").receive_message(
+        QueueUrl=inbox, MaxNumberOfMessages=10)["Messages"]]
+    assert [(d["status"], d["handler"], d["previous_handler"], d.get("change")) for d in seen] \
+        == [("deleted", None, "kip", None), ("external", "auto-mode", "kip", "handler_changed")]
     # a config change that is not Auto Mode, or one EKS does not confirm, changes nothing
     for name, body in (("staying", {"name": "staying", "logging": {}}),
                        ("staying", {"name": "staying", "computeConfig": {"enabled": True}})):

@@ -23,7 +23,7 @@ def started(**changes) -> dict:
     ("waiting", None, 0, True, "waiting", "metrics_unreadable"),
     ("switched", None, None, True, "switched", "metrics_unreadable"),
     ("switched", 0, 120, True, "waiting", "old_queue_read"),       # rolled back
-    ("switched", 0, 0, True, "waiting", "kip_queue_unread"),
+    ("switched", 0, 0, True, "switched", "kip_queue_unread"),      # Karpenter paused
     ("switched", 0, 0, False, "switched", "kip_queue_unread"),     # old wiring gone
     ("waiting", 180, 50, False, "switched", "kip_queue_read_old_not"),  # old queue fed no more
 ])
@@ -38,7 +38,8 @@ def test_a_takeover_starts_waiting_with_the_helm_change_and_holds_the_queue_shor
     assert (cut["state"], cut["old_queue"], cut["old_rules"]) == \
         ("waiting", "Karpenter-brown", ["KarpenterSpotInterrupt-1"])
     assert cut["helm"] == ("helm upgrade karpenter oci://public.ecr.aws/karpenter/karpenter "
-                           "-n kube-system --reuse-values "
+                           "-n kube-system --version <the chart version it runs: helm list -n "
+                           "kube-system> --reuse-values "
                            "--set settings.interruptionQueue=kip-brown")
     assert cutover.holding(cut) and cutover.watching(cut)
     switched = cutover.step(cut, 10, 0, True, "t1")
@@ -59,3 +60,17 @@ def test_one_call_reads_both_metrics_of_both_queues_summed_per_window():
         ("old1", "NumberOfEmptyReceives", "Karpenter-brown")]
     assert {q["MetricStat"]["Period"] for q in qs} == {3600}
     assert cutover.reads({"kip0": [(1, 2.0)], "kip1": [(1, 3.0), (2, 1.0)]}) == (6.0, 0)
+
+
+def test_a_full_look_carries_the_cutover_on_and_restarts_the_states_before_metrics():
+    args = ("brown", "kip-brown", "karpenter", "t5", 3600)
+    switched = cutover.step(started(), 10, 0, False, "t1")        # the old wiring was gone
+    assert cutover.resumed(switched, None, *args) is switched
+    back = cutover.resumed(switched, EXISTING, *args)             # terraform applied again
+    assert back["old_queue_still_fed"] and cutover.watching(back)
+    # the states kip recorded before it read metrics: begun again where they had got to
+    assert cutover.resumed({"state": "wired"}, EXISTING, *args)["state"] == "waiting"
+    was = cutover.resumed({"state": "retire_other"}, EXISTING, *args)
+    assert (was["state"], was["helm"].split(" -n ")[1][:9]) == ("switched", "karpenter")
+    assert cutover.resumed({"state": "done", "next": None}, EXISTING, *args) is None
+    assert cutover.resumed({"state": "wired"}, None, *args) is None
