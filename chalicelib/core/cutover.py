@@ -129,8 +129,7 @@ def resumed(previous: Optional[dict], existing: Optional[dict], cluster: str, qu
     kip recorded before it read metrics is started again in the state it had reached; None
     when there is none (the caller starts a takeover's)."""
     state = (previous or {}).get("state")
-    if state in STATES:
-        assert previous is not None
+    if previous and state in STATES:
         back = existing is not None and existing["queue"] == previous["old_queue"]
         return {**previous, "old_queue_still_fed": True} if back else previous
     if state in LEGACY and existing is not None:
