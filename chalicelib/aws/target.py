@@ -279,11 +279,20 @@ class _Brownfield(_Reads):
         """The role's identity policies: ``{policy ARN or "inline:<role>/<name>": document}``
         (managed: GetPolicy + GetPolicyVersion of each attached ARN; inline: ListRolePolicies +
         GetRolePolicy)."""
+        return {**self.managed_documents(attached), **self.inline_documents(role)}
+
+    def managed_documents(self, attached: list) -> dict:
+        """``{policy ARN: document}``: GetPolicy + GetPolicyVersion of each."""
         docs: dict = {}
         for arn in attached:
             policy = self.get_policy(arn)
             if policy and policy.get("default_version"):
                 docs[arn] = self.policy_document(arn, policy["default_version"])
+        return docs
+
+    def inline_documents(self, role: str) -> dict:
+        """``{"inline:<role>/<name>": document}`` of the role's inline policies."""
+        docs: dict = {}
         iam = self._c("iam")
         paginator = iam.get_paginator("list_role_policies")
         pages = call(f"iam:ListRolePolicies {role}", lambda: list(paginator.paginate(

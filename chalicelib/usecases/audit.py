@@ -15,6 +15,7 @@ it describes: a lost entry is logged as an error (metric-worthy) instead.
 """
 from __future__ import annotations
 
+from concurrent.futures import Future
 import re
 from typing import Iterable, Optional
 
@@ -42,11 +43,26 @@ def record(kit: Kit, cid: naming.ClusterId, action: str, outcome: str,
            resources: Iterable[str] = (), source: Optional[str] = None) -> None:
     """Append one entry: now, the acting caller (``core.actor``), the path (the entry point's,
     else ``source`` as the record names it), ``action``, ``outcome`` and the resources changed."""
+    _write(kit, cid, _entry(kit, action, outcome, resources, source))
+
+
+def begin(kit: Kit, cid: naming.ClusterId, action: str, outcome: str,
+          resources: Iterable[str] = (), source: Optional[str] = None) -> Future:
+    """``record``, written beside the caller's next write (the record's save): the entry is
+    made here, where the acting caller is known; the Future is done once it is written."""
+    return kit.workers.submit(_write, kit, cid, _entry(kit, action, outcome, resources, source))
+
+
+def _entry(kit: Kit, action: str, outcome: str, resources: Iterable[str],
+           source: Optional[str]) -> dict:
     who = actor.current()
     path = who.source if who.source != "unknown" else _SOURCES.get(source or "", source)
+    return {"at": registry.iso(kit.clock()), "actor": who.who, "source": path or "unknown",
+            "action": action, "outcome": outcome, "resources": sorted(set(resources))[:100]}
+
+
+def _write(kit: Kit, cid: naming.ClusterId, entry: dict) -> None:
     now = kit.clock()
-    entry = {"at": registry.iso(now), "actor": who.who, "source": path or "unknown",
-             "action": action, "outcome": outcome, "resources": sorted(set(resources))[:100]}
     try:
         kit.registry.store.append_log(key(cid), entry, KEEP,
                                       int(now) + kit.settings.audit_days * DAY)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from chalicelib import aws, errors
 from chalicelib.aws import registry
@@ -41,31 +41,58 @@ class FoundRole:
     namespace: Optional[str] = None     # Karpenter's, when discovery found its service account
 
 
-def controller_role(kit: Kit, cid: naming.ClusterId, req: ClusterRequest,
-                    known: Optional[ClusterRecord], asked: bool = False) -> FoundRole:
-    """The controller role to attach kip's policy to, and how it was found. A record whose
-    discovered role still exists keeps it (a reconcile reads no association or role list).
-    ``asked``: an API request; an IRSA miss re-reads the account's roles whatever the age of
-    the list kept (a role made a minute ago is found before the answer says no_karpenter)."""
+@dataclass(frozen=True)
+class Discovery:
+    """Role discovery under way. ``guess``: the role the first wave reads beside it (the
+    request's, the record's, else the template's; None when the template names no valid role);
+    ``cluster``: DescribeCluster as discovery reads it (a Future, or UNREAD); ``found()`` waits
+    for the answer."""
+    guess: Optional[FoundRole]
+    found: Callable[[], FoundRole]
+    cluster: Any = skeleton.UNREAD
+
+
+def _settled(found: FoundRole) -> Discovery:
+    return Discovery(found, lambda: found)
+
+
+def discover(kit: Kit, cid: naming.ClusterId, req: ClusterRequest,
+             known: Optional[ClusterRecord], asked: bool = False) -> Discovery:
+    """Begin finding the controller role to attach kip's policy to, and how it was found. A
+    record whose discovered role still exists keeps it (a reconcile reads no association or
+    role list). Else the cluster, every service account's associations and the account's role
+    list (IRSA) are read at once, while the first wave reads the template's role.
+    ``asked``: an API request; an IRSA miss re-reads the account's roles when the list kept is
+    older than 10 s (a role made a minute ago is found before the answer says no_karpenter)."""
     if req.controller_role:
-        return FoundRole(resolve_role(req, cid, kit.settings), "request")
+        return _settled(FoundRole(resolve_role(req, cid, kit.settings), "request"))
     att = known.resources.attachment if known else None
     if known and att and att.role_exists and att.role_name:
         if known.role_source in ("pod-identity", "irsa"):
-            return FoundRole(RoleRef(att.role_name, att.role_arn), known.role_source)
-        return FoundRole(resolve_role(req, cid, kit.settings), "template")
+            return _settled(FoundRole(RoleRef(att.role_name, att.role_arn), known.role_source))
+        return _settled(FoundRole(resolve_role(req, cid, kit.settings), "template"))
     target = aws.Target(cid.account_id, cid.region, kit.settings)
-    # one round-trip: the cluster and every service account's associations at once
-    cluster_f = kit.workers.submit(target.describe_cluster, cid.cluster_name)
-    pods_f = [kit.workers.submit(target.pod_identity_roles, cid.cluster_name, ns, sa)
+    submit = kit.workers.submit
+    cluster_f = submit(target.describe_cluster, cid.cluster_name)
+    pods_f = [submit(target.pod_identity_roles, cid.cluster_name, ns, sa)
               for ns, sa in kit.settings.karpenter_service_accounts]
-    cluster, *pods = gather([cluster_f, *pods_f])
-    if cluster is not None:
-        found = _by_pod_identity(cid, pods, kit.settings.karpenter_service_accounts) or \
-            _by_irsa(kit, cid, target, cluster, asked)
-        if found is not None:
-            return replace(found, cluster=cluster)
-    return FoundRole(resolve_role(req, cid, kit.settings), "template", cluster)
+    listed_f = submit(kit.role_list.roles, cid.account_id, target.list_roles) \
+        if kit.role_list is not None else submit(target.list_roles)
+    try:
+        template: Optional[RoleRef] = resolve_role(req, cid, kit.settings)
+    except errors.ValidationError:      # said only if nothing else is found
+        template = None
+
+    def finish() -> FoundRole:
+        cluster, *pods = gather([cluster_f, *pods_f])
+        if cluster is not None:
+            found = _by_pod_identity(cid, pods, kit.settings.karpenter_service_accounts) or \
+                _by_irsa(kit, cid, target, cluster, listed_f, asked)
+            if found is not None:
+                return replace(found, cluster=cluster)
+        return FoundRole(template or resolve_role(req, cid, kit.settings), "template",
+                         cluster)
+    return Discovery(FoundRole(template, "template") if template else None, finish, cluster_f)
 
 
 def _ref(cid: naming.ClusterId, arn: str) -> Optional[RoleRef]:
@@ -86,20 +113,18 @@ def _by_pod_identity(cid: naming.ClusterId, per_account: list,
     return None
 
 
-def _by_irsa(kit: Kit, cid: naming.ClusterId, target: aws.Target,
-             cluster: ClusterState, asked: bool = False) -> Optional[FoundRole]:
+def _by_irsa(kit: Kit, cid: naming.ClusterId, target: aws.Target, cluster: ClusterState,
+             listed: Future, asked: bool = False) -> Optional[FoundRole]:
+    """``listed``: the account's roles, as the role list (or ListRoles) gave them."""
     if not cluster.oidc_issuer:
         return None
     provider = brownfield.provider_arn(cid.partition, cid.account_id, cluster.oidc_issuer)
     subjects = [f"system:serviceaccount:{ns}:{sa}"
                 for ns, sa in kit.settings.karpenter_service_accounts]
-    if kit.role_list is None:
-        role = brownfield.irsa_role(target.list_roles(), provider, subjects)
-    else:
-        role = brownfield.irsa_role(kit.role_list.roles(cid.account_id, target.list_roles),
-                                    provider, subjects) or \
-            brownfield.irsa_role(kit.role_list.roles(cid.account_id, target.list_roles, True,
-                                                     asked), provider, subjects)
+    role = brownfield.irsa_role(listed.result(), provider, subjects)
+    if role is None and kit.role_list is not None:      # a miss: a list kept a while is read
+        role = brownfield.irsa_role(kit.role_list.roles(cid.account_id, target.list_roles, True,
+                                                        asked), provider, subjects)
     ref = _ref(cid, role["arn"]) if role else None
     if role is None or ref is None:
         return None
@@ -112,12 +137,17 @@ def _by_irsa(kit: Kit, cid: naming.ClusterId, target: aws.Target,
 # ------------------------------------------------------------------- existing handlers
 
 def detect(kit: Kit, cid: naming.ClusterId, target: aws.Target, role: str, state: RoleState,
-           own_queue: str) -> Optional[brownfield.ExistingHandler]:
+           own_queue: str, inline: Optional[tuple] = None) -> Optional[brownfield.ExistingHandler]:
     """Another tool's handler for ``role``: a queue (not kip's ``own_queue``) the role's identity
     policies let it receive from, fed by default-bus rules with interruption patterns. A
     wildcard grant counts only for queues such rules feed (conservative)."""
     others = [a for a in state.attached if f":policy{kit.settings.iam_path}" not in a]
-    docs = target.role_policy_documents(role, others)     # kip's own policies left out
+    # kip's own policies left out; the inline ones, when the first wave read them already
+    if inline is not None and inline[0] == role:
+        managed = gather([kit.workers.submit(target.managed_documents, [a]) for a in others])
+        docs = {k: v for part in [*managed, inline[1].result()] for k, v in part.items()}
+    else:
+        docs = target.role_policy_documents(role, others)
     grants: dict[str, list] = {}
     for where, doc in docs.items():
         for pattern in brownfield.receive_grants(doc):
@@ -212,7 +242,8 @@ def gate(kit: Kit, ctx: Context, req: ClusterRequest, found: FoundRole,
     if not look:            # an in-sync record verified lately: no detection this time
         return None
     ctx.looked = True
-    ctx.existing = detect(kit, ctx.cid, ctx.target, ctx.role.name, state, ctx.names.queue)
+    ctx.existing = detect(kit, ctx.cid, ctx.target, ctx.role.name, state, ctx.names.queue,
+                          ctx.inline)
     mode = ctx.on_existing = req.on_existing or kit.settings.on_existing
     if ctx.existing is None or mode in ("coexist", "takeover") or managed:
         ctx.cutover = _carried(kit, ctx)

@@ -122,14 +122,19 @@ def page(kit: Kit, limit: int = 50, next_token: Optional[str] = None,
 def _converge(kit: Kit, cid: naming.ClusterId, req: ClusterRequest, source: str, guard: Guard,
               requested_by: Optional[str] = None,
               known: Optional[ClusterRecord] = None) -> Outcome:
-    found = brownfield.controller_role(kit, cid, req, known,   # request, cluster or template
-                                       asked=source == "api")
-    role = found.role
-    ctx = skeleton.first_wave(kit, cid, role, [role.name], req.kms_key_id, known=known,
-                              cluster=found.cluster)
-    stop = guard(kit, ctx) or brownfield.gate(kit, ctx, req, found, source, look=not (
-        known and known.status in IN_SYNC and
-        _recent(known.verified_at, kit.clock(), kit.settings.full_check_hours)))
+    look = not (known and known.status in IN_SYNC and
+                _recent(known.verified_at, kit.clock(), kit.settings.full_check_hours))
+    # the role: the request's, the record's, else found from the cluster (read beside the
+    # first wave, which reads the template's meanwhile) or the template's
+    discovery = brownfield.discover(kit, cid, req, known, asked=source == "api")
+    guess = discovery.guess or discovery.found()
+    ctx = skeleton.first_wave(kit, cid, guess.role, [guess.role.name], req.kms_key_id,
+                              known=known, cluster=discovery.cluster if discovery.guess
+                              else guess.cluster, inline=look)
+    found = discovery.found()
+    if found.role.name != guess.role.name:
+        skeleton.switch_role(kit, ctx, found.role)
+    stop = guard(kit, ctx) or brownfield.gate(kit, ctx, req, found, source, look=look)
     if stop is not None:
         return stop
     spec = _desired(kit, ctx, req)
@@ -217,11 +222,13 @@ def _apply(kit: Kit, ctx: Context, spec: DesiredSpec, obs: Observed,
     if run.failure:
         update.update(status="failed", last_error=kit.recorder.failure(run, "provisioning"))
     previous = ctx.record.status if ctx.record else None
+    entry = audit.begin(kit, ctx.cid, "reconcile" if leased.source == "reconcile" else
+                        "provision", f"failed: {run.failure[1].code}" if run.failure else
+                        update["status"], audit.changed(run.finished(actions)),
+                        source=leased.source)     # written beside the record
     saved = kit.recorder.save(leased.model_copy(update=update), held.owner, previous,
                               ctx.record.handler if ctx.record else None)
-    audit.record(kit, ctx.cid, "reconcile" if leased.source == "reconcile" else "provision",
-                 f"failed: {run.failure[1].code}" if run.failure else saved.status,
-                 audit.changed(run.finished(actions)), source=leased.source)
+    entry.result()
     if run.failure:
         run.failure[1].extra["record"] = saved.public()
         raise run.failure[1]

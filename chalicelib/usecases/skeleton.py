@@ -7,6 +7,7 @@ point leaves a record naming everything that may exist.
 """
 from __future__ import annotations
 
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -51,6 +52,7 @@ class Context:
     looked: bool = False                # this run looked for other handlers
     on_existing: Optional[str] = None   # report | coexist | takeover, for this run
     cutover: Optional[dict] = None      # the takeover's cutover this run records (core.cutover)
+    inline: Optional[tuple] = None      # (role, Future of its inline policies) read early
     namespace: Optional[str] = None     # Karpenter's namespace, when discovery found it
 
 
@@ -80,19 +82,23 @@ UNREAD = object()      # a value this run has not read yet
 
 def first_wave(kit: Kit, cid: naming.ClusterId, role: Optional[RoleRef], roles: list,
                kms_key_id: Optional[str] = None, legacy: bool = False,
-               known: Optional[ClusterRecord] = None, cluster: Any = UNREAD) -> Context:
+               known: Optional[ClusterRecord] = None, cluster: Any = UNREAD,
+               inline: bool = False) -> Context:
     """The first parallel wave. ``known``: the record as just read (a reconcile): not read
     again, and its queue URLs and resolved role save their look-ups. ``cluster``: the EKS
-    cluster as role discovery just read it (None: not found), not asked for again."""
+    cluster as role discovery reads it (a Future, or the answer; None: not found), not asked
+    for again. ``inline``: the role's inline policies are read too (a run that will look for
+    other handlers)."""
     target, names = target_for(kit, cid), kit.names(cid)
     submit = kit.workers.submit
     record_f = done(known) if known else submit(kit.registry.get, cid)
     cluster_f = role_f = key_f = policy_f = None
     if role is not None:
         cluster_f = submit(target.describe_cluster, cid.cluster_name) if cluster is UNREAD \
-            else done(cluster)
+            else cluster if isinstance(cluster, Future) else done(cluster)
         seen = records.known_role(known, role.name)
         role_f = done(seen) if seen else submit(target.get_role, role.name)
+    inline_f = submit(target.inline_documents, role.name) if inline and role else None
     if kms_key_id:
         key_f = submit(target.describe_key, kms_key_id)
         policy_f = submit(target.key_policy, kms_key_id)
@@ -107,6 +113,8 @@ def first_wave(kit: Kit, cid: naming.ClusterId, role: Optional[RoleRef], roles: 
         names = kit.names(cid, legacy=True)     # five-rule layout's rules as well
         found = reads.locate(target, names, roles, kit.workers)()
     ctx = Context(cid, target, names, record, found, role)
+    if inline_f is not None and role is not None:
+        ctx.inline = (role.name, inline_f)
     if cluster_f is not None and role_f is not None:
         ctx.cluster = cluster_f.result()
         if ctx.cluster is None:
@@ -119,6 +127,13 @@ def first_wave(kit: Kit, cid: naming.ClusterId, role: Optional[RoleRef], roles: 
         ctx.kms_key_arn = kms.usable_key_arn(kms_key_id, key_f.result(), cid.account_id,
                                              cid.region, policy=policy_f.result())
     return ctx
+
+
+def switch_role(kit: Kit, ctx: Context, role: RoleRef) -> None:
+    """Discovery found another role than the first wave read: read that one (one wave)."""
+    info = kit.workers.submit(ctx.target.get_role, role.name)
+    ctx.found.roles.update(reads.roles(ctx.target, [role.name], kit.workers))
+    ctx.role = resolve_real_role(role, info.result())
 
 
 def previous_role(kit: Kit, ctx: Context) -> Optional[str]:
