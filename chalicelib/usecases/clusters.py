@@ -159,6 +159,9 @@ def _converge(kit: Kit, cid: naming.ClusterId, req: ClusterRequest, source: str,
     with kit.registry.lease(cid, rec, fields, kit.workers.submit) as held:
         if not ctx.found.rules.get(ctx.names.rule):     # a rule will be created
             ctx.counting = kit.rule_room.prefetch(ctx.target, kit.workers)
+            if ctx.counting is None:    # counted lately: the claim's one write goes beside the
+                ctx.claimed = kit.workers.submit(       # lease's (a run that stops before
+                    kit.rule_room.claim, ctx.target, kit.workers)   # its rule: the recount)
         obs = skeleton.detail(kit, ctx, "provision", previous)
         return _apply(kit, ctx, spec, obs, planner.plan_provision(spec, obs), held)
 
@@ -203,8 +206,10 @@ def _note_in_sync(kit: Kit, ctx: Context, rec: ClusterRecord, check: Observed,
 def _apply(kit: Kit, ctx: Context, spec: DesiredSpec, obs: Observed,
            actions: list, held: registry.Lease) -> Outcome:
     leased = held.get()
-    if any(a.op == "put_rule" and a.kind == "create" for a in actions):
-        kit.rule_room.claim(ctx.target, kit.workers, ctx.counting)  # before any write
+    if ctx.claimed is not None:                         # before any write
+        ctx.claimed.result()
+    elif any(a.op == "put_rule" and a.kind == "create" for a in actions):
+        kit.rule_room.claim(ctx.target, kit.workers, ctx.counting)
     held.writing = True
     run = execute(ctx.target, actions, kit.workers)
     role = spec.role

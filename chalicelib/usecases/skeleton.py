@@ -47,6 +47,7 @@ class Context:
     cluster: Optional[ClusterState] = None
     kms_key_arn: Optional[str] = None
     counting: Optional[list] = None     # the rule quota's reads, started early
+    claimed: Optional[Future] = None    # the rule's claim on the shared count, started early
     role_source: Optional[str] = None   # request | pod-identity | irsa | template
     existing: Optional[Any] = None      # another tool's handler (core.brownfield)
     looked: bool = False                # this run looked for other handlers
