@@ -299,22 +299,19 @@ def test_an_irsa_role_made_after_the_account_was_listed_is_found_once_the_list_i
     layouts.role(name, layouts.irsa_trust("late", "system:serviceaccount:karpenter:karpenter"))
     # an automatic path keeps a list younger than a tenth of KIP_ROLE_LIST_SECONDS
     assert drive.adopt(kit, drive.identity(kit, "late"), "backfill").parked == "no_karpenter"
-    clock.now += kit.settings.role_list_seconds / 10 + 1      # a miss re-reads an older list
+    clock.advance(11)
+    assert drive.adopt(kit, drive.identity(kit, "late"), "backfill").parked == "no_karpenter"
+    clock.now += kit.settings.role_list_seconds / 10      # a miss re-reads an older list
     out = drive.adopt(kit, drive.identity(kit, "late"), "backfill")
     assert (out.record.role_source, out.record.resources.attachment.role_name) == ("irsa", name)
-
-
-def test_an_api_request_reads_the_roles_again_before_it_answers_no_karpenter(moto_env, clock):
-    kit = drive.make_kit(moto_env, clock=clock)
-    make_cluster("first")
-    make_role("KarpenterController-first")
-    drive.provision(kit, ClusterRequest(cluster_name="first"))     # lists the account's roles
-    make_cluster("late")
-    name = f"KarpenterController-{layouts.TF_SUFFIX}"
-    layouts.role(name, layouts.irsa_trust("late", "system:serviceaccount:karpenter:karpenter"))
-    clock.advance(11)       # a burst of requests shares one list for 10 s
-    out = drive.provision(kit, ClusterRequest(cluster_name="late"))
-    assert (out.record.role_source, out.record.resources.attachment.role_name) == ("irsa", name)
+    # an API request reads it again once it is 10 s old, before it would say no_karpenter
+    make_cluster("later")
+    layouts.role("later-karpenter", layouts.irsa_trust(
+        "later", "system:serviceaccount:karpenter:karpenter"))
+    clock.advance(11)
+    out = drive.provision(kit, ClusterRequest(cluster_name="later"))
+    assert (out.record.role_source, out.record.resources.attachment.role_name) == \
+        ("irsa", "later-karpenter")
 
 
 def test_an_auto_mode_cluster_is_in_the_inventory_as_auto_mode_and_the_sweep_stays_quiet(
