@@ -45,15 +45,17 @@ class FoundRole:
 class Discovery:
     """Role discovery under way. ``guess``: the role the first wave reads beside it (the
     request's, the record's, else the template's; None when the template names no valid role);
-    ``cluster``: DescribeCluster as discovery reads it (a Future, or UNREAD); ``found()`` waits
-    for the answer."""
+    ``cluster``: DescribeCluster as discovery reads it (a Future, or UNREAD); ``found(guessed)``
+    waits for the answer (``guessed``: whether the guessed role exists, as the first wave read
+    it: False on an API request re-reads a role list older than the request before saying no
+    role at all)."""
     guess: Optional[FoundRole]
-    found: Callable[[], FoundRole]
+    found: Callable[[Optional[bool]], FoundRole]
     cluster: Any = skeleton.UNREAD
 
 
 def _settled(found: FoundRole) -> Discovery:
-    return Discovery(found, lambda: found)
+    return Discovery(found, lambda guessed=None: found)
 
 
 def discover(kit: Kit, cid: naming.ClusterId, req: ClusterRequest,
@@ -62,8 +64,9 @@ def discover(kit: Kit, cid: naming.ClusterId, req: ClusterRequest,
     record whose discovered role still exists keeps it (a reconcile reads no association or
     role list). Else the cluster, every service account's associations and the account's role
     list (IRSA) are read at once, while the first wave reads the template's role.
-    ``asked``: an API request; an IRSA miss re-reads the account's roles when the list kept is
-    older than 10 s (a role made a minute ago is found before the answer says no_karpenter)."""
+    ``asked``: an API request; an IRSA miss where the template's role does not exist either
+    re-reads the account's roles unless this request read them (a role made a moment ago is
+    found before the answer says no_karpenter)."""
     if req.controller_role:
         return _settled(FoundRole(resolve_role(req, cid, kit.settings), "request"))
     att = known.resources.attachment if known else None
@@ -72,7 +75,7 @@ def discover(kit: Kit, cid: naming.ClusterId, req: ClusterRequest,
             return _settled(FoundRole(RoleRef(att.role_name, att.role_arn), known.role_source))
         return _settled(FoundRole(resolve_role(req, cid, kit.settings), "template"))
     target = aws.Target(cid.account_id, cid.region, kit.settings)
-    submit = kit.workers.submit
+    submit, began = kit.workers.submit, kit.clock()
     cluster_f = submit(target.describe_cluster, cid.cluster_name)
     pods_f = [submit(target.pod_identity_roles, cid.cluster_name, ns, sa)
               for ns, sa in kit.settings.karpenter_service_accounts]
@@ -83,11 +86,12 @@ def discover(kit: Kit, cid: naming.ClusterId, req: ClusterRequest,
     except errors.ValidationError:      # said only if nothing else is found
         template = None
 
-    def finish() -> FoundRole:
+    def finish(guessed: Optional[bool] = None) -> FoundRole:
         cluster, *pods = gather([cluster_f, *pods_f])
         if cluster is not None:
+            again = began if asked and guessed is False else None
             found = _by_pod_identity(cid, pods, kit.settings.karpenter_service_accounts) or \
-                _by_irsa(kit, cid, target, cluster, listed_f, asked)
+                _by_irsa(kit, cid, target, cluster, listed_f, again)
             if found is not None:
                 return replace(found, cluster=cluster)
         return FoundRole(template or resolve_role(req, cid, kit.settings), "template",
@@ -114,8 +118,9 @@ def _by_pod_identity(cid: naming.ClusterId, per_account: list,
 
 
 def _by_irsa(kit: Kit, cid: naming.ClusterId, target: aws.Target, cluster: ClusterState,
-             listed: Future, asked: bool = False) -> Optional[FoundRole]:
-    """``listed``: the account's roles, as the role list (or ListRoles) gave them."""
+             listed: Future, again: Optional[float] = None) -> Optional[FoundRole]:
+    """``listed``: the account's roles, as the role list (or ListRoles) gave them; on a miss a
+    list older than a tenth of its life is read again (``again``: one read before that time)."""
     if not cluster.oidc_issuer:
         return None
     provider = brownfield.provider_arn(cid.partition, cid.account_id, cluster.oidc_issuer)
@@ -124,7 +129,7 @@ def _by_irsa(kit: Kit, cid: naming.ClusterId, target: aws.Target, cluster: Clust
     role = brownfield.irsa_role(listed.result(), provider, subjects)
     if role is None and kit.role_list is not None:      # a miss: a list kept a while is read
         role = brownfield.irsa_role(kit.role_list.roles(cid.account_id, target.list_roles, True,
-                                                        asked), provider, subjects)
+                                                        again), provider, subjects)
     ref = _ref(cid, role["arn"]) if role else None
     if role is None or ref is None:
         return None

@@ -131,7 +131,8 @@ def _converge(kit: Kit, cid: naming.ClusterId, req: ClusterRequest, source: str,
     ctx = skeleton.first_wave(kit, cid, guess.role, [guess.role.name], req.kms_key_id,
                               known=known, cluster=discovery.cluster if discovery.guess
                               else guess.cluster, inline=look)
-    found = discovery.found()
+    guessed = ctx.found.roles.get(guess.role.name)
+    found = discovery.found(guessed.exists if guessed else None)
     if found.role.name != guess.role.name:
         skeleton.switch_role(kit, ctx, found.role)
     stop = guard(kit, ctx) or brownfield.gate(kit, ctx, req, found, source, look=look)

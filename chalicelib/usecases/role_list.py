@@ -5,10 +5,7 @@ moment ago, e.g. right after its cluster), at most that often."""
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable
-
-
-ASKED_SECONDS = 10
+from typing import Any, Callable, Optional
 
 
 class RoleList:
@@ -18,17 +15,19 @@ class RoleList:
         self._cache: dict[str, tuple[float, list]] = {}
 
     def roles(self, account: str, read: Callable[[], list], missed: bool = False,
-              now_only: bool = False) -> list[Any]:
+              newer_than: Optional[float] = None) -> list[Any]:
         """``missed``: the caller found nothing in the list it got: re-read when it is older
-        than a tenth of its life; ``now_only`` with it (a request a caller waits on): when it is
-        older than ``ASKED_SECONDS`` (a list read by this request, or a burst of them, is
-        not read again)."""
+        than a tenth of its life. ``newer_than``: re-read unless it was read at or after that
+        time (a request a caller waits on, that would otherwise answer no role at all)."""
         now = self.clock()
         with self._lock:
             hit = self._cache.get(account)
-            fresh = (min(ASKED_SECONDS, self.seconds / 10) if now_only else self.seconds / 10) \
-                if missed else self.seconds
-            if hit and now - hit[0] < fresh:
+            if newer_than is not None:
+                usable = hit is not None and hit[0] >= newer_than
+            else:
+                usable = hit is not None and now - hit[0] < (
+                    self.seconds / 10 if missed else self.seconds)
+            if hit and usable:
                 return hit[1]
         roles = read()
         with self._lock:

@@ -304,14 +304,21 @@ def test_an_irsa_role_made_after_the_account_was_listed_is_found_once_the_list_i
     clock.now += kit.settings.role_list_seconds / 10      # a miss re-reads an older list
     out = drive.adopt(kit, drive.identity(kit, "late"), "backfill")
     assert (out.record.role_source, out.record.resources.attachment.role_name) == ("irsa", name)
-    # an API request reads it again once it is 10 s old, before it would say no_karpenter
+    # an API request that would say no_karpenter reads a list older than itself again
     make_cluster("later")
     layouts.role("later-karpenter", layouts.irsa_trust(
         "later", "system:serviceaccount:karpenter:karpenter"))
-    clock.advance(11)
+    clock.advance(1)
     out = drive.provision(kit, ClusterRequest(cluster_name="later"))
     assert (out.record.role_source, out.record.resources.attachment.role_name) == \
         ("irsa", "later-karpenter")
+    # one whose template role exists is answered from the kept list
+    make_cluster("templated")
+    make_role("KarpenterController-templated")
+    clock.advance(1)
+    calls = Calls()
+    assert drive.provision(kit, ClusterRequest(cluster_name="templated")).record.status == "ready"
+    assert "ListRoles" not in calls.names
 
 
 def test_an_auto_mode_cluster_is_in_the_inventory_as_auto_mode_and_the_sweep_stays_quiet(
