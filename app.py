@@ -327,7 +327,8 @@ def delete_cluster(cluster_name: str) -> dict:
                             if_match=_if_match(), require_match=True)
     metrics.add_metric(name="TornDown", unit=MetricUnit.Count, value=1)
     logger.info("torn down", extra={"removed": len(out.actions)})
-    return {"cluster": cid.key, "deleted": True, "removed": out.actions, "skipped": out.skipped}
+    return {"cluster": cid.key, "deleted": True, "removed": out.actions, "skipped": out.skipped,
+            **({"warning": out.warning} if out.warning else {})}
 
 
 @app.route("/clusters/{cluster_name}/reconcile", methods=["POST"], authorizer=AUTH, cors=CORS,

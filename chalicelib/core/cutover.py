@@ -148,3 +148,22 @@ def watching(cutover: Optional[dict]) -> bool:
     still feed the old queue."""
     return bool(cutover) and cutover.get("state") in STATES and (
         cutover["state"] == "waiting" or bool(cutover.get("old_queue_still_fed")))
+
+
+def after_teardown(cutover: Optional[dict]) -> Optional[str]:
+    """What a caller must know once kip's wiring of a taken-over cluster is gone: Karpenter may
+    read kip's queue by now (switched), and the other tool's queue is only still there if its
+    rules still feed it. None outside a takeover."""
+    if not cutover or cutover.get("state") not in STATES:
+        return None
+    old = cutover.get("old_queue")
+    if cutover["state"] == "switched" and cutover.get("old_queue_still_fed"):
+        return (f"Karpenter was reading kip's queue {cutover.get('queue')}, which is gone: "
+                f"point it back at {old} (settings.interruptionQueue={old}, still fed by the "
+                f"{cutover.get('tool')} rules) or it handles no interruptions")
+    if cutover["state"] == "switched":
+        return (f"Karpenter was reading kip's queue {cutover.get('queue')}, which is gone, and "
+                f"the {cutover.get('tool')} wiring was removed: the cluster has no interruption "
+                "handling until a queue is wired again")
+    return (f"the takeover was still waiting: Karpenter reads {old}, which the "
+            f"{cutover.get('tool')} wiring still feeds")

@@ -73,6 +73,7 @@ class TeardownResult(BaseModel):
     deleted: bool
     removed: list[Removed]
     skipped: list[Removed]
+    warning: Optional[str] = None   # a takeover's cluster: what Karpenter reads now
 
 
 class ReconcileResult(BaseModel):

@@ -33,6 +33,7 @@ class Outcome:
     # takes its counts from here instead of asking SQS again
     queue_attributes: dict = field(default_factory=dict)
     parked: Optional[str] = None    # "external" / "no_karpenter": recorded, nothing created
+    warning: Optional[str] = None   # what the caller must do now (a teardown mid-takeover)
 
 
 @dataclass

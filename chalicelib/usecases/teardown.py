@@ -9,7 +9,7 @@ from chalicelib import errors
 from chalicelib.aws import registry
 from chalicelib.converge import planner
 from chalicelib.converge.executor import execute, preview
-from chalicelib.core import naming, preconditions, records
+from chalicelib.core import cutover, naming, preconditions, records
 from chalicelib.core.preconditions import IfMatch
 from chalicelib.core.observed import Observed
 from chalicelib.usecases import audit, skeleton
@@ -73,4 +73,5 @@ def _remove(kit: Kit, ctx: Context, obs: Observed, actions: list, skipped: list,
                  source=leased.source)
     if ctx.record is not None:
         kit.recorder.deleted(leased, ctx.record.status)
-    return Outcome(None, changed=bool(actions), actions=removed, skipped=skipped)
+    return Outcome(None, changed=bool(actions), actions=removed, skipped=skipped,
+                   warning=cutover.after_teardown(leased.cutover))

@@ -486,8 +486,13 @@ def test_takeover_reaches_switched_from_metrics_and_never_touches_the_other_tool
     assert brownfield.how_to_remove(made.tool, "brown") in cut["next"]
     assert retention("kip-brown") == 1209600
     assert theirs(made) == before
-    # and taking kip's wiring away again leaves the other tool's as it is
-    drive.teardown(kit, drive.identity(kit, "brown"))
+    # and taking kip's wiring away again leaves the other tool's as it is, and says what
+    # Karpenter must read now
+    if path == "api":
+        gone = api.http.delete("/clusters/brown", headers={"If-Match": "*"}).json_body
+    else:
+        gone = {"warning": drive.teardown(kit, drive.identity(kit, "brown")).warning}
+    assert f"point it back at {made.queue}" in gone["warning"]
     assert theirs(made) == before and kip_made_nothing()
 
 

@@ -74,3 +74,14 @@ def test_a_full_look_carries_the_cutover_on_and_restarts_the_states_before_metri
     assert (was["state"], was["helm"].split(" -n ")[1][:9]) == ("switched", "karpenter")
     assert cutover.resumed({"state": "done", "next": None}, EXISTING, *args) is None
     assert cutover.resumed({"state": "wired"}, None, *args) is None
+
+
+def test_a_teardown_mid_takeover_says_what_karpenter_reads_now():
+    waiting = started()
+    switched = cutover.step(waiting, 10, 0, True, "t1")
+    done = cutover.step(switched, 10, 0, False, "t2")
+    assert "Karpenter reads Karpenter-brown" in cutover.after_teardown(waiting)
+    assert "point it back at Karpenter-brown" in cutover.after_teardown(switched)
+    assert "no interruption handling" in cutover.after_teardown(done)
+    assert cutover.after_teardown(None) is None
+    assert cutover.after_teardown({"state": "done"}) is None
