@@ -275,14 +275,9 @@ class _Brownfield(_Reads):
                  "trust": _decoded(r.get("AssumeRolePolicyDocument"))}
                 for p in pages for r in p.get("Roles", [])]
 
-    def role_policy_documents(self, role: str, attached: list) -> dict:
-        """The role's identity policies: ``{policy ARN or "inline:<role>/<name>": document}``
-        (managed: GetPolicy + GetPolicyVersion of each attached ARN; inline: ListRolePolicies +
-        GetRolePolicy)."""
-        return {**self.managed_documents(attached), **self.inline_documents(role)}
-
     def managed_documents(self, attached: list) -> dict:
-        """``{policy ARN: document}``: GetPolicy + GetPolicyVersion of each."""
+        """A role's managed policies, ``{policy ARN: document}``: GetPolicy + GetPolicyVersion
+        of each attached ARN."""
         docs: dict = {}
         for arn in attached:
             policy = self.get_policy(arn)
@@ -291,7 +286,8 @@ class _Brownfield(_Reads):
         return docs
 
     def inline_documents(self, role: str) -> dict:
-        """``{"inline:<role>/<name>": document}`` of the role's inline policies."""
+        """A role's inline policies, ``{"inline:<role>/<name>": document}``: ListRolePolicies
+        + GetRolePolicy."""
         docs: dict = {}
         iam = self._c("iam")
         paginator = iam.get_paginator("list_role_policies")

@@ -147,12 +147,12 @@ def detect(kit: Kit, cid: naming.ClusterId, target: aws.Target, role: str, state
     policies let it receive from, fed by default-bus rules with interruption patterns. A
     wildcard grant counts only for queues such rules feed (conservative)."""
     others = [a for a in state.attached if f":policy{kit.settings.iam_path}" not in a]
-    # kip's own policies left out; the inline ones, when the first wave read them already
-    if inline is not None and inline[0] == role:
-        managed = gather([kit.workers.submit(target.managed_documents, [a]) for a in others])
-        docs = {k: v for part in [*managed, inline[1].result()] for k, v in part.items()}
-    else:
-        docs = target.role_policy_documents(role, others)
+    # kip's own policies left out; the inline ones as the first wave read them, if it did
+    submit = kit.workers.submit
+    inline_f = inline[1] if inline is not None and inline[0] == role else \
+        submit(target.inline_documents, role)
+    docs = {k: v for part in gather([*(submit(target.managed_documents, [a]) for a in others),
+                                     inline_f]) for k, v in part.items()}
     grants: dict[str, list] = {}
     for where, doc in docs.items():
         for pattern in brownfield.receive_grants(doc):
