@@ -345,6 +345,10 @@ MOTO_GAPS = [
      'SQS Developer Guide, available CloudWatch metrics for Amazon SQS (metrics only for active queues); ReceiveMessage API reference (WaitTimeSeconds)',
      "a takeover's cutover is switched once kip's queue had receive calls and the other tool's had none over KIP_CUTOVER_WINDOW_MINUTES (no datapoint: no reads); until then kip's queue keeps 300 s of messages; GetMetricData refused: the state stays, logged; the tests publish the metrics with PutMetricData as SQS would",
      'tests/aws/test_brownfield.py::test_the_cutover_waits_while_karpenter_reads_the_old_queue_and_ends_with_the_old_rules, ::test_takeover_reaches_switched_from_metrics_and_never_touches_the_other_tool'),
+    ("Reading another tool's queue (GetQueueAttributes for its health) and the rules on it (ListRuleNamesByTarget) needs IAM on that queue; a member stack deployed before this change refuses with AccessDenied, which moto without IAM mode never does",
+     'SQS GetQueueAttributes / EventBridge ListRuleNamesByTarget API references (errors); Service Authorization Reference, Amazon SQS (queue resource)',
+     "the external cluster's health keeps null counts (logged, GET stays 200); the cutover keeps old_queue_still_fed as it was; policy files and member.yaml grant sqs:GetQueueAttributes on other queues read-only",
+     'tests/aws/test_brownfield.py::test_the_health_of_an_external_queue_is_read_the_same_way_as_kips, ::test_the_cutover_waits_while_karpenter_reads_the_old_queue_and_ends_with_the_old_rules'),
 ]
 
 
