@@ -182,14 +182,9 @@ class Registry:
         return [ClusterRecord.model_validate(i) for i in items], token
 
     def note_health(self, record: ClusterRecord, health: dict) -> bool:
-        """Record the consumer's health on ``record`` as read (see ``Store.set_health``); False
-        when the record moved on meanwhile (the next sweep looks again)."""
-        try:
-            self.store.set_health(record.id, health, record.version, UNLEASED,
-                                  {":now": int(self.clock())})
-        except ConditionFailed:
-            return False
-        return True
+        """Record the consumer's health on ``record`` as read (``note``); False when the record
+        moved on meanwhile (the next sweep looks again)."""
+        return self.note(record, {"health": health})
 
     def block(self, cid: ClusterId, fields: dict) -> Optional[ClusterRecord]:
         """Write a ``blocked`` record (no lease: nothing exists to guard) where the cluster has

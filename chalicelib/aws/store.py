@@ -130,18 +130,6 @@ class Store:
         items = [_from_ddb(i) for i in r.get("Items", [])]
         return items, _from_ddb(r.get("LastEvaluatedKey"))
 
-    def set_health(self, key: str, health: dict, version: int, also: Optional[str] = None,
-                   also_values: Optional[dict] = None) -> None:
-        """``health`` only (UpdateItem), if the record is still at ``version`` (and ``also``
-        holds): the record's other fields, its version and its lease are left as they are."""
-        self._cond("dynamodb:UpdateItem", self._c().update_item, TableName=self.table,
-                   Key={"id": {"S": key}}, UpdateExpression="SET #h = :h",
-                   ConditionExpression="attribute_exists(id) AND version = :v"
-                                       + (f" AND {also}" if also else ""),
-                   ExpressionAttributeNames={"#h": "health"},
-                   ExpressionAttributeValues=_to_ddb({":h": health, ":v": version,
-                                                      **(also_values or {})}))
-
     def set_fields(self, key: str, fields: dict, version: int, also: Optional[str] = None,
                    also_values: Optional[dict] = None) -> None:
         """Top-level ``fields`` only (UpdateItem; None removes one), if the record is still at
